@@ -1,0 +1,259 @@
+"""Load an open_clip model by the names users already know, and fingerprint it.
+
+``--model NAME --pretrained TAG|FILE|local-dir:DIR|hf-hub:ORG/REPO`` resolve exactly as
+in ``open_clip.create_model_and_transforms``; two project additions:
+
+* ``random`` / ``random:SEED``: the architecture with deterministic random weights
+  (tests, benchmarks of the real architecture's cost, the untrained demo).
+* the project's own configs in ``pipeline/model_configs/`` (``zsl-tiny``) are registered
+  with ``open_clip.add_model_config`` so they take the same code path as ``ViT-B-32``.
+
+Without network, a tag that is not in the local Hugging Face cache fails within seconds
+with :class:`ModelLoadError` saying how to supply the weights offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+_logger = logging.getLogger(__name__)
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "openai"
+HF_HOST = ("huggingface.co", 443)
+
+OFFLINE_HELP = (
+    "Weights for {model}/{tag} are not available offline. Supply them one of these ways: "
+    "--pretrained /path/to/open_clip_pytorch_model.bin (a state dict file), "
+    "--pretrained local-dir:/path/to/dir (open_clip_config.json + weights), "
+    "or download once on a machine with network (python -c \"import open_clip; "
+    "open_clip.create_model_and_transforms('{model}', pretrained='{tag}')\") and copy "
+    "~/.cache/huggingface here (HF_HUB_CACHE)."
+)
+
+
+class ModelLoadError(RuntimeError):
+    """The model or its weights could not be loaded; the message says what to do."""
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model ready to encode, with everything needed to reproduce it."""
+
+    model: Any
+    preprocess: Callable
+    tokenizer: Callable
+    name: str
+    pretrained: str
+    fingerprint: str
+    device: str
+    dtype: Any
+    embed_dim: int
+    image_size: int
+    extra: dict = field(default_factory=dict)
+
+    def encode_images(self, batch):
+        """batch: float tensor [B,3,H,W] already preprocessed -> L2-normalised float32 [B,D]."""
+        import torch
+
+        with torch.inference_mode():
+            feats = self.model.encode_image(batch.to(self.device, self.dtype), normalize=True)
+        return feats.float().cpu()
+
+    def encode_texts(self, texts: list[str], batch_size: int = 256):
+        """texts -> L2-normalised float32 numpy [N,D]."""
+        import numpy as np
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch_size):
+                tokens = self.tokenizer(texts[i : i + batch_size]).to(self.device)
+                feats = self.model.encode_text(tokens, normalize=True)
+                out.append(feats.float().cpu().numpy())
+        if not out:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return np.concatenate(out).astype(np.float32)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "pretrained": self.pretrained,
+            "fingerprint": self.fingerprint,
+            "device": self.device,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "embed_dim": self.embed_dim,
+            "image_size": self.image_size,
+            **self.extra,
+        }
+
+
+def register_project_configs() -> None:
+    """Make the project's JSON configs visible to open_clip (idempotent)."""
+    import open_clip
+
+    if "zsl-tiny" not in open_clip.list_models():
+        open_clip.add_model_config(str(MODEL_CONFIG_DIR))
+
+
+def list_project_weights() -> dict[str, Path]:
+    """Weights the project ships in data/ (name -> file)."""
+    return {p.stem: p for p in sorted(DATA_DIR.glob("*.pt"))} if DATA_DIR.is_dir() else {}
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise ModelLoadError(f"--device {device} asked for, but CUDA is not available here; use --device cpu.")
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def model_fingerprint(name: str, pretrained: str) -> str:
+    """A stable id of the weights: name/tag for published tags, name/sha256:... for files."""
+    if pretrained.startswith("local-dir:"):
+        d = Path(pretrained[len("local-dir:") :])
+        weights = sorted(p for p in d.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".safetensors"})
+        if not weights:
+            raise ModelLoadError(f"{d} holds no weights file (.bin/.pt/.safetensors); put the checkpoint beside open_clip_config.json.")
+        return f"{name}/sha256:{sha256_file(weights[0])[:16]}"
+    if pretrained.startswith("hf-hub:") or name.startswith("hf-hub:"):
+        return f"{name}/{pretrained}"
+    if os.path.isfile(pretrained):
+        return f"{name}/sha256:{sha256_file(pretrained)[:16]}"
+    return f"{name}/{pretrained}"
+
+
+def _network_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(HF_HOST, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _go_offline() -> None:
+    """Make huggingface_hub answer from its cache only, so a missing file fails at once.
+
+    HF_HUB_OFFLINE is read when huggingface_hub is imported (ecosystem-notes §1), so set it
+    in the environment and also flip the already-imported constant.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as hf_constants
+
+        hf_constants.HF_HUB_OFFLINE = True
+    except ImportError:  # pragma: no cover - open_clip depends on it
+        pass
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    pretrained: str | None = DEFAULT_PRETRAINED,
+    device: str | None = None,
+    precision: str | None = None,
+) -> LoadedModel:
+    """Create an open_clip model, its eval preprocess and tokenizer.
+
+    Args:
+        name: an open_clip model name (``ViT-B-32``), a project config (``zsl-tiny``),
+            or ``hf-hub:ORG/REPO`` / ``local-dir:DIR``.
+        pretrained: a tag (``openai``), a weights file, ``random[:SEED]``, or a name in
+            ``data/`` (``toy-clip``). ``None`` means ``random:0``.
+        device: ``cpu``/``cuda``/``cuda:1``; picked automatically when None.
+        precision: ``fp32``/``fp16``/``bf16``; fp16 on CUDA, fp32 on CPU when None.
+    """
+    import torch
+
+    register_project_configs()
+    import open_clip
+
+    device = pick_device(device)
+    if precision is None:
+        precision = "fp16" if device.startswith("cuda") else "fp32"
+    pretrained = pretrained or "random:0"
+    shipped = list_project_weights()
+    if pretrained in shipped:
+        pretrained_arg = str(shipped[pretrained])
+    else:
+        pretrained_arg = pretrained
+
+    is_scheme = name.startswith(("hf-hub:", "local-dir:"))
+    if pretrained_arg.startswith("local-dir:"):
+        name, pretrained_arg, is_scheme = pretrained_arg, None, True
+
+    if not is_scheme and name not in open_clip.list_models():
+        raise ModelLoadError(
+            f"Unknown model {name!r}. Pick one of open_clip.list_models() (e.g. ViT-B-32) or zsl-tiny."
+        )
+
+    seed = None
+    if pretrained_arg and pretrained_arg.startswith("random"):
+        seed = int(pretrained_arg.split(":", 1)[1]) if ":" in pretrained_arg else 0
+        pretrained_arg = None
+    elif pretrained_arg and not is_scheme and not os.path.isfile(pretrained_arg):
+        known = {tag for arch, tag in open_clip.list_pretrained() if arch == name}
+        if pretrained_arg not in known:
+            raise ModelLoadError(
+                f"--pretrained {pretrained_arg!r} is neither a file nor a known tag for {name} "
+                f"(known: {', '.join(sorted(known)) or 'none'}; or use random, local-dir:DIR, a .pt/.bin file)."
+            )
+    if name.startswith("hf-hub:") or (pretrained_arg and not os.path.isfile(pretrained_arg) and not is_scheme):
+        if os.environ.get("HF_HUB_OFFLINE") == "1" or not _network_reachable():
+            _go_offline()
+
+    fingerprint = (
+        f"{name}/random:{seed}" if seed is not None else model_fingerprint(name, pretrained_arg or pretrained)
+    )
+    try:
+        if seed is not None:
+            torch.manual_seed(seed)
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                name, pretrained=pretrained_arg, device=device, precision=precision
+            )
+    except (RuntimeError, OSError, ValueError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
+            raise ModelLoadError(OFFLINE_HELP.format(model=name, tag=pretrained)) from exc
+        raise ModelLoadError(f"Could not load {name} with --pretrained {pretrained}: {msg}") from exc
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(name)
+    embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else int(
+        model.visual.output_dim
+    )
+    image_size = model.visual.image_size
+    image_size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
+    dtype = next(model.parameters()).dtype
+    return LoadedModel(
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        name=name,
+        pretrained=pretrained,
+        fingerprint=fingerprint,
+        device=device,
+        dtype=dtype,
+        embed_dim=embed_dim,
+        image_size=image_size,
+    )
