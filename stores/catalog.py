@@ -1,0 +1,218 @@
+"""The store: one directory with ``catalog.duckdb``, Parquet shards and Faiss indexes.
+
+Layout::
+
+    STORE/
+      catalog.duckdb          classes, attributes, attribute_embeddings, runs, predictions,
+                              alignments, ... (native tables) and views over the shards
+      images/part-*.parquet   one row per indexed image     -> view ``images``
+      regions/part-*.parquet  one row per region embedding  -> view ``regions``
+      faiss/*.index + *.json  Faiss indexes with a provenance sidecar
+
+Shards are written atomically (temp file + rename); the ``images`` shard of a batch is
+renamed last and is the batch's commit marker, so a regions shard without its images shard
+is an interrupted write and is removed when the store is next opened for writing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+from .migrations import SCHEMA_VERSION, StoreVersionError, migrate, pending_migrations
+
+DEFAULT_STORE = "./zsl-store"
+CATALOG_FILE = "catalog.duckdb"
+
+# Shard-backed tables: name -> (directory, DuckDB column types of an empty placeholder)
+SHARD_TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
+    "images": (
+        "images",
+        [
+            ("image_id", "BIGINT"),
+            ("path", "VARCHAR"),
+            ("sha256", "VARCHAR"),
+            ("width", "INTEGER"),
+            ("height", "INTEGER"),
+            ("label", "VARCHAR"),
+            ("index_run_id", "BIGINT"),
+        ],
+    ),
+    "regions": (
+        "regions",
+        [
+            ("region_id", "BIGINT"),
+            ("image_id", "BIGINT"),
+            ("kind", "VARCHAR"),
+            ("x0", "REAL"),
+            ("y0", "REAL"),
+            ("x1", "REAL"),
+            ("y1", "REAL"),
+            ("model", "VARCHAR"),
+            ("embedding", "FLOAT[]"),
+        ],
+    ),
+}
+
+
+class StoreError(RuntimeError):
+    """A store problem the user can fix; the message says how."""
+
+
+class ModelMismatchError(StoreError):
+    """Embeddings of another model are already in this store."""
+
+
+def resolve_store_path(path: str | os.PathLike | None) -> Path:
+    return Path(path or os.environ.get("ZSL_STORE") or DEFAULT_STORE).expanduser().resolve()
+
+
+class Catalog:
+    """An open store. ``Catalog(path)`` creates and migrates it; ``read_only=True`` never writes."""
+
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False, create: bool = True):
+        self.root = resolve_store_path(path)
+        self.read_only = read_only
+        db_file = self.root / CATALOG_FILE
+        if not db_file.exists():
+            if read_only or not create:
+                raise StoreError(
+                    f"No store at {self.root} (no {CATALOG_FILE}); create one with `pipeline build-attributes` "
+                    "or `pipeline index-images`, or point --store / ZSL_STORE at an existing store."
+                )
+            self.root.mkdir(parents=True, exist_ok=True)
+        elif not db_file.is_file():
+            raise StoreError(f"{db_file} is not a file; --store must be a store directory.")
+        try:
+            self.con = duckdb.connect(str(db_file), read_only=read_only)
+        except duckdb.IOException as exc:
+            raise StoreError(f"Cannot open {db_file}: {str(exc).splitlines()[0]} (is another pipeline process writing it?)") from exc
+        if read_only:
+            if pending_migrations(self.con):
+                self._check_newer()
+                raise StoreVersionError(
+                    f"Store {self.root} has an older schema; open it once for writing (e.g. `pipeline catalog migrate`)."
+                )
+            self._check_newer()
+        else:
+            migrate(self.con)
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+            self._remove_orphan_shards()
+        self.refresh_views()
+
+    def _check_newer(self) -> None:
+        # migrate() raises on unknown migrations; in read-only mode do the same check by hand.
+        from .migrations import MIGRATIONS, applied_migrations
+
+        known = {m.__name__ for m in MIGRATIONS}
+        unknown = [n for n in applied_migrations(self.con) if n not in known]
+        if unknown:
+            raise StoreVersionError(
+                f"This store was written by a newer version of the project (schema has {', '.join(unknown)}); upgrade to open it."
+            )
+
+    # ---- basics -------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self):
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield self.con
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
+    def query(self, sql: str, params: Iterable[Any] | None = None):
+        return self.con.execute(sql, list(params) if params is not None else None)
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.con.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, value])
+
+    def next_id(self, table: str, column: str) -> int:
+        return int(self.con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
+
+    # ---- model provenance ---------------------------------------------------------------
+    def check_model(self, fingerprint: str, claim: bool = True) -> None:
+        """Refuse to mix embeddings of two models in one store; the first writer claims it."""
+        current = self.get_meta("model")
+        if current is None:
+            if claim and not self.read_only:
+                self.set_meta("model", fingerprint)
+            return
+        if current != fingerprint:
+            raise ModelMismatchError(
+                f"Store {self.root} holds embeddings of {current}, not {fingerprint}; "
+                f"use the same --model/--pretrained, or another --store."
+            )
+
+    @property
+    def model(self) -> str | None:
+        return self.get_meta("model")
+
+    # ---- shards -------------------------------------------------------------------------
+    def shard_dir(self, table: str) -> Path:
+        return self.root / SHARD_TABLES[table][0]
+
+    def shard_files(self, table: str) -> list[Path]:
+        d = self.shard_dir(table)
+        return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
+
+    def _remove_orphan_shards(self) -> None:
+        committed = {p.name for p in self.shard_files("images")}
+        for p in self.shard_files("regions"):
+            if p.name not in committed:
+                p.unlink()
+        for table in SHARD_TABLES:
+            d = self.shard_dir(table)
+            if d.is_dir():
+                for tmp in d.glob("*.tmp"):
+                    tmp.unlink()
+
+    def refresh_views(self) -> None:
+        """(Re)point the shard views at this store's files (absolute paths, so the store may move)."""
+        temp = "TEMP " if self.read_only else ""
+        for name, (_, cols) in SHARD_TABLES.items():
+            files = self.shard_files(name)
+            if files:
+                lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                body = f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
+            else:
+                body = "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"
+            self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {body}")
+
+    # ---- convenience --------------------------------------------------------------------
+    def table_counts(self) -> dict[str, int]:
+        names = [
+            r[0]
+            for r in self.con.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema IN ('main','temp') "
+                "AND table_name NOT LIKE '\\_%' ESCAPE '\\' ORDER BY table_name"
+            ).fetchall()
+        ]
+        return {n: int(self.con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in dict.fromkeys(names)}
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)

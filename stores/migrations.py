@@ -1,0 +1,118 @@
+"""Numbered, append-only schema migrations for ``catalog.duckdb`` (llm's pattern, but each
+migration and its record run in one transaction, as in sqlite-utils).
+
+Never edit a migration that has shipped: add a new one. ``SCHEMA_VERSION`` is the number of
+migrations; a store written by a newer version of the project is refused.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Callable
+
+MIGRATIONS: list[Callable] = []
+migration = MIGRATIONS.append
+
+
+@migration
+def m001_core(con) -> None:
+    con.execute(
+        """
+        CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+        CREATE TABLE classes(
+            class_id BIGINT PRIMARY KEY,
+            name VARCHAR NOT NULL,        -- as given (with '_' turned into ' ')
+            norm_name VARCHAR NOT NULL UNIQUE  -- lower-cased, whitespace-collapsed: the identity
+        );
+        CREATE TABLE attributes(
+            attr_id BIGINT PRIMARY KEY,
+            class_id BIGINT NOT NULL,
+            text VARCHAR NOT NULL,        -- the descriptor as written ("a red crest")
+            prompt VARCHAR NOT NULL,      -- the exact string that was encoded
+            source VARCHAR NOT NULL,      -- file path, or llm:<model>
+            style VARCHAR,                -- descriptors (DCLIP) | sentences (CuPL) | template
+            prompt_version VARCHAR
+        );
+        CREATE TABLE attribute_embeddings(
+            attr_id BIGINT NOT NULL,
+            model VARCHAR NOT NULL,
+            embedding FLOAT[] NOT NULL,   -- L2-normalised
+            PRIMARY KEY (attr_id, model)
+        );
+        CREATE TABLE runs(
+            run_id BIGINT PRIMARY KEY,
+            method VARCHAR NOT NULL,
+            params VARCHAR NOT NULL,      -- JSON: everything needed to reproduce the run
+            model VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE predictions(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            rank INTEGER NOT NULL,        -- 1 is the prediction
+            score DOUBLE NOT NULL,
+            global_score DOUBLE,          -- LaZSL: the DCLIP-on-full-image part
+            local_score DOUBLE            -- LaZSL: sum of T*S over crops
+        );
+        CREATE TABLE alignments(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            region_id BIGINT NOT NULL,
+            attr_id BIGINT NOT NULL,
+            mass DOUBLE NOT NULL,         -- transport plan entry T[region, attribute]
+            similarity DOUBLE NOT NULL    -- fused similarity F = (1-theta) g + theta S
+        );
+        CREATE TABLE index_runs(
+            index_run_id BIGINT PRIMARY KEY,
+            params VARCHAR NOT NULL,      -- JSON: region source, crops, seed, model
+            model VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        """
+    )
+
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def applied_migrations(con) -> list[str]:
+    exists = con.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations' AND table_schema = 'main'"
+    ).fetchone()[0]
+    if not exists:
+        return []
+    return [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()]
+
+
+def pending_migrations(con) -> list[Callable]:
+    done = set(applied_migrations(con))
+    return [m for m in MIGRATIONS if m.__name__ not in done]
+
+
+def migrate(con) -> list[str]:
+    """Apply pending migrations, each in its own transaction. Returns the names applied."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations(name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    known = {m.__name__ for m in MIGRATIONS}
+    unknown = [n for n in applied_migrations(con) if n not in known]
+    if unknown:
+        raise StoreVersionError(
+            f"This store was written by a newer version of the project (schema has {', '.join(unknown)}); "
+            "upgrade the project (pip install -U) to open it."
+        )
+    applied = []
+    for m in pending_migrations(con):
+        con.execute("BEGIN TRANSACTION")
+        try:
+            m(con)
+            con.execute("INSERT INTO _migrations VALUES (?, ?)", [m.__name__, datetime.now(timezone.utc)])
+            con.execute("COMMIT")
+        except Exception:
+            con.execute("ROLLBACK")
+            raise
+        applied.append(m.__name__)
+    return applied
+
+
+class StoreVersionError(RuntimeError):
+    """The store's schema version is not one this code can open."""
