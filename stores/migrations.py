@@ -38,6 +38,7 @@ def m001_core(con) -> None:
             embedding FLOAT[] NOT NULL,   -- L2-normalised
             PRIMARY KEY (attr_id, model)
         );
+        -- images and regions are views over Parquet shards (stores/catalog.py SHARD_TABLES)
         CREATE TABLE runs(
             run_id BIGINT PRIMARY KEY,
             method VARCHAR NOT NULL,
@@ -67,6 +68,24 @@ def m001_core(con) -> None:
             index_run_id BIGINT PRIMARY KEY,
             params VARCHAR NOT NULL,      -- JSON: region source, crops, seed, model
             model VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL
+        );
+        """
+    )
+
+
+# m002 is taken by the LLM call log (pipeline.llm_attributes).
+
+
+@migration
+def m003_image_errors(con) -> None:
+    con.execute(
+        """
+        CREATE TABLE image_errors(
+            path VARCHAR NOT NULL,
+            sha256 VARCHAR,
+            reason VARCHAR NOT NULL,
+            index_run_id BIGINT,
             created_at TIMESTAMP NOT NULL
         );
         """
