@@ -1,0 +1,258 @@
+"""``pipeline``: the command line. Each command parses options, calls one stage function,
+and prints; bad input becomes a one-line error (no traceback)."""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from stores.catalog import Catalog, StoreError, resolve_store_path
+from stores.migrations import StoreVersionError
+
+from .attributes import InputError
+
+
+def _friendly_errors(fn):
+    """Turn the errors a user can fix into one-line messages."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .models import ModelLoadError
+
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, StoreError, StoreVersionError, ModelLoadError) as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def store_option(fn):
+    return click.option(
+        "--store", "store", envvar="ZSL_STORE", default=None, show_default="./zsl-store (env ZSL_STORE)",
+        help="Store directory (catalog.duckdb + Parquet + Faiss).",
+    )(fn)
+
+
+def model_options(fn):
+    fn = click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")(fn)
+    fn = click.option(
+        "--pretrained", default=None,
+        help="open_clip tag (openai), weights file, local-dir:DIR, random[:SEED], or a name in data/ (toy-clip). "
+        "Default: the store's model, else openai.",
+    )(fn)
+    fn = click.option("--model", "model_name", default=None, help="open_clip model name (default: the store's model, else ViT-B-32).")(fn)
+    return fn
+
+
+def _load_model(cat: Catalog, model_name, pretrained, device, required: bool = True):
+    """Load the model the user named, or the one the store was built with."""
+    from .models import DEFAULT_MODEL, DEFAULT_PRETRAINED, load_model
+
+    spec = json.loads(cat.get_meta("model_spec") or "null")
+    if model_name is None and pretrained is None and spec:
+        model_name, pretrained = spec["name"], spec["pretrained"]
+    if not required and model_name is None and pretrained is None:
+        return None
+    model = load_model(model_name or DEFAULT_MODEL, pretrained or DEFAULT_PRETRAINED, device=device)
+    cat.check_model(model.fingerprint)
+    if not spec and not cat.read_only:
+        cat.set_meta("model_spec", json.dumps({"name": model.name, "pretrained": model.pretrained}))
+    return model
+
+
+@click.group()
+@click.version_option(package_name="zsl-pipeline")
+def cli():
+    """Interpretable zero-shot image classification on CLIP.
+
+    \b
+    pipeline demo                                  # everything, offline, in a minute
+    pipeline build-attributes --from-json descriptors_cub.json
+    pipeline index-images photos/
+    pipeline classify --method lazsl --top-k 50
+    pipeline sql "select * from top_attributes limit 10"
+    """
+
+
+@cli.command("build-attributes")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False), help="A DCLIP {class: [descriptor]} or CuPL {class: [sentence]} file.")
+@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None, help="How texts become prompts (default: guessed from the file).")
+@click.option("--after-text", default="", help="Appended to each DCLIP sentence ('.' for ImageNet, as DCLIP does).")
+@model_options
+@store_option
+@_friendly_errors
+def build_attributes_cmd(from_json, style, after_text, model_name, pretrained, device, store):
+    """Store class attributes and encode them (Faiss + DuckDB).
+
+    \b
+    pipeline build-attributes --from-json ../shared/data/descriptors/dclip/descriptors_cub.json
+    """
+    from .attributes import import_attribute_file
+
+    if not from_json:
+        raise click.UsageError("Give --from-json FILE (a DCLIP or CuPL JSON).")
+    with Catalog(store) as cat:
+        model = _load_model(cat, model_name, pretrained, device)
+        report = import_attribute_file(cat, model, from_json, style=style, after_text=after_text)
+        for line in report.lines():
+            click.echo(line)
+        click.echo(f"store: {cat.root}")
+
+
+@cli.command("index-images")
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--regions", "source", type=click.Choice(["crops", "grid", "patches"]), default="crops", show_default=True)
+@click.option("--n-crops", default=90, show_default=True, help="Random square crops per image (crops).")
+@click.option("--crop-min", default=0.6, show_default=True, help="Crop side ~ U(crop-min, 0.9)·min(H, W).")
+@click.option("--seed", default=0, show_default=True, help="Mixed with each image's hash: same image, same boxes.")
+@click.option("--batch-size", default=256, show_default=True, help="Regions per encoder batch.")
+@click.option("--workers", default=1, show_default=True, help="Decoding/cropping worker processes.")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@model_options
+@store_option
+@_friendly_errors
+def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, model_name, pretrained, device, store):
+    """Encode each image's full view and regions once, into the store.
+
+    \b
+    pipeline index-images photos/            # one sub-folder per class gives labels
+    pipeline index-images manifest.csv       # columns: path[, label]
+    """
+    from .index_images import index_images
+    from .regions import RegionConfig
+
+    if not 0 < crop_min <= 0.9:
+        raise click.BadParameter("must be in (0, 0.9]", param_hint="--crop-min")
+    with Catalog(store) as cat:
+        model = _load_model(cat, model_name, pretrained, device)
+        cfg = RegionConfig(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed)
+        report = index_images(cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype)
+    for line in report.lines():
+        click.echo(line)
+    if report.failed:
+        sys.exit(1)
+
+
+@cli.command("classify")
+@click.option("--method", "methods", multiple=True, default=["lazsl"], show_default=True,
+              help="clip, clip-e, dclip, cupl, wca, lazsl; repeat or comma-separate for several runs.")
+@click.option("--top-k", default=50, show_default=True, help="Candidate classes from the Faiss shortlist (0 = all).")
+@click.option("--theta", default=None, type=float, help="LaZSL θ (default 0.8 or the preset's).")
+@click.option("--eps", default=0.1, show_default=True, help="LaZSL entropic regularisation ε.")
+@click.option("--gamma", default=0.0, show_default=True, help="LaZSL crop filter margin γ.")
+@click.option("--max-iter", default=100, show_default=True)
+@click.option("--tol", default=1e-2, show_default=True)
+@click.option("--preset", default=None, help="Published LaZSL settings, e.g. imagenet-b32, cub-b16.")
+@click.option("--wca-score", type=click.Choice(["code", "paper"]), default="code", show_default=True)
+@click.option("--seed", default=0, show_default=True)
+@click.option("--templates", default="openai", show_default=True, help="clip-e templates: openai, simple, or a file.")
+@click.option("--alignments-top", default=0, show_default=True, help="Store OT plans for the top-N classes only (0 = all candidates).")
+@click.option("--show", default=5, show_default=True, help="Images to print (0 = none).")
+@model_options
+@store_option
+@_friendly_errors
+def classify_cmd(methods, top_k, theta, eps, gamma, max_iter, tol, preset, wca_score, seed, templates, alignments_top, show,
+                 model_name, pretrained, device, store):
+    """Score indexed images; one run per method (no image is decoded).
+
+    \b
+    pipeline classify --method lazsl --top-k 50 --theta 0.8
+    pipeline classify --method clip,dclip,wca,lazsl
+    """
+    from .classify import MethodParams, classify, top_attributes
+
+    names = [m.strip() for ms in methods for m in ms.split(",") if m.strip()]
+    params = MethodParams(top_k=top_k, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score, seed=seed,
+                          templates=templates, alignments_top=alignments_top)
+    if preset:
+        from queries.scoring import LAZSL_PRESETS
+
+        if preset not in LAZSL_PRESETS:
+            raise click.BadParameter(f"unknown preset; pick one of {', '.join(sorted(LAZSL_PRESETS))}", param_hint="--preset")
+        params.preset, params.theta = preset, LAZSL_PRESETS[preset]["theta"]
+    if theta is not None:
+        params.theta = theta
+    with Catalog(store) as cat:
+        needs_text = any(m in ("clip", "clip-e", "wca") for m in names)
+        model = _load_model(cat, model_name, pretrained, device, required=needs_text) if needs_text else None
+        for method in names:
+            report = classify(cat, method, params, model=model)
+            click.echo(f"run {report.run_id}: {method} on {report.images} images in {report.seconds:.1f} s")
+            if show:
+                _print_top(top_attributes(cat, report.run_id), show)
+
+
+def _print_top(rows: list[dict], n_images: int) -> None:
+    seen: list[int] = []
+    for r in rows:
+        if r["image_id"] not in seen:
+            if len(seen) == n_images:
+                break
+            seen.append(r["image_id"])
+            label = f"  (label: {r['label']})" if r["label"] else ""
+            click.echo(f"{r['path']}{label}")
+        attrs = "; ".join(r["attributes"][:3])
+        click.echo(f"  {r['rank']}. {r['name']}  {r['score']:.4f}" + (f"  [{attrs}]" if attrs else ""))
+
+
+@cli.command("sql")
+@click.argument("query")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, help="Named parameter: -p name value ($name in SQL).")
+@store_option
+@_friendly_errors
+def sql_cmd(query, fmt, params, store):
+    """Run read-only SQL on the store.
+
+    \b
+    pipeline sql "select method, count(*) from runs join predictions using (run_id) group by method"
+    pipeline sql "select * from images where label = \\$l" -p l cat --format csv
+    """
+    from .sql import run_sql
+
+    with Catalog(store, read_only=True) as cat:
+        click.echo(run_sql(cat, query, dict(params), fmt), nl=False)
+
+
+@cli.command("demo")
+@click.option("--out", default="./zsl-demo", show_default=True, help="Where the demo's images and store go.")
+@_friendly_errors
+def demo_cmd(out):
+    """Run every stage offline on a small generated world, then show how to query it."""
+    from .demo import run_demo
+
+    run_demo(out)
+
+
+@cli.group("catalog")
+def catalog_group():
+    """Inspect and migrate the store."""
+
+
+@catalog_group.command("status")
+@store_option
+@_friendly_errors
+def catalog_status(store):
+    """Paths, model, schema version and row counts."""
+    with Catalog(store, read_only=True) as cat:
+        click.echo(f"store: {cat.root}")
+        click.echo(f"model: {cat.model}")
+        click.echo(f"schema version: {cat.get_meta('schema_version')}")
+        for name, n in cat.table_counts().items():
+            click.echo(f"  {name:24s} {n:>10d}")
+
+
+@catalog_group.command("migrate")
+@store_option
+@_friendly_errors
+def catalog_migrate(store):
+    """Bring an older store's schema up to date."""
+    with Catalog(resolve_store_path(store), create=False) as cat:
+        click.echo(f"{cat.root}: schema version {cat.get_meta('schema_version')}")
+
+
+def main():  # pragma: no cover
+    cli()
