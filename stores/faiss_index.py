@@ -50,5 +50,7 @@ def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:
     """All (ids, vectors) of an IndexIDMap2(Flat)."""
     n = index.ntotal
     ids = faiss.vector_to_array(index.id_map).astype(np.int64) if n else np.zeros(0, np.int64)
-    vecs = index.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
+    # reconstruct_n on the id map takes ids, not positions: read the inner flat index instead
+    inner = faiss.downcast_index(index.index)
+    vecs = inner.reconstruct_n(0, n) if n else np.zeros((0, index.d), np.float32)
     return ids, np.asarray(vecs, dtype=np.float32)
