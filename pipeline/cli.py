@@ -111,10 +111,11 @@ def build_attributes_cmd(from_json, style, after_text, model_name, pretrained, d
 @click.option("--batch-size", default=256, show_default=True, help="Regions per encoder batch.")
 @click.option("--workers", default=1, show_default=True, help="Decoding/cropping worker processes.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
+@click.option("--shard-size", default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
 @model_options
 @store_option
 @_friendly_errors
-def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, model_name, pretrained, device, store):
+def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, model_name, pretrained, device, store):
     """Encode each image's full view and regions once, into the store.
 
     \b
@@ -129,7 +130,9 @@ def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, worker
     with Catalog(store) as cat:
         model = _load_model(cat, model_name, pretrained, device)
         cfg = RegionConfig(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed)
-        report = index_images(cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype)
+        report = index_images(
+            cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype, shard_size=shard_size
+        )
     for line in report.lines():
         click.echo(line)
     if report.failed:
