@@ -1,0 +1,130 @@
+"""A demo store with a LaZSL-like run written by hand, so explanation tests know the truth.
+
+The images are the demo's coloured shapes (``pipeline.demo.make_shapes_world``); the object of
+each image is the set of pixels in its class colour. For every candidate class the fused
+similarity of its colour attribute on a crop grows with the share of the crop that is object
+of that colour; the plan is an entropic OT plan (uniform marginals, ε = 0.1) on that
+similarity, as LaZSL computes it. One red-circle image gets a boosted "blue colour" so that it
+is misclassified as a blue square, with "blue colour" the attribute that tipped it.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipeline.attributes import import_attribute_file
+from pipeline.demo import _COLOURS, DEMO_CLASSES, make_shapes_world
+from pipeline.index_images import index_images
+from pipeline.regions import RegionConfig
+from stores.catalog import Catalog, dumps, now_utc
+
+EVIL = "<script>alert('pwned')</script> & \"quotes\""
+
+
+@dataclass
+class TruthImage:
+    image_id: int
+    path: str
+    label: str
+    mask: np.ndarray = field(repr=False)  # object pixels (H, W) bool
+    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)  # object box x0, y0, x1, y1 (end exclusive)
+
+
+@dataclass
+class TruthStore:
+    root: Path
+    run_id: int
+    images: list[TruthImage]
+    wrong_image_id: int  # the misclassified one
+    attr_ids: dict[tuple[str, str], int]  # (class name, attribute text) -> attr_id
+
+
+def sinkhorn(f: np.ndarray, eps: float = 0.1, iters: int = 200) -> np.ndarray:
+    """Balanced entropic OT plan with uniform marginals on similarity f (cost 1 - f)."""
+    m, n = f.shape
+    k = np.exp(-(1 - f) / eps)
+    u, v = np.ones(m), np.ones(n)
+    for _ in range(iters):
+        u = (1 / m) / (k @ v)
+        v = (1 / n) / (k.T @ u)
+    return u[:, None] * k * v[None, :]
+
+
+def object_mask(path: str, colour: tuple[int, int, int]) -> np.ndarray:
+    arr = np.asarray(Image.open(path).convert("RGB"))
+    return np.all(arr == np.array(colour, np.uint8), axis=-1)
+
+
+def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 16, crop_min: float = 0.3, evil: bool = False,
+                      seed: int = 0) -> TruthStore:
+    world = root / "world"
+    img_dir, attrs_file = make_shapes_world(world, per_class=per_class, seed=seed)
+    classes = {k: list(v) for k, v in DEMO_CLASSES.items()}
+    if evil:
+        classes["red circle"].append(EVIL)
+        classes["evil <b>bold</b> class"] = ["<img src=x onerror=alert(1)>"]
+        attrs_file.write_text(json.dumps(classes))
+    rng = np.random.default_rng(seed)
+    with Catalog(root / "store") as cat:
+        import_attribute_file(cat, model, attrs_file, progress=False)
+        index_images(cat, model, [str(img_dir)], RegionConfig(n_crops=n_crops, crop_min=crop_min), progress=False, dtype="float32")
+        cls = {name: cid for cid, name in cat.query("SELECT class_id, name FROM classes ORDER BY class_id").fetchall()}
+        attrs: dict[int, list[tuple[int, str]]] = {}
+        attr_ids = {}
+        for aid, cid, text in cat.query("SELECT attr_id, class_id, text FROM attributes ORDER BY attr_id").fetchall():
+            attrs.setdefault(cid, []).append((aid, text))
+        for name, cid in cls.items():
+            for aid, text in attrs[cid]:
+                attr_ids[(name, text)] = aid
+        run_id = cat.next_id("runs", "run_id")
+        cat.query("INSERT INTO runs VALUES (?, 'lazsl', ?, ?, ?)",
+                  [run_id, dumps({"method": "lazsl", "theta": 0.8, "attribute_source": "descriptors", "hand_made": True}),
+                   cat.model, now_utc()])
+        images = []
+        rows = cat.query("SELECT image_id, path, label FROM images ORDER BY path").fetchall()
+        wrong = None
+        preds, aligns = [], []
+        for iid, path, label in rows:
+            name = label.replace("_", " ")
+            mask = object_mask(path, _COLOURS[name.split()[0]])
+            ys, xs = np.nonzero(mask)
+            images.append(TruthImage(iid, path, name, mask, (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)))
+            reg = cat.query("SELECT region_id, x0, y0, x1, y1 FROM regions WHERE image_id = ? AND kind = 'crop' ORDER BY region_id",
+                            [iid]).fetchall()
+            rid = np.array([r[0] for r in reg], np.int64)
+            boxes = np.array([r[1:] for r in reg], np.int64)
+            flip = wrong is None and name == "red circle"
+            if flip:
+                wrong = iid
+            scores = {}
+            for cname, cid in cls.items():
+                colour = cname.split()[0]
+                cmask = object_mask(path, _COLOURS[colour]) if colour in _COLOURS else np.zeros_like(mask)
+                f = np.zeros((len(rid), len(attrs[cid])))
+                for j, (aid, text) in enumerate(attrs[cid]):
+                    if "colour" in text:
+                        share = np.array([cmask[y0:y1, x0:x1].mean() for x0, y0, x1, y1 in boxes])
+                        f[:, j] = 0.15 + 0.6 * share
+                        if flip and colour == "blue":
+                            f[:, j] += 0.5
+                    else:
+                        f[:, j] = 0.15 + 0.05 * rng.random(len(rid))
+                t = sinkhorn(f)
+                s = float((t * f).sum())
+                scores[cid] = s
+                for m in range(len(rid)):
+                    for j, (aid, _) in enumerate(attrs[cid]):
+                        aligns.append((run_id, iid, cid, int(rid[m]), aid, float(t[m, j]), float(f[m, j])))
+            order = sorted(scores, key=lambda c: -scores[c])
+            for rank, cid in enumerate(order, 1):
+                preds.append((run_id, iid, cid, rank, scores[cid], 0.2 * scores[cid], 0.8 * scores[cid]))
+        tbl = pa.table(list(zip(*preds)), names=["run_id", "image_id", "class_id", "rank", "score", "global_score", "local_score"])  # noqa: F841
+        cat.con.execute("INSERT INTO predictions SELECT run_id, image_id, class_id, rank::INTEGER, score, global_score, local_score FROM tbl")
+        tbl = pa.table(list(zip(*aligns)), names=["run_id", "image_id", "class_id", "region_id", "attr_id", "mass", "similarity"])  # noqa: F841
+        cat.con.execute("INSERT INTO alignments SELECT * FROM tbl")
+    return TruthStore(root / "store", run_id, images, wrong, attr_ids)
