@@ -4,9 +4,9 @@ prediction, deletion/insertion curves and the pointing game. Pure functions, no 
 Conventions
 -----------
 * Boxes are ``(x0, y0, x1, y1)`` in image pixels (``regions`` rows). Pixel ``(x, y)`` covers
-  ``[x, x+1) × [y, y+1)`` and belongs to a box when its centre does, so a box covers the
-  columns ``round(x0) .. round(x1)-1`` (half-up rounding); integer boxes cover exactly what
-  ``PIL.Image.crop`` cuts, and adjacent patch cells tile the image without gap or overlap.
+  ``[x, x+1) × [y, y+1)`` and belongs to a box when its centre ``(x+½, y+½)`` lies in
+  ``(x0, x1] × (y0, y1]``, i.e. columns ``floor(x0+½) .. floor(x1+½)-1``: integer boxes cover
+  exactly what ``PIL.Image.crop`` cuts, and adjacent patch cells tile without gap or overlap.
 * Alignment rows are the store's ``alignments``: one ``(region, attribute)`` entry of a class's
   transport plan with its ``mass`` T and fused ``similarity`` F; ``mass * similarity`` is the
   entry's contribution and the contributions of a class sum to its LaZSL score.

@@ -24,6 +24,7 @@ from pipeline.regions import RegionConfig
 from stores.catalog import Catalog, dumps, now_utc
 
 EVIL = "<script>alert('pwned')</script> & \"quotes\""
+UNUSED = "a plaid pattern"  # a descriptor of "yellow bar" that the plan never gives mass
 
 
 @dataclass
@@ -65,22 +66,24 @@ def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 1
     world = root / "world"
     img_dir, attrs_file = make_shapes_world(world, per_class=per_class, seed=seed)
     classes = {k: list(v) for k, v in DEMO_CLASSES.items()}
+    classes["yellow bar"].append(UNUSED)
     if evil:
         classes["red circle"].append(EVIL)
         classes["evil <b>bold</b> class"] = ["<img src=x onerror=alert(1)>"]
-        attrs_file.write_text(json.dumps(classes))
+    attrs_file.write_text(json.dumps(classes))
     rng = np.random.default_rng(seed)
     with Catalog(root / "store") as cat:
+        cat.set_meta("model_spec", json.dumps({"name": model.name, "pretrained": model.pretrained}))
         import_attribute_file(cat, model, attrs_file, progress=False)
         index_images(cat, model, [str(img_dir)], RegionConfig(n_crops=n_crops, crop_min=crop_min), progress=False, dtype="float32")
         cls = {name: cid for cid, name in cat.query("SELECT class_id, name FROM classes ORDER BY class_id").fetchall()}
         attrs: dict[int, list[tuple[int, str]]] = {}
         attr_ids = {}
         for aid, cid, text in cat.query("SELECT attr_id, class_id, text FROM attributes ORDER BY attr_id").fetchall():
-            attrs.setdefault(cid, []).append((aid, text))
-        for name, cid in cls.items():
-            for aid, text in attrs[cid]:
-                attr_ids[(name, text)] = aid
+            attr_ids[(cid, text)] = aid
+            if text != UNUSED:
+                attrs.setdefault(cid, []).append((aid, text))
+        attr_ids = {(name, text): aid for (cid, text), aid in attr_ids.items() for name in cls if cls[name] == cid}
         run_id = cat.next_id("runs", "run_id")
         cat.query("INSERT INTO runs VALUES (?, 'lazsl', ?, ?, ?)",
                   [run_id, dumps({"method": "lazsl", "theta": 0.8, "attribute_source": "descriptors", "hand_made": True}),
