@@ -15,6 +15,8 @@ from queries._arrays import any_torch, as_float, as_index, out, pick_device
 
 __all__ = ["class_prototypes", "shortlist_candidates"]
 
+_RESCORE_MARGIN = 16  # extra Faiss hits re-scored in float64 (see shortlist_candidates)
+
 try:  # faiss-cpu is a project dependency, but the numpy path gives the same answer.
     import faiss as _faiss
 except ImportError:  # pragma: no cover - exercised only without faiss installed
@@ -49,8 +51,10 @@ def shortlist_candidates(image, prototypes, k: int, *, use_faiss: bool | None = 
         Shortlist size; ``k <= 0`` or ``k >= C`` returns all C classes, sorted.
     use_faiss : bool, optional
         Search with a Faiss ``IndexFlatIP`` (default when faiss is importable) or with a
-        numpy matrix product + argsort. Both give the same indices up to exact ties,
-        which are broken towards the lower class index in both.
+        numpy matrix product. Both return the same indices: the final order is by the
+        float64 cosine, ties towards the lower class index. (Faiss's float32 scores are
+        only used to fetch ``k + 16`` candidates, which are then re-scored in float64, so
+        float32 rounding differences between BLAS and Faiss cannot reorder near-ties.)
 
     Returns
     -------
@@ -65,18 +69,18 @@ def shortlist_candidates(image, prototypes, k: int, *, use_faiss: bool | None = 
     C = p.shape[0]
     kk = C if (k <= 0 or k >= C) else int(k)
     if use_faiss is None:
-        use_faiss = _faiss is not None
+        use_faiss = _faiss is not None and kk < C
+    x64 = x.astype(np.float64)
     if use_faiss:
         if _faiss is None:
             raise ImportError("faiss is not installed; use use_faiss=False")
         index = _faiss.IndexFlatIP(p.shape[1])
         index.add(p)
-        sims, idx = index.search(x, kk)
-        # Faiss does not promise an order among equal scores: make it (-score, index).
-        order = np.lexsort((idx, -sims), axis=1) if kk > 1 else np.zeros_like(idx)
-        idx = np.take_along_axis(idx, order, 1)
+        _, cand = index.search(x, min(C, kk + _RESCORE_MARGIN))
+        sims = np.einsum("bd,bkd->bk", x64, p.astype(np.float64)[cand])
     else:
-        sims = x @ p.T
-        idx = np.argsort(-sims, axis=1, kind="stable")[:, :kk]
-    idx = idx.astype(np.int64)
+        cand = np.broadcast_to(np.arange(C), (x.shape[0], C))
+        sims = x64 @ p.T.astype(np.float64)
+    order = np.lexsort((cand, -sims), axis=1)[:, :kk]  # by -score, then class index
+    idx = np.take_along_axis(cand, order, 1).astype(np.int64)
     return torch.as_tensor(idx, device=dev) if as_torch else idx
