@@ -58,8 +58,10 @@ _METHODS = ("auto", "sinkhorn", "sinkhorn_log")
 
 # A working set is compacted (finished problems physically dropped) once at least this
 # fraction of it has finished; until then finished problems are just ignored. Either way
-# a finished problem's (r, c) were copied out at the iteration it stopped.
-_COMPACT_FRACTION = 0.25
+# a finished problem's (r, c) were copied out at the iteration it stopped. Compacting
+# copies the unfinished kernels once (~1 pass) and saves 2 passes per later iteration
+# for each finished problem; at one half it pays off after a single further iteration.
+_COMPACT_FRACTION = 0.5
 
 
 @dataclass
@@ -190,8 +192,10 @@ def _solve_plain(Kt, a, b, max_iter, tol):
     carry = {"r": torch.ones((P, m), dtype=Kt.dtype, device=Kt.device), "c": bpos.to(Kt.dtype)}
     fin, n_iter, conv, failed = _iterate(_plain_step, static, carry, max_iter, tol)
     r, c = fin["r"], fin["c"]
+    # Finite r, c (and a finite K) give a finite plan: each entry is at most its column's
+    # mass. Checking the scalings is much cheaper than checking the (P, n, m) plan.
+    failed |= ~(torch.isfinite(r).all(1) & torch.isfinite(c).all(1))
     Tt = r.unsqueeze(1) * Kt * c.unsqueeze(2)
-    failed |= ~torch.isfinite(Tt).flatten(1).all(1)
     return Tt, n_iter, conv, failed
 
 
