@@ -50,8 +50,8 @@ def shortlist_candidates(image, prototypes, k: int, *, use_faiss: bool | None = 
     k : int
         Shortlist size; ``k <= 0`` or ``k >= C`` returns all C classes, sorted.
     use_faiss : bool, optional
-        Search with a Faiss ``IndexFlatIP`` (default when faiss is importable) or with a
-        numpy matrix product. Both return the same indices: the final order is by the
+        Search with a Faiss ``IndexFlatIP`` (default when faiss is importable and k < C) or
+        with a numpy matrix product. Both return the same indices: the final order is by the
         float64 cosine, ties towards the lower class index. (Faiss's float32 scores are
         only used to fetch ``k + 16`` candidates, which are then re-scored in float64, so
         float32 rounding differences between BLAS and Faiss cannot reorder near-ties.)
