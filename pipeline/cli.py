@@ -188,6 +188,45 @@ def classify_cmd(methods, top_k, theta, eps, gamma, max_iter, tol, preset, wca_s
                 _print_top(top_attributes(cat, report.run_id), show)
 
 
+@cli.command("evaluate")
+@click.option("--methods", default=None, help="Comma-separated methods to run first (e.g. clip,dclip,wca,lazsl) on the same regions.")
+@click.option("--run", "runs", type=int, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
+@click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--output", default=None, help="Folder for one CLIP_benchmark-style JSON per (dataset, model, method).")
+@click.option("--top-k", default=50, show_default=True)
+@model_options
+@store_option
+@_friendly_errors
+def evaluate_cmd(methods, runs, dataset, fmt, output, top_k, model_name, pretrained, device, store):
+    """Accuracy (acc1, acc5, mean per-class recall) of runs against image labels.
+
+    \b
+    pipeline evaluate --methods clip,dclip,wca,lazsl
+    pipeline evaluate --format json --output results/
+    """
+    from .classify import MethodParams, classify
+    from .evaluate import clip_benchmark_record, evaluate_run, format_table, latest_runs, write_results
+
+    with Catalog(store) as cat:
+        names = [m.strip() for m in methods.split(",")] if methods else []
+        if names:
+            needs_text = any(m in ("clip", "clip-e", "wca") for m in names)
+            model = _load_model(cat, model_name, pretrained, device) if needs_text else None
+            runs = tuple(classify(cat, m, MethodParams(top_k=top_k), model=model, progress=False).run_id for m in names)
+        evals = [evaluate_run(cat, r) for r in (runs or latest_runs(cat))]
+        for ev in evals:
+            if ev.unmatched_labels:
+                click.echo(f"run {ev.run_id}: labels matching no class (skipped): {ev.unmatched_labels}", err=True)
+        if fmt == "json":
+            click.echo(json.dumps([clip_benchmark_record(cat, ev, dataset) for ev in evals], indent=2))
+        else:
+            click.echo(format_table(evals))
+        if output:
+            for p in write_results(cat, evals, output, dataset):
+                click.echo(f"wrote {p}", err=True)
+
+
 def _print_top(rows: list[dict], n_images: int) -> None:
     seen: list[int] = []
     for r in rows:

@@ -264,13 +264,14 @@ def index_images(
     shard_size: int = 256,
     dtype: str = "float16",
     progress: bool = True,
+    max_images: int | None = None,
 ) -> IndexReport:
     """Index images into the store; images already there (same content) are skipped."""
     import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    items = discover_images(inputs)
+    items = discover_images(inputs)[:max_images]
     cat.check_model(model.fingerprint)
     known = {r[0] for r in cat.query("SELECT sha256 FROM images").fetchall()}
     patch_grid = 0

@@ -100,6 +100,7 @@ class Catalog:
                 )
             self._check_newer()
         else:
+            self.refresh_views()  # views created by migrations may select from the shard views
             migrate(self.con)
             self.set_meta("schema_version", str(SCHEMA_VERSION))
             self._remove_orphan_shards()

@@ -133,6 +133,47 @@ def m003_image_errors(con) -> None:
     )
 
 
+@migration
+def m004_explanation_views(con) -> None:
+    """Views that answer "why": per-attribute contributions, rankings, confusions, dead descriptors."""
+    con.execute(
+        """
+        CREATE VIEW contributions AS
+        SELECT al.run_id, al.image_id, al.class_id, c.name AS class_name, al.attr_id, a.text AS attribute,
+               sum(al.mass) AS mass,
+               sum(al.mass * al.similarity) / nullif(sum(al.mass), 0) AS similarity,
+               sum(al.mass * al.similarity) AS contribution
+        FROM alignments al JOIN attributes a USING (attr_id) JOIN classes c ON c.class_id = al.class_id
+        GROUP BY ALL;
+
+        CREATE VIEW top_attributes AS
+        SELECT *, row_number() OVER (PARTITION BY run_id, image_id, class_id ORDER BY contribution DESC, attr_id) AS attr_rank
+        FROM contributions;
+
+        CREATE VIEW class_confusions AS
+        SELECT p.run_id, i.label, c.name AS predicted, count(*) AS n,
+               lower(trim(regexp_replace(replace(i.label, '_', ' '), '\\s+', ' ', 'g'))) = c.norm_name AS correct
+        FROM predictions p JOIN images i USING (image_id) JOIN classes c USING (class_id)
+        WHERE p.rank = 1 AND i.label IS NOT NULL
+        GROUP BY ALL;
+
+        CREATE VIEW attribute_usage AS
+        WITH used AS (
+            SELECT run_id, attr_id, sum(mass) AS mass, sum(mass * similarity) AS contribution,
+                   count(DISTINCT image_id) AS images
+            FROM alignments WHERE mass > 0 GROUP BY ALL
+        ),
+        ot_runs AS (SELECT DISTINCT run_id FROM alignments)
+        SELECT r.run_id, a.attr_id, c.name AS class_name, a.text AS attribute,
+               coalesce(u.mass, 0) AS mass, coalesce(u.contribution, 0) AS contribution, coalesce(u.images, 0) AS images,
+               u.attr_id IS NULL AS never_used
+        FROM ot_runs r CROSS JOIN attributes a JOIN classes c USING (class_id)
+        LEFT JOIN used u ON u.run_id = r.run_id AND u.attr_id = a.attr_id
+        WHERE a.style = 'descriptors';
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
