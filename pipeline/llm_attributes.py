@@ -594,13 +594,18 @@ def generate_attributes(
     fatal: JobResult | None = None
     bar = tqdm(total=len(jobs), desc=f"ask {llm_model}", unit="sample", disable=not progress or not jobs)
     pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llm")
+    pending: list[JobResult] = []  # finished, not yet written: flushed every second or 64 jobs
+    last_flush = time.monotonic()
     try:
         futures = [pool.submit(run.job, name, i) for name, i in jobs]
         for fut in as_completed(futures):
             res = fut.result()
             if res.status == "skipped":
                 continue
-            _write_job(cat, key, run, res)
+            pending.append(res)
+            if len(pending) >= 64 or time.monotonic() - last_flush > 1.0:
+                _write_jobs(cat, key, run, pending)
+                pending, last_flush = [], time.monotonic()
             report.asked += 1
             outcome.setdefault(res.class_name, []).append(res.status)
             if res.reason and res.status != "ok":
@@ -619,6 +624,7 @@ def generate_attributes(
             bar.set_postfix(failed=len(report.failures), retried=report.retried, refresh=False)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        _write_jobs(cat, key, run, pending)  # what finished is kept, even on Ctrl-C
         bar.close()
     report.response_format = run.mode
 
@@ -670,24 +676,52 @@ def generate_attributes(
     return report
 
 
-def _write_job(cat: Catalog, key: list[str], run: _Run, res: JobResult) -> None:
+_CALL_COLUMNS = [
+    ("id", "string"), ("batch_id", "string"), ("created_at", "timestamp"), ("model", "string"), ("base_url", "string"),
+    ("prompt_version", "string"), ("style", "string"), ("class_name", "string"), ("sample_index", "int32"),
+    ("attempt", "int32"), ("response_format", "string"), ("request", "string"), ("response", "string"),
+    ("status", "string"), ("error", "string"), ("prompt_tokens", "int32"), ("completion_tokens", "int32"),
+    ("latency_ms", "float64"), ("retries", "int32"),
+]
+_CACHE_COLUMNS = [
+    ("model", "string"), ("base_url", "string"), ("prompt_version", "string"), ("style", "string"),
+    ("norm_name", "string"), ("sample_index", "int32"), ("class_name", "string"), ("status", "string"),
+    ("items", "string"), ("call_id", "string"), ("created_at", "timestamp"),
+]
+
+
+def _arrow(columns: list[tuple[str, str]], rows: list[tuple]):
+    import pyarrow as pa
+
+    types = {"string": pa.string(), "int32": pa.int32(), "float64": pa.float64(), "timestamp": pa.timestamp("us")}
+    return pa.table({name: pa.array([r[i] for r in rows], type=types[t]) for i, (name, t) in enumerate(columns)})
+
+
+def _write_jobs(cat: Catalog, key: list[str], run: _Run, results: list[JobResult]) -> None:
+    """One transaction for a batch of finished jobs (DuckDB row-by-row inserts are slow)."""
+    if not results:
+        return
     model, server, version, style = key
+    calls = [
+        (c.id, run.batch_id, c.created_at, model, server, version, style, c.class_name, c.sample_index, c.attempt,
+         c.response_format, c.request, c.response, c.status, c.error, c.prompt_tokens, c.completion_tokens,
+         c.latency_ms, c.retries)
+        for res in results for c in res.calls
+    ]
+    cache = [
+        (model, server, version, style, norm_class_name(res.class_name), res.sample_index, res.class_name, res.status,
+         json.dumps(res.items, ensure_ascii=False), res.decided_by, now_utc())
+        for res in results if res.status in ("ok", "short", "failed")
+    ]
     with cat.transaction():
-        cat.con.executemany(
-            "INSERT INTO llm_calls VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (c.id, run.batch_id, c.created_at, model, server, version, style, c.class_name, c.sample_index, c.attempt,
-                 c.response_format, c.request, c.response, c.status, c.error, c.prompt_tokens, c.completion_tokens,
-                 c.latency_ms, c.retries)
-                for c in res.calls
-            ],
-        )
-        if res.status in ("ok", "short", "failed"):
-            cat.con.execute(
-                "INSERT OR REPLACE INTO llm_cache VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [model, server, version, style, norm_class_name(res.class_name), res.sample_index, res.class_name,
-                 res.status, json.dumps(res.items, ensure_ascii=False), res.decided_by, now_utc()],
-            )
+        if calls:
+            cat.con.register("_new_llm_calls", _arrow(_CALL_COLUMNS, calls))
+            cat.con.execute("INSERT INTO llm_calls SELECT * FROM _new_llm_calls")
+            cat.con.unregister("_new_llm_calls")
+        if cache:
+            cat.con.register("_new_llm_cache", _arrow(_CACHE_COLUMNS, cache))
+            cat.con.execute("INSERT OR REPLACE INTO llm_cache SELECT * FROM _new_llm_cache")
+            cat.con.unregister("_new_llm_cache")
 
 
 # ---- export -----------------------------------------------------------------------------
