@@ -117,7 +117,7 @@ def write_results(cat: Catalog, evals: list[RunEval], out_dir: str | Path, datas
     paths = []
     for ev in evals:
         rec = clip_benchmark_record(cat, ev, dataset)
-        name = f"{dataset}_{rec['pretrained']}_{rec['model']}_{ev.method}_en_zeroshot_classification.json".replace("/", "-")
+        name = f"{dataset}_{rec['pretrained']}_{rec['model']}_{ev.method}_en_zeroshot_classification.json".replace("/", "-").replace(":", "-")
         p = out_dir / name
         p.write_text(json.dumps(rec, indent=2))
         paths.append(p)
