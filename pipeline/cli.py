@@ -205,10 +205,13 @@ def export_attributes_cmd(fmt, dataset, style, output, store):
 @click.option("--workers", default=1, show_default=True, help="Decoding/cropping worker processes.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--shard-size", default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
+@click.option("--preset", default=None, help="Published LaZSL crop settings (n-crops, crop-min), e.g. cub-b32.")
+@click.option("--max-images", default=None, type=int, help="Index at most this many images (a quick look).")
 @model_options
 @store_option
 @_friendly_errors
-def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, model_name, pretrained, device, store):
+def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, preset, max_images,
+                     model_name, pretrained, device, store):
     """Encode each image's full view and regions once, into the store.
 
     \b
@@ -218,13 +221,20 @@ def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, worker
     from .index_images import index_images
     from .regions import RegionConfig
 
+    if preset:
+        from queries.scoring import LAZSL_PRESETS
+
+        if preset not in LAZSL_PRESETS:
+            raise click.BadParameter(f"unknown preset; pick one of {', '.join(sorted(LAZSL_PRESETS))}", param_hint="--preset")
+        n_crops, crop_min = LAZSL_PRESETS[preset]["n_crops"], LAZSL_PRESETS[preset]["crop_min"]
     if not 0 < crop_min <= 0.9:
         raise click.BadParameter("must be in (0, 0.9]", param_hint="--crop-min")
     with Catalog(store) as cat:
         model = _load_model(cat, model_name, pretrained, device)
         cfg = RegionConfig(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed)
         report = index_images(
-            cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype, shard_size=shard_size
+            cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype, shard_size=shard_size,
+            max_images=max_images,
         )
     for line in report.lines():
         click.echo(line)
