@@ -399,5 +399,14 @@ def catalog_migrate(store):
         click.echo(f"{cat.root}: schema version {cat.get_meta('schema_version')}")
 
 
+def _add_toyworld_command() -> None:
+    from .toyworld import make_toyworld_command
+
+    cli.add_command(make_toyworld_command())
+
+
+_add_toyworld_command()
+
+
 def main():  # pragma: no cover
     cli()
