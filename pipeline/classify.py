@@ -254,7 +254,8 @@ def load_templates(spec: str) -> list[str]:
 def _baseline_scores(method, full, crops, texts, cls_index, n_classes, params: MethodParams) -> np.ndarray:
     _, _, t_emb = texts["attrs"]
     if method in ("clip", "clip-e"):
-        return scoring.clip_scores(full, scoring.class_text_from_templates(t_emb, cls_index, n_classes))
+        # a template ensemble is normalize(mean_t normalize(emb)) per class: the same segment mean as CuPL
+        return scoring.clip_scores(full, scoring.cupl_class_text(t_emb, cls_index, n_classes))
     if method == "dclip":
         return scoring.dclip_scores(full, t_emb, cls_index, n_classes)
     if method == "cupl":
@@ -320,23 +321,14 @@ def top_attributes(cat: Catalog, run_id: int, n_classes: int = 3, n_attrs: int =
     """Each image's top classes with their strongest attributes (by Σ mass·similarity)."""
     rows = cat.query(
         """
-        WITH top AS (SELECT * FROM predictions WHERE run_id = ? AND rank <= ?),
-        contrib AS (
-            SELECT a.image_id, a.class_id, a.attr_id, sum(a.mass * a.similarity) AS c
-            FROM alignments a JOIN top t USING (image_id, class_id) WHERE a.run_id = ?
-            GROUP BY ALL
-        ),
-        ranked AS (
-            SELECT *, row_number() OVER (PARTITION BY image_id, class_id ORDER BY c DESC) AS r FROM contrib
-        )
-        SELECT i.path, t.image_id, t.rank, c.name, t.score,
-               list(at.text ORDER BY r.r) FILTER (WHERE r.r IS NOT NULL) AS attrs,
-               i.label
-        FROM top t JOIN classes c USING (class_id) JOIN images i USING (image_id)
-        LEFT JOIN ranked r ON r.image_id = t.image_id AND r.class_id = t.class_id AND r.r <= ?
-        LEFT JOIN attributes at ON at.attr_id = r.attr_id
-        GROUP BY ALL ORDER BY i.path, t.rank
+        SELECT i.path, p.image_id, p.rank, c.name, p.score,
+               list(ta.attribute ORDER BY ta.attr_rank) FILTER (WHERE ta.attribute IS NOT NULL) AS attrs, i.label
+        FROM predictions p JOIN classes c USING (class_id) JOIN images i USING (image_id)
+        LEFT JOIN top_attributes ta
+               ON ta.run_id = p.run_id AND ta.image_id = p.image_id AND ta.class_id = p.class_id AND ta.attr_rank <= ?
+        WHERE p.run_id = ? AND p.rank <= ?
+        GROUP BY ALL ORDER BY i.path, p.rank
         """,
-        [run_id, n_classes, run_id, n_attrs],
+        [n_attrs, run_id, n_classes],
     ).fetchall()
     return [dict(path=r[0], image_id=r[1], rank=r[2], name=r[3], score=r[4], attributes=r[5] or [], label=r[6]) for r in rows]

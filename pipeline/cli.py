@@ -80,29 +80,122 @@ def cli():
     """
 
 
+def llm_options(fn):
+    """Options of the LLM that writes attributes (any OpenAI-compatible server)."""
+    opts = [
+        click.option("--llm-model", default=None, help="Model name the server knows (gpt-4o-mini, a vLLM/llama.cpp/Ollama model)."),
+        click.option("--base-url", envvar="OPENAI_BASE_URL", default=None, show_envvar=True,
+                     help="Server root, e.g. http://localhost:8000/v1 (vLLM), :8080/v1 (llama.cpp), :11434/v1 (Ollama). Default: OpenAI."),
+        click.option("--api-key", envvar="OPENAI_API_KEY", default=None, show_envvar=True, show_default=False,
+                     help="API key (prefer the environment variable; never stored or printed). Local servers need none."),
+        click.option("--n-samples", type=click.IntRange(1), default=None, help="Questions/samples per class (default: the prompt set's: 1 descriptors, 5 sentences)."),
+        click.option("--prompt-version", default=None, help="A prompt set in pipeline/prompts (default: the style's latest, e.g. descriptors-v1)."),
+        click.option("--concurrency", type=click.IntRange(1), default=4, show_default=True, help="Requests in flight."),
+        click.option("--refresh", is_flag=True, help="Ask again even for what the cache has."),
+        click.option("--retry-failed", is_flag=True, help="Ask again for classes that failed validation in an earlier run."),
+        click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=120.0, show_default=True, help="Seconds per request."),
+        click.option("--max-retries", type=click.IntRange(0), default=3, show_default=True, help="HTTP retries on 429/5xx/timeouts (with backoff)."),
+        click.option("--max-reasks", type=click.IntRange(0), default=2, show_default=True, help="Re-asks after an unusable answer."),
+        click.option("--duplicates", type=click.Choice(["merge", "error"]), default="merge", show_default=True,
+                     help="Class names equal after case/whitespace folding: merge (reported) or refuse."),
+        click.option("--llm-option", "llm_option", type=(str, str), multiple=True,
+                     help="Extra request field, JSON value: --llm-option max_completion_tokens 800 (null removes one)."),
+        click.option("--no-progress", is_flag=True, help="No progress bars."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _json_value(text: str):
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # a bare string
+
+
 @cli.command("build-attributes")
+@click.argument("classes", required=False, type=click.Path(dir_okay=False))
 @click.option("--from-json", "from_json", type=click.Path(dir_okay=False), help="A DCLIP {class: [descriptor]} or CuPL {class: [sentence]} file.")
-@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None, help="How texts become prompts (default: guessed from the file).")
+@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None,
+              help="descriptors (DCLIP) or sentences (CuPL); default: guessed from a file, descriptors for an LLM.")
 @click.option("--after-text", default="", help="Appended to each DCLIP sentence ('.' for ImageNet, as DCLIP does).")
+@llm_options
 @model_options
 @store_option
 @_friendly_errors
-def build_attributes_cmd(from_json, style, after_text, model_name, pretrained, device, store):
-    """Store class attributes and encode them (Faiss + DuckDB).
+def build_attributes_cmd(classes, from_json, style, after_text, llm_model, base_url, api_key, n_samples, prompt_version,
+                         concurrency, refresh, retry_failed, timeout, max_retries, max_reasks, duplicates, llm_option,
+                         no_progress, model_name, pretrained, device, store):
+    """Store class attributes and encode them (Faiss + DuckDB): from a file, or written by an LLM.
 
     \b
     pipeline build-attributes --from-json ../shared/data/descriptors/dclip/descriptors_cub.json
+    pipeline build-attributes classes.txt --llm-model gpt-4o-mini            # OPENAI_API_KEY
+    pipeline build-attributes classes.txt --llm-model qwen2.5:7b --base-url http://localhost:11434/v1
+    pipeline build-attributes classes.csv --llm-model m --style sentences    # CuPL-style
     """
-    from .attributes import import_attribute_file
+    from .attributes import encode_attributes, import_attribute_file
 
-    if not from_json:
-        raise click.UsageError("Give --from-json FILE (a DCLIP or CuPL JSON).")
+    if classes and from_json:
+        raise click.UsageError("Give CLASSES or --from-json FILE, not both.")
+    if not classes and not from_json:
+        raise click.UsageError("Give a class list (CLASSES with --llm-model) or --from-json FILE (a DCLIP or CuPL JSON).")
+    if from_json or (classes.lower().endswith(".json") and not llm_model):
+        with Catalog(store) as cat:
+            model = _load_model(cat, model_name, pretrained, device)
+            report = import_attribute_file(cat, model, from_json or classes, style=style, after_text=after_text,
+                                           progress=not no_progress)
+            for line in report.lines():
+                click.echo(line)
+            click.echo(f"store: {cat.root}")
+        return
+    if not llm_model:
+        raise click.UsageError("--llm-model is required to write attributes with an LLM (or import a file with --from-json).")
+    from .llm_attributes import generate_attributes, read_class_list
+
+    names, creport = read_class_list(classes, duplicates=duplicates)
+    for line in creport.lines():
+        click.echo(line)
     with Catalog(store) as cat:
-        model = _load_model(cat, model_name, pretrained, device)
-        report = import_attribute_file(cat, model, from_json, style=style, after_text=after_text)
+        model = _load_model(cat, model_name, pretrained, device)  # fail on weights before spending tokens
+        report = generate_attributes(
+            cat, names, llm_model=llm_model, base_url=base_url, api_key=api_key, style=style or "descriptors",
+            prompt_version=prompt_version, n_samples=n_samples, concurrency=concurrency, refresh=refresh,
+            retry_failed=retry_failed, timeout=timeout, max_retries=max_retries, max_reasks=max_reasks,
+            options={k: _json_value(v) for k, v in llm_option}, progress=not no_progress,
+        )
         for line in report.lines():
             click.echo(line)
+        if report.done:
+            encode_attributes(cat, model, progress=not no_progress)
         click.echo(f"store: {cat.root}")
+    if report.failed or report.errors:
+        sys.exit(1)
+
+
+@cli.command("export-attributes")
+@click.option("--format", "fmt", type=click.Choice(["clip-benchmark", "dclip"]), required=True,
+              help="clip-benchmark: {dataset: {class: [prompt]}} for --custom_template_file; dclip: {class: [text]}.")
+@click.option("--dataset", default="custom", show_default=True, help="Dataset key of a clip-benchmark file (e.g. cifar10).")
+@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None, help="Which attributes (needed when the store has both).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False), help="File to write.")
+@store_option
+@_friendly_errors
+def export_attributes_cmd(fmt, dataset, style, output, store):
+    """Write the stored attributes for CLIP_benchmark or as a DCLIP/CuPL JSON.
+
+    \b
+    pipeline export-attributes --format clip-benchmark --dataset cifar10 -o templates.json
+    clip_benchmark eval --dataset cifar10 --custom_template_file templates.json ...
+    pipeline export-attributes --format dclip -o descriptors_mine.json
+    """
+    from .llm_attributes import export_attributes
+
+    with Catalog(store, read_only=True) as cat:
+        report = export_attributes(cat, fmt, output, dataset=dataset, style=style)
+    for line in report.lines():
+        click.echo(line)
 
 
 @cli.command("index-images")
@@ -115,10 +208,13 @@ def build_attributes_cmd(from_json, style, after_text, model_name, pretrained, d
 @click.option("--workers", default=1, show_default=True, help="Decoding/cropping worker processes.")
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
 @click.option("--shard-size", default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
+@click.option("--preset", default=None, help="Published LaZSL crop settings (n-crops, crop-min), e.g. cub-b32.")
+@click.option("--max-images", default=None, type=int, help="Index at most this many images (a quick look).")
 @model_options
 @store_option
 @_friendly_errors
-def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, model_name, pretrained, device, store):
+def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, preset, max_images,
+                     model_name, pretrained, device, store):
     """Encode each image's full view and regions once, into the store.
 
     \b
@@ -128,13 +224,20 @@ def index_images_cmd(inputs, source, n_crops, crop_min, seed, batch_size, worker
     from .index_images import index_images
     from .regions import RegionConfig
 
+    if preset:
+        from queries.scoring import LAZSL_PRESETS
+
+        if preset not in LAZSL_PRESETS:
+            raise click.BadParameter(f"unknown preset; pick one of {', '.join(sorted(LAZSL_PRESETS))}", param_hint="--preset")
+        n_crops, crop_min = LAZSL_PRESETS[preset]["n_crops"], LAZSL_PRESETS[preset]["crop_min"]
     if not 0 < crop_min <= 0.9:
         raise click.BadParameter("must be in (0, 0.9]", param_hint="--crop-min")
     with Catalog(store) as cat:
         model = _load_model(cat, model_name, pretrained, device)
         cfg = RegionConfig(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed)
         report = index_images(
-            cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype, shard_size=shard_size
+            cat, model, list(inputs), cfg, batch_size=batch_size, workers=workers, dtype=dtype, shard_size=shard_size,
+            max_images=max_images,
         )
     for line in report.lines():
         click.echo(line)
@@ -189,6 +292,45 @@ def classify_cmd(methods, top_k, theta, eps, gamma, max_iter, tol, preset, wca_s
             click.echo(f"run {report.run_id}: {method} on {report.images} images in {report.seconds:.1f} s")
             if show:
                 _print_top(top_attributes(cat, report.run_id), show)
+
+
+@cli.command("evaluate")
+@click.option("--methods", default=None, help="Comma-separated methods to run first (e.g. clip,dclip,wca,lazsl) on the same regions.")
+@click.option("--run", "runs", type=int, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
+@click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--output", default=None, help="Folder for one CLIP_benchmark-style JSON per (dataset, model, method).")
+@click.option("--top-k", default=50, show_default=True)
+@model_options
+@store_option
+@_friendly_errors
+def evaluate_cmd(methods, runs, dataset, fmt, output, top_k, model_name, pretrained, device, store):
+    """Accuracy (acc1, acc5, mean per-class recall) of runs against image labels.
+
+    \b
+    pipeline evaluate --methods clip,dclip,wca,lazsl
+    pipeline evaluate --format json --output results/
+    """
+    from .classify import MethodParams, classify
+    from .evaluate import clip_benchmark_record, evaluate_run, format_table, latest_runs, write_results
+
+    with Catalog(store) as cat:
+        names = [m.strip() for m in methods.split(",")] if methods else []
+        if names:
+            needs_text = any(m in ("clip", "clip-e", "wca") for m in names)
+            model = _load_model(cat, model_name, pretrained, device) if needs_text else None
+            runs = tuple(classify(cat, m, MethodParams(top_k=top_k), model=model, progress=False).run_id for m in names)
+        evals = [evaluate_run(cat, r) for r in (runs or latest_runs(cat))]
+        for ev in evals:
+            if ev.unmatched_labels:
+                click.echo(f"run {ev.run_id}: labels matching no class (skipped): {ev.unmatched_labels}", err=True)
+        if fmt == "json":
+            click.echo(json.dumps([clip_benchmark_record(cat, ev, dataset) for ev in evals], indent=2))
+        else:
+            click.echo(format_table(evals))
+        if output:
+            for p in write_results(cat, evals, output, dataset):
+                click.echo(f"wrote {p}", err=True)
 
 
 def _print_top(rows: list[dict], n_images: int) -> None:
@@ -258,7 +400,6 @@ def catalog_migrate(store):
     """Bring an older store's schema up to date."""
     with Catalog(resolve_store_path(store), create=False) as cat:
         click.echo(f"{cat.root}: schema version {cat.get_meta('schema_version')}")
-
 
 
 @cli.command("explain")
@@ -341,6 +482,16 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
                            baseline=baseline, n_random=n_random, tolerance=tolerance)
     for line in rep.lines():
         click.echo(line)
+
+
+def _add_toyworld_command() -> None:
+    from .toyworld import make_toyworld_command
+
+    cli.add_command(make_toyworld_command())
+
+
+_add_toyworld_command()
+
 
 def main():  # pragma: no cover
     cli()

@@ -227,11 +227,19 @@ def load_model(
             torch.manual_seed(seed)
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            model, _, preprocess = open_clip.create_model_and_transforms(
-                name, pretrained=pretrained_arg, device=device, precision=precision
-            )
+        # open_clip logs through the root logger ("No pretrained weights loaded" for random
+        # init, "Failed to download" before raising): our own message replaces both.
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.CRITICAL)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model, _, preprocess = open_clip.create_model_and_transforms(
+                    name, pretrained=pretrained_arg, device=device, precision=precision
+                )
+        finally:
+            root.setLevel(level)
     except (RuntimeError, OSError, ValueError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():

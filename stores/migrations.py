@@ -74,7 +74,48 @@ def m001_core(con) -> None:
     )
 
 
-# m002 is taken by the LLM call log (pipeline.llm_attributes).
+@migration
+def m002_llm(con) -> None:
+    """The LLM call log and the answer cache of ``build-attributes`` (pipeline.llm_attributes)."""
+    con.execute(
+        """
+        CREATE TABLE llm_calls(
+            id VARCHAR PRIMARY KEY,       -- ULID: sorts by creation time
+            batch_id VARCHAR NOT NULL,    -- one build-attributes invocation
+            created_at TIMESTAMP NOT NULL,
+            model VARCHAR NOT NULL,       -- the --llm-model as sent
+            base_url VARCHAR NOT NULL,    -- the server (no credentials)
+            prompt_version VARCHAR NOT NULL,  -- pipeline/prompts/<version>.json
+            style VARCHAR NOT NULL,       -- descriptors | sentences
+            class_name VARCHAR NOT NULL,
+            sample_index INTEGER NOT NULL,
+            attempt INTEGER NOT NULL,     -- 1 = first ask; 2.. = re-asks after an unusable answer
+            response_format VARCHAR,      -- json_schema | json_object | none
+            request VARCHAR NOT NULL,     -- JSON body sent (never the API key or headers)
+            response VARCHAR,             -- raw response body as received
+            status VARCHAR NOT NULL,      -- ok | invalid | error
+            error VARCHAR,                -- why invalid / the error
+            prompt_tokens INTEGER,
+            completion_tokens INTEGER,
+            latency_ms DOUBLE,            -- wall time of the call, client retries included
+            retries INTEGER NOT NULL      -- HTTP retries the client made (429/5xx/timeouts)
+        );
+        CREATE TABLE llm_cache(
+            model VARCHAR NOT NULL,
+            base_url VARCHAR NOT NULL,
+            prompt_version VARCHAR NOT NULL,
+            style VARCHAR NOT NULL,
+            norm_name VARCHAR NOT NULL,   -- the class, normalised as classes.norm_name
+            sample_index INTEGER NOT NULL,
+            class_name VARCHAR NOT NULL,
+            status VARCHAR NOT NULL,      -- ok | failed (unusable after every re-ask)
+            items VARCHAR NOT NULL,       -- JSON list of the validated texts ([] when failed)
+            call_id VARCHAR,              -- llm_calls.id of the deciding call
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (model, base_url, prompt_version, style, norm_name, sample_index)
+        );
+        """
+    )
 
 
 @migration

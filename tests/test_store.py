@@ -34,6 +34,8 @@ def test_required_tables_and_columns(tmp_path):
 
 def test_migrations_apply_once_in_memory():
     con = duckdb.connect()
+    # views made by migrations read the shard views, which Catalog creates before migrating
+    con.execute("CREATE VIEW images AS SELECT NULL::BIGINT AS image_id, NULL::VARCHAR AS label WHERE false")
     assert migrate(con) == [m.__name__ for m in MIGRATIONS]
     assert migrate(con) == []
     assert [r[0] for r in con.execute("select name from _migrations order by name").fetchall()] == [m.__name__ for m in MIGRATIONS]

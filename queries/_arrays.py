@@ -1,0 +1,54 @@
+"""numpy/torch plumbing shared by the query-stage math (private).
+
+Every public function in ``queries`` accepts numpy arrays or torch tensors and
+returns the same kind: torch if any array argument is a tensor (on that tensor's
+device), numpy otherwise. Computation always happens in torch.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+_FLOATS = (torch.float32, torch.float64)
+
+
+def any_torch(*xs: Any) -> bool:
+    """True if any argument is a torch tensor."""
+    return any(isinstance(x, torch.Tensor) for x in xs)
+
+
+def pick_device(*xs: Any) -> torch.device:
+    """Device of the first tensor argument, CPU if there is none."""
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
+def as_float(x: Any, device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``x`` as a floating tensor on ``device``.
+
+    float32/float64 keep their dtype unless ``dtype`` is given; every other dtype
+    (ints, float16, bfloat16) becomes float32.
+    """
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if dtype is None:
+        dtype = t.dtype if t.dtype in _FLOATS else torch.float32
+    return t.to(device=device, dtype=dtype)
+
+
+def as_index(x: Any, device: torch.device) -> torch.Tensor:
+    """``x`` as an int64 tensor on ``device``; raises if it holds non-integers."""
+    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    if t.is_floating_point() or t.is_complex():
+        raise TypeError(f"expected integer indices, got dtype {t.dtype}")
+    return t.to(device=device, dtype=torch.int64)
+
+
+def out(t: torch.Tensor | None, as_torch: bool):
+    """Return ``t`` unchanged for torch callers, as a numpy array otherwise."""
+    if t is None or as_torch:
+        return t
+    return t.detach().cpu().numpy()
