@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from queries.explain import Alignment, attribute_contributions, attribute_weights, attribution_map, class_weights
-from queries.explain import coverage_count, scale_boxes, shares
+from queries.explain import coverage_count, scale_boxes, score_parts, shares
 from stores.catalog import Catalog, StoreError
 
 from .attributes import InputError, norm_class_name
@@ -49,21 +49,22 @@ class ClassExplanation:
     name: str
     rank: int
     score: float
-    global_score: float | None
-    local_score: float | None
+    global_score: float | None  # raw DCLIP score of the full image (predictions.global_score)
+    local_score: float | None  # Σ T·S over the crops (predictions.local_score)
     attributes: list[AttributeExplanation]
     weights: np.ndarray = field(repr=False)  # class_weights per region
     map: np.ndarray | None = field(default=None, repr=False)
     mask: np.ndarray | None = field(default=None, repr=False)  # pixels covered by the plan's regions
     overlay: Path | None = None
+    parts: tuple[float, float] | None = None  # ((1-θ)·global, θ·local): they sum to the score
 
     def split_line(self) -> str:
-        if self.global_score is None or self.local_score is None:
+        if self.parts is None:
             return f"score {self.score:.4f}"
-        tot = self.global_score + self.local_score
-        pct = (lambda v: f" ({100 * v / tot:.1f}%)") if tot else (lambda v: "")
-        return (f"score {self.score:.4f} = global {self.global_score:.4f}{pct(self.global_score)}"
-                f" + local {self.local_score:.4f}{pct(self.local_score)}")
+        g, loc = self.parts
+        tot = abs(g) + abs(loc)
+        pct = (lambda v: f" ({100 * abs(v) / tot:.1f}%)") if tot else (lambda v: "")
+        return f"score {self.score:.4f} = global part {g:.4f}{pct(g)} + local part {loc:.4f}{pct(loc)}"
 
 
 @dataclass
@@ -168,13 +169,29 @@ def load_alignment(cat: Catalog, run_id: int, image_id: int, class_id: int) -> A
     )
 
 
+def run_theta(cat: Catalog, run_id: int) -> float | None:
+    """θ of a run (LaZSL's weight of the local part), from runs.params."""
+    import json
+
+    row = cat.query("SELECT params FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    try:
+        theta = json.loads(row[0]).get("theta") if row else None
+    except ValueError:
+        return None
+    return float(theta) if isinstance(theta, (int, float)) else None
+
+
 def image_predictions(cat: Catalog, run_id: int, image_id: int) -> list[dict]:
+    """The run's ranked classes for an image, with the score's global and local parts."""
+    theta = run_theta(cat, run_id) if cat.query(
+        "SELECT method FROM runs WHERE run_id = ?", [run_id]).fetchone()[0] == "lazsl" else None
     rows = cat.query(
         "SELECT p.class_id, c.name, p.rank, p.score, p.global_score, p.local_score FROM predictions p "
         "JOIN classes c USING (class_id) WHERE p.run_id = ? AND p.image_id = ? ORDER BY p.rank",
         [run_id, image_id],
     ).fetchall()
-    return [dict(class_id=r[0], name=r[1], rank=r[2], score=r[3], global_score=r[4], local_score=r[5]) for r in rows]
+    return [dict(class_id=r[0], name=r[1], rank=r[2], score=r[3], global_score=r[4], local_score=r[5],
+                 parts=score_parts(r[3], r[4], r[5], theta)) for r in rows]
 
 
 def attribute_texts(cat: Catalog, attr_ids) -> dict[int, str]:
@@ -220,7 +237,7 @@ def explain_class(al: Alignment, region_ids: np.ndarray, boxes: np.ndarray, heig
             a.map = attribution_map(boxes, w, height, width)
         attrs.append(a)
     ce = ClassExplanation(pred["class_id"], pred["name"], pred["rank"], pred["score"], pred.get("global_score"),
-                          pred.get("local_score"), attrs, cw)
+                          pred.get("local_score"), attrs, cw, parts=pred.get("parts"))
     if maps:
         ce.map = attribution_map(boxes, cw, height, width)
         ce.mask = coverage_count(boxes, height, width) > 0

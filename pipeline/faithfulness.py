@@ -55,13 +55,14 @@ from queries.explain import (
     perturbation_series,
     pixel_order,
     pointing_game,
+    scale_boxes,
     softmax,
     step_counts,
 )
 from stores.catalog import Catalog, StoreError, dumps, now_utc
 
 from .attributes import InputError, norm_class_name
-from .explain import image_predictions, load_image, prepare_image, resolve_image, resolve_run
+from .explain import image_predictions, image_regions, load_image, prepare_image, resolve_image, resolve_run
 
 BASELINES = ("blur", "mean", "black")
 KINDS = ("deletion", "insertion", "random_deletion", "random_insertion")
@@ -76,6 +77,7 @@ class ScoreTarget:
     image_id: int
     class_id: int
     candidates: np.ndarray  # class ids the run ranked for this image
+    boxes: np.ndarray | None = None  # every crop/grid region of the image, in the perturbed image's pixels
 
 
 Scorer = Callable[[np.ndarray, ScoreTarget], np.ndarray]  # (S, H, W, 3) uint8 -> (S,) scores
@@ -118,6 +120,61 @@ class GlobalDescriptorScorer:
         mat = np.stack([self.class_vec[c] for c in cand])
         prob = softmax(self.logit_scale * (feats @ mat.T), axis=1)
         return prob[:, cand.index(target.class_id)]
+
+
+class LazslScorer:
+    """Softmax probability of the class's LaZSL score, re-running LaZSL on the perturbed image:
+    its full view and its crops at the stored boxes are re-encoded at every step (costly)."""
+
+    name = "lazsl-softmax"
+
+    def __init__(self, cat: Catalog, model, run_params: dict):
+        if model.fingerprint != cat.model:
+            raise StoreError(f"Model {model.fingerprint} is not the store's ({cat.model}).")
+        style = "sentences" if str(run_params.get("attribute_source", "")).startswith("sentences") else "descriptors"
+        rows = cat.query(
+            "SELECT a.class_id, e.embedding FROM attributes a JOIN attribute_embeddings e USING (attr_id) "
+            "WHERE e.model = ? AND a.style = ? AND NOT starts_with(a.source, 'template:') ORDER BY a.attr_id",
+            [model.fingerprint, style],
+        ).fetchall()
+        if not rows:
+            raise StoreError("No encoded attributes for this model; run `pipeline build-attributes` first.")
+        self.attr_class = np.array([r[0] for r in rows], np.int64)
+        self.attr = np.asarray([r[1] for r in rows], np.float32)
+        self.classes = np.unique(self.attr_class)
+        self.knobs = {k: run_params[k] for k in ("theta", "eps", "gamma", "max_iter", "tol") if k in run_params}
+        self.model = model
+        self.logit_scale = float(model.model.logit_scale.exp().item()) if hasattr(model.model, "logit_scale") else 100.0
+        self.params = {"scorer": self.name, "attribute_style": style, "logit_scale": self.logit_scale, **self.knobs}
+
+    def __call__(self, images: np.ndarray, target: ScoreTarget) -> np.ndarray:
+        import torch
+
+        from queries.scoring import lazsl_scores
+
+        if target.boxes is None or len(target.boxes) == 0:
+            raise StoreError("LaZSL re-scoring needs the image's crops; index with --regions crops|grid.")
+        cand = [c for c in target.candidates.tolist() if c in set(self.classes.tolist())]
+        if len(cand) < 2:
+            cand = self.classes.tolist()
+        boxes = [tuple(int(round(v)) for v in b) for b in target.boxes]
+        views = []
+        for a in images:
+            im = Image.fromarray(a)
+            views.append(self.model.preprocess(im))
+            views += [self.model.preprocess(im.crop(b)) for b in boxes]
+        pixels = torch.stack(views)
+        feats = torch.cat([self.model.encode_images(pixels[i : i + 512]) for i in range(0, len(pixels), 512)]).numpy()
+        feats = feats.reshape(len(images), 1 + len(boxes), -1)
+        cls_index = np.searchsorted(self.classes, self.attr_class)
+        cand_idx = np.searchsorted(self.classes, np.array(cand))
+        res = lazsl_scores(feats[:, 0], feats[:, 1:], self.attr, cls_index, np.tile(cand_idx, (len(images), 1)),
+                           return_plan=False, **self.knobs)
+        prob = softmax(self.logit_scale * np.asarray(res.scores, np.float64), axis=1)
+        return prob[:, cand.index(target.class_id)]
+
+
+SCORERS = {"global": GlobalDescriptorScorer, "lazsl": LazslScorer}
 
 
 def baseline_image(arr: np.ndarray, kind: str) -> np.ndarray:
@@ -260,6 +317,7 @@ def faithfulness(
     baseline: str = "blur",
     n_random: int = 1,
     tolerance: float = 0.0,
+    rescore: str = "global",
     scorer: Scorer | None = None,
     scorer_name: str | None = None,
     progress: bool = True,
@@ -283,7 +341,9 @@ def faithfulness(
     if scorer is None:
         if model is None:
             raise StoreError("Re-scoring perturbed images needs the model; pass --model/--pretrained of this store.")
-        scorer = GlobalDescriptorScorer(cat, model, run_params)
+        if rescore not in SCORERS:
+            raise InputError(f"Unknown --rescore {rescore!r}; use one of {', '.join(SCORERS)}.")
+        scorer = SCORERS[rescore](cat, model, run_params)
         params.update(scorer.params)
     else:
         params["scorer"] = scorer_name or getattr(scorer, "name", "custom")
@@ -310,8 +370,10 @@ def faithfulness(
         rmaps = [np.where(uncovered, -np.inf, attribution_map(rboxes, rng.random(len(region_ids)), h, w))
                  for _ in range(n_random)]
         cands = np.array([p["class_id"] for p in image_predictions(cat, run_id, image_id)], np.int64)
+        all_ids, _, all_boxes = image_regions(cat, image_id)
+        all_boxes = scale_boxes(all_boxes, w / img["width"], h / img["height"])
         res = _curves(arr, cmap, rmaps, baseline_image(arr, baseline), steps, rng, scorer,
-                      ScoreTarget(image_id, class_id, cands))
+                      ScoreTarget(image_id, class_id, cands, all_boxes))
         frac, _ = step_counts(h * w, steps)
         for kind in KINDS:
             y = res[kind]

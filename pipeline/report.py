@@ -125,8 +125,8 @@ def _image_card(cat: Catalog, run_id: int, img: dict, by_norm: dict, top_k: int,
         true_name=true[1] if true else None, true_rank=true_pred["rank"] if true_pred else None,
         split=None, attributes=[], maps=[], tip=None, tip_note=None, error=None, more_attributes=0,
     )
-    if top.get("global_score") is not None and top.get("local_score") is not None:
-        g, loc = top["global_score"], top["local_score"]
+    if top.get("parts") is not None:
+        g, loc = top["parts"]
         tot = abs(g) + abs(loc)
         card["split"] = dict(glob=g, local=loc, gpct=100 * abs(g) / tot if tot else 0, lpct=100 * abs(loc) / tot if tot else 0)
     wanted = [top["class_id"]] + ([true[0]] if true and true[0] != top["class_id"] and true_pred else [])
@@ -228,3 +228,9 @@ def build_report(
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out)
     return ReportResult(out, run_id, len(cards), len(html.encode()))
+
+
+def write_report(cat: Catalog, run_id: int | None = None, out: str | Path = "report.html", limit: int | None = 50,
+                 progress: bool = False) -> Path:
+    """``build_report`` returning the page's path (what ``pipeline demo`` calls)."""
+    return build_report(cat, run_id, out, limit=limit).path

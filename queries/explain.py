@@ -187,6 +187,23 @@ def shares(contributions) -> np.ndarray:
     return c / total if total != 0 else np.zeros_like(c)
 
 
+def score_parts(score: float, global_score: float | None, local_score: float | None,
+                theta: float | None) -> tuple[float, float] | None:
+    """(global part, local part) of a LaZSL score: ((1-θ)·global, θ·local), which sum to the score.
+
+    ``predictions.global_score`` is the raw DCLIP score of the full image and ``local_score``
+    Σ T·S over the crops; the score mixes them with θ. Without θ, the stored values are taken
+    as the parts when they already sum to the score; otherwise None.
+    """
+    if global_score is None or local_score is None:
+        return None
+    if theta is not None:
+        return (1 - theta) * global_score, theta * local_score
+    if abs(global_score + local_score - score) <= 1e-6 * max(1.0, abs(score)):
+        return global_score, local_score
+    return None
+
+
 def tipping_margins(pred: Alignment, true: Alignment) -> dict[int, float]:
     """How much each attribute of the predicted class out-earned the true class on the same regions.
 

@@ -125,7 +125,7 @@ def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 1
                         aligns.append((run_id, iid, cid, int(rid[m]), aid, float(t[m, j]), float(f[m, j])))
             order = sorted(scores, key=lambda c: -scores[c])
             for rank, cid in enumerate(order, 1):
-                preds.append((run_id, iid, cid, rank, scores[cid], 0.2 * scores[cid], 0.8 * scores[cid]))
+                preds.append((run_id, iid, cid, rank, scores[cid], scores[cid], scores[cid]))  # 0.2·g + 0.8·l = score
         tbl = pa.table(list(zip(*preds)), names=["run_id", "image_id", "class_id", "rank", "score", "global_score", "local_score"])  # noqa: F841
         cat.con.execute("INSERT INTO predictions SELECT run_id, image_id, class_id, rank::INTEGER, score, global_score, local_score FROM tbl")
         tbl = pa.table(list(zip(*aligns)), names=["run_id", "image_id", "class_id", "region_id", "attr_id", "mass", "similarity"])  # noqa: F841
