@@ -10,11 +10,15 @@ is misclassified as a blue square, with "blue colour" the attribute that tipped 
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from pipeline.attributes import import_attribute_file
@@ -131,3 +135,29 @@ def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 1
         tbl = pa.table(list(zip(*aligns)), names=["run_id", "image_id", "class_id", "region_id", "attr_id", "mass", "similarity"])  # noqa: F841
         cat.con.execute("INSERT INTO alignments SELECT * FROM tbl")
     return TruthStore(root / "store", run_id, images, wrong, attr_ids)
+
+
+# ---- headless Chromium -------------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)"
+)
+
+
+def screenshot(html: Path, png: Path, size="1200,1600") -> str:
+    """Render a page with headless Chromium; returns its stderr (console messages are logged there)."""
+    with tempfile.TemporaryDirectory() as profile:
+        proc = subprocess.run(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--screenshot={png}",
+             f"--window-size={size}", html.resolve().as_uri()],
+            capture_output=True, text=True, timeout=120,
+        )
+    return proc.stderr
+
+
+def console_problems(stderr: str) -> list[str]:
+    """Console lines of the page: the report has no script, so any console message is a problem
+    (uncaught errors, console.error, CSP violations, blocked loads)."""
+    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln or "Refused to" in ln]

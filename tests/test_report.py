@@ -1,25 +1,17 @@
 """`pipeline report`: content, escaping of untrusted text, and the page in headless Chromium."""
+import base64
 import io
 import re
-import shutil
-import subprocess
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from explain_helpers import EVIL, UNUSED, build_truth_store
+from explain_helpers import UNUSED, build_truth_store, console_problems, needs_chromium, screenshot
 from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.report import build_report
 from stores.catalog import Catalog
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install -y chromium)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -34,25 +26,6 @@ def evil(tmp_path_factory, tiny_model):
         faithfulness(cat, None, steps=4, scorer=lambda b, t: b.reshape(len(b), -1).mean(1) / 255.0, progress=False)
         res = build_report(cat, out=root / "report.html")
     return ts, res
-
-
-def screenshot(html: Path, png: Path, size="1200,1600") -> str:
-    """Render a page with headless Chromium; returns its stderr (console messages are logged there)."""
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run(
-            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--enable-logging=stderr", "--v=0", f"--screenshot={png}",
-             f"--window-size={size}", html.resolve().as_uri()],
-            capture_output=True, text=True, timeout=120,
-        )
-    return proc.stderr
-
-
-def console_problems(stderr: str) -> list[str]:
-    """Console lines of the page: the report has no script, so any console message is a problem
-    (uncaught errors, console.error, CSP violations, blocked loads)."""
-    return [ln for ln in stderr.splitlines() if ":CONSOLE" in ln or "Uncaught" in ln or "Refused to" in ln]
 
 
 def test_untrusted_text_is_escaped(evil):
@@ -87,8 +60,6 @@ def test_report_content(evil):
     assert "deletion" in html and "random_deletion" in html  # the faithfulness table
     # the plots are real PNGs
     for uri in re.findall(r'src="data:image/png;base64,([^"]+)" alt="(?:per-class accuracy|deletion and insertion curves)"', html):
-        import base64
-
         im = Image.open(io.BytesIO(base64.b64decode(uri)))
         assert im.size[0] > 200 and im.size[1] > 100
 
