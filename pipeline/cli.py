@@ -433,9 +433,11 @@ def explain_cmd(image, class_name, attribute, run_id, out_dir, top, store):
 @click.option("--out", default="report.html", show_default=True, help="The HTML file to write.")
 @click.option("--limit", default=50, show_default=True, help="Images on the page (0 = all); wrong predictions first.")
 @click.option("--top-k", default=5, show_default=True, help="Classes listed per image.")
+@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write the accuracy and deletion/insertion plots as PNG files here.")
 @store_option
 @_friendly_errors
-def report_cmd(run_id, out, limit, top_k, store):
+def report_cmd(run_id, out, limit, top_k, plots_dir, store):
     """A static HTML page for a run: predictions, score split, attribute contributions,
     heatmaps, what tipped wrong predictions, accuracy and faithfulness plots. Opens from disk.
 
@@ -445,8 +447,10 @@ def report_cmd(run_id, out, limit, top_k, store):
     from .report import build_report
 
     with Catalog(store) as cat:
-        res = build_report(cat, run_id, out, limit=limit or None, top_k=top_k)
+        res = build_report(cat, run_id, out, limit=limit or None, top_k=top_k, plots_dir=plots_dir)
     click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
+    for p in res.plots:
+        click.echo(f"plot: {p}")
 
 
 @cli.command("faithfulness")

@@ -14,7 +14,7 @@ descriptors that never carried mass.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,7 @@ class ReportResult:
     run_id: int
     images: int
     bytes: int
+    plots: list[Path] = field(default_factory=list)  # PNG files written with plots_dir
 
 
 def report_run(cat: Catalog, run_id: int | None = None) -> tuple[int, str, str]:
@@ -96,9 +97,10 @@ def faithfulness_summary(cat: Catalog, run_id: int) -> dict | None:
     pg = cat.query(
         "SELECT count(*), avg(hit::DOUBLE), avg(energy_inside) FROM pointing_game WHERE faith_run_id = ?", [fid]
     ).fetchone()
+    png = curves_png(curves, aucs) if curves else None
     return dict(
         faith_run_id=fid, images=n, params=params, aucs={k: aucs[k] for k in sorted(aucs)},
-        plot=data_uri(curves_png(curves, aucs)) if curves else None,
+        png=png, plot=data_uri(png) if png else None,
         pointing=dict(n=pg[0], accuracy=pg[1], energy=pg[2]) if pg[0] else None,
     )
 
@@ -184,6 +186,7 @@ def build_report(
     top_attrs: int = 8,
     attr_maps: int = 3,
     thumb: int = 200,
+    plots_dir: str | Path | None = None,
 ) -> ReportResult:
     """Write the run's report; wrong predictions come first, then the rest by path."""
     import jinja2
@@ -204,6 +207,16 @@ def build_report(
     n_lab = sum(t for _, _, t in per_class)
     n_ok = sum(c for _, c, _ in per_class)
     unused_n, unused = never_used(cat, run_id)
+    acc_png = accuracy_png(per_class) if per_class else None
+    faith = faithfulness_summary(cat, run_id)
+    plots: list[Path] = []
+    if plots_dir is not None:  # the same PNGs as files, for slides and papers
+        d = Path(plots_dir)
+        d.mkdir(parents=True, exist_ok=True)
+        for name, png in ((f"run{run_id}-accuracy.png", acc_png), (f"run{run_id}-faithfulness.png", faith and faith["png"])):
+            if png:
+                (d / name).write_bytes(png)
+                plots.append(d / name)
     try:
         params_pretty = json.dumps(json.loads(params), indent=1, sort_keys=True)
     except ValueError:
@@ -219,15 +232,15 @@ def build_report(
         run_id=run_id, method=method, params=params_pretty, model=cat.model, store=str(cat.root),
         n_images=len(imgs), n_shown=len(cards), n_wrong=sum(d["wrong"] for d in imgs),
         accuracy=(n_ok / n_lab) if n_lab else None, n_labelled=n_lab, n_correct=n_ok,
-        accuracy_plot=data_uri(accuracy_png(per_class)) if per_class else None,
-        faith=faithfulness_summary(cat, run_id), unused_n=unused_n, unused=unused, cards=cards,
+        accuracy_plot=data_uri(acc_png) if acc_png else None,
+        faith=faith, unused_n=unused_n, unused=unused, cards=cards,
     )
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out)
-    return ReportResult(out, run_id, len(cards), len(html.encode()))
+    return ReportResult(out, run_id, len(cards), len(html.encode()), plots)
 
 
 def write_report(cat: Catalog, run_id: int | None = None, out: str | Path = "report.html", limit: int | None = 50,

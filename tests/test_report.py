@@ -67,9 +67,13 @@ def test_report_content(evil):
 def test_report_cli_and_errors(evil, tmp_path):
     ts, _ = evil
     out = tmp_path / "r.html"
-    r = CliRunner().invoke(cli, ["report", "--store", str(ts.root), "--out", str(out), "--limit", "2", "--run", str(ts.run_id)])
+    r = CliRunner().invoke(cli, ["report", "--store", str(ts.root), "--out", str(out), "--limit", "2", "--run", str(ts.run_id),
+                                 "--plots", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output
     assert "2 images" in r.output and out.is_file()
+    pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert pngs == ["run1-accuracy.png", "run1-faithfulness.png"]
+    assert all(Image.open(tmp_path / "plots" / p).size[0] > 200 for p in pngs)
     r = CliRunner().invoke(cli, ["report", "--store", str(ts.root), "--run", "42"])
     assert r.exit_code == 1 and "No run 42" in r.output
 
