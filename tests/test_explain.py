@@ -218,3 +218,29 @@ def test_explain_cli(demo, tmp_path):
     ):
         r = CliRunner().invoke(cli, ["explain", *args, "--store", str(demo.root), "--out", str(out)])
         assert r.exit_code == 1 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_explain_on_patch_regions_draws_the_patch_grid(tmp_path, tiny_model, image_folder, attr_file):
+    """With --regions patches the regions are ViT patch cells: the maps are the grid (real classify;
+    LaZSL's filter gives the patches least like the full image no mass, and they stay untinted)."""
+    from pipeline.attributes import import_attribute_file
+    from pipeline.classify import MethodParams, classify
+    from pipeline.index_images import index_images
+    from pipeline.regions import RegionConfig
+
+    with Catalog(tmp_path / "s") as cat:
+        import_attribute_file(cat, tiny_model, attr_file, progress=False)
+        index_images(cat, tiny_model, [str(image_folder)], RegionConfig(source="patches"), progress=False)
+        run = classify(cat, "lazsl", MethodParams(top_k=0), progress=False).run_id
+        path = sorted(image_folder.rglob("*.*"))[1]  # 104 x 80: the centre crop is x 12..92
+        res = explain_image(cat, str(path), run_id=run, out_dir=tmp_path / "o")
+    assert res.region_kind == "patch" and 0 < len(res.region_ids) <= 64
+    ce = res.classes[0]
+    assert not ce.mask[:, :12].any() and not ce.mask[:, 92:].any()  # outside the centre crop: no patch
+    kept = ce.mask[:, 12:92].reshape(8, 10, 8, 10).transpose(0, 2, 1, 3).reshape(64, -1)
+    assert np.all(kept.all(1) | ~kept.any(1)) and kept.all(1).sum() == len(res.region_ids)  # whole cells
+    for m in [ce.map] + [a.map for a in ce.attributes]:
+        assert np.all(m[~ce.mask] == 0)
+        cells = m[:, 12:92].reshape(8, 10, 8, 10).transpose(0, 2, 1, 3).reshape(64, -1)
+        assert np.allclose(cells.max(1), cells.min(1))  # one value per patch cell
+    assert all(f.is_file() for f in res.files)
