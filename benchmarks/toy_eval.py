@@ -1,0 +1,239 @@
+"""Measure zero-shot top-1 and region alignment of a CLIP on the toy world's held-out classes.
+
+    PYTHONPATH=$PWD python benchmarks/toy_eval.py --weights toy-clip --n-per-class 20
+
+Methods (all on held-out classes, whose attribute combinations never appear in training):
+
+* ``clip``: name only, ``"a photo of a {name}."`` (names are made up: should be near chance).
+* ``dclip``: mean cosine of the full image with ``"{name}, which is a red crest"`` (DCLIP rule).
+* ``lazsl``: a minimal private re-implementation of LaZSL (methods-reference §4): full image +
+  N random square crops of side U(lo, 0.9)·min(H, W); crops whose cosine to the full image is
+  below the mean get zero mass; uniform attribute mass; fused similarity
+  F = (1-θ)·g + θ·S; kernel exp(-(1-F)/ε), ε = 0.1; Sinkhorn (100 iterations, tol 1e-2);
+  score = Σ T·F. The project's batched implementation lives in ``queries/``; this one stays
+  private to the benchmark and its tests so the two can be compared later.
+
+Pointing game (true class, each attribute): does the region carrying the most transport mass
+toward the attribute land in the ground-truth box of the part that carries it?
+
+* ``crop_centre``: centre of the crop with the largest T[m, n] (full image excluded);
+  chance = share of kept crops whose centre is in the box.
+* ``heat``: peak of the attribute's mass-weighted crop coverage minus the coverage of all
+  kept crops (where this attribute's mass sits *more* than the average attribute's);
+  chance = box area / image area; ``object_prior`` = peak of the kept crops' coverage, the
+  same for every attribute (it finds the bird, not the part).
+
+Prints one JSON object.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pipeline import toyworld as tw  # noqa: E402
+
+
+def random_square_crops(rng: np.random.Generator, w: int, h: int, n: int, lo: float, hi: float = 0.9):
+    """n boxes (x0, y0, x1, y1): side U(lo, hi)·min(w, h), uniform position (WCA/LaZSL random_crop)."""
+    boxes = []
+    m = min(w, h)
+    for _ in range(n):
+        side = max(1, int(rng.uniform(lo, hi) * m))
+        x0 = int(rng.integers(0, w - side + 1))
+        y0 = int(rng.integers(0, h - side + 1))
+        boxes.append((x0, y0, x0 + side, y0 + side))
+    return boxes
+
+
+def sinkhorn_lazsl(F, a, eps: float = 0.1, max_iter: int = 100, tol: float = 1e-2, col_mask=None):
+    """Balanced Sinkhorn as LaZSL's OP.py: K = exp(-(1-F)/eps), r = a/(Kc), c = b/(K^T r).
+
+    F: [..., M, N] fused similarities; a: [..., M] region masses (zeros allowed);
+    col_mask: [..., N] bool for padded descriptors (uniform mass on the real ones).
+    Returns the plan T [..., M, N]. The stopping test is per problem (LaZSL's is batch-global).
+    """
+    import torch
+
+    K = torch.exp(-(1.0 - F) / eps)
+    if col_mask is None:
+        col_mask = torch.ones(F.shape[:-2] + F.shape[-1:], dtype=torch.bool)
+    b = col_mask.float() / col_mask.float().sum(-1, keepdim=True)
+    a = a.expand(F.shape[:-1])
+    r = torch.ones_like(a)
+    c = torch.ones_like(b)
+    done = torch.zeros(F.shape[:-2], dtype=torch.bool)
+    for _ in range(max_iter):
+        r_prev = r
+        r_new = a / (K @ c.unsqueeze(-1)).squeeze(-1)
+        c_new = b / (K.transpose(-1, -2) @ r_new.unsqueeze(-1)).squeeze(-1)
+        r = torch.where(done.unsqueeze(-1), r, r_new)
+        c = torch.where(done.unsqueeze(-1), c, c_new)
+        done = done | ((r - r_prev).abs().mean(-1) < tol)
+        if bool(done.all()):
+            break
+    return r.unsqueeze(-1) * K * c.unsqueeze(-2)
+
+
+def lazsl_scores(V, D, theta: float = 0.8, eps: float = 0.1, gamma: float = 0.0, max_iter: int = 100, tol: float = 1e-2):
+    """V: [B, M, d] region embeddings (index 0 = full image); D: [C, N, d] descriptor embeddings.
+
+    Returns (scores [B, C], plans [B, C, M, N], region masses [B, M], fused F [B, C, M, N]).
+    """
+    import torch
+
+    sim_rg = V @ V[:, 0].unsqueeze(-1)  # [B, M, 1]
+    sim_rg = sim_rg.squeeze(-1)
+    keep = sim_rg >= sim_rg.mean(1, keepdim=True) + gamma
+    a = keep.float() / keep.float().sum(1, keepdim=True)
+    S = torch.einsum("bmd,cnd->bcmn", V, D)
+    g = S[:, :, :1, :]
+    F = (1 - theta) * g + theta * S
+    T = sinkhorn_lazsl(F, a[:, None, :], eps=eps, max_iter=max_iter, tol=tol)
+    return (T * F).sum((-1, -2)), T, a, F
+
+
+def _coverage(boxes, size):
+    cov = np.zeros((len(boxes), size, size), dtype=np.float32)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        cov[i, y0:y1, x0:x1] = 1
+    return cov
+
+
+def _peak(h: np.ndarray) -> tuple[float, float]:
+    """Argmax pixel of a heat map; ties -> the tied pixel nearest their centroid. Returns (x, y) centre."""
+    mx = h.max()
+    ys, xs = np.nonzero(h >= mx - 1e-7)
+    cy, cx = ys.mean(), xs.mean()
+    i = int(np.argmin((ys - cy) ** 2 + (xs - cx) ** 2))
+    return xs[i] + 0.5, ys[i] + 0.5
+
+
+def _in_box(x, y, b) -> bool:
+    return b[0] <= x < b[2] and b[1] <= y < b[3]
+
+
+def build_eval_set(setting: str, n_per_class: int, seed: int = 0, split_seed: int = 0):
+    """The same scenes ``make_toyworld(..., seed, setting)`` writes, kept in memory."""
+    split = tw.make_split(split_seed)
+    items = []
+    for ci, combo in enumerate(split.heldout):
+        for i in range(n_per_class):
+            rng = np.random.default_rng([seed, tw.SETTINGS.index(setting), ci, i])
+            scene = tw.render_example(combo, setting, split.heldout, rng)
+            items.append((ci, scene))
+    return split, items
+
+
+def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n_crops: int = 40,
+             crop_lo: float = 0.5, theta: float = 0.8, eps: float = 0.1, split_seed: int = 0,
+             batch_images: int = 16) -> dict:
+    """Top-1 of clip / dclip / lazsl and the pointing game on one setting's held-out classes."""
+    import torch
+
+    split, items = build_eval_set(setting, n_per_class, seed, split_seed)
+    classes = split.heldout_classes()
+    names = list(classes)
+    n_desc = len(next(iter(classes.values())))
+    name_emb = torch.from_numpy(lm.encode_texts([f"a photo of a {n}." for n in names]))
+    sents = [f"{n}, {tw.dclip_sentence(d)}" for n in names for d in classes[n]]
+    D = torch.from_numpy(lm.encode_texts(sents)).view(len(names), n_desc, -1)
+    size = tw.IMAGE_SIZE
+    labels, pred = [], {"clip": [], "dclip": [], "lazsl": []}
+    pg = {k: [] for k in ("crop_centre", "crop_centre_chance", "heat", "heat_chance", "object_prior")}
+    pg_part = {p: [] for p in tw.PART_NAMES}
+    t0 = time.time()
+    for start in range(0, len(items), batch_images):
+        chunk = items[start : start + batch_images]
+        crops_all, views = [], []
+        for k, (ci, scene) in enumerate(chunk):
+            rng = np.random.default_rng([seed, 99, tw.SETTINGS.index(setting), start + k])
+            boxes = random_square_crops(rng, size, size, n_crops, crop_lo)
+            crops_all.append(boxes)
+            views.append(lm.preprocess(scene.image))
+            views.extend(lm.preprocess(scene.image.crop(b)) for b in boxes)
+        V = lm.encode_images(torch.stack(views)).view(len(chunk), 1 + n_crops, -1)
+        scores, T, a, _ = lazsl_scores(V, D, theta=theta, eps=eps)
+        clip_s = V[:, 0] @ name_emb.T
+        dclip_s = torch.einsum("bd,cnd->bcn", V[:, 0], D).mean(-1)
+        for k, (ci, scene) in enumerate(chunk):
+            labels.append(ci)
+            pred["clip"].append(int(clip_s[k].argmax()))
+            pred["dclip"].append(int(dclip_s[k].argmax()))
+            pred["lazsl"].append(int(scores[k].argmax()))
+            # pointing game on the true class's plan, crops only (index 0 is the full image)
+            bird = scene.birds[0]
+            boxes = crops_all[k]
+            cov = _coverage(boxes, size)
+            ak = a[k, 1:].numpy()
+            kept = ak > 0
+            prior = (ak / max(ak.sum(), 1e-12)) @ cov.reshape(len(boxes), -1)
+            prior = prior.reshape(size, size)
+            px, py = _peak(prior)
+            Tk = T[k, ci, 1:].numpy()  # [N, n_desc]
+            for n, part in enumerate(tw.PART_NAMES):
+                gt = bird.boxes[part]
+                col = Tk[:, n]
+                m = int(col.argmax())
+                x0, y0, x1, y1 = boxes[m]
+                hit_c = _in_box((x0 + x1) / 2, (y0 + y1) / 2, gt)
+                centres_in = [_in_box((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, gt) for b, kk in zip(boxes, kept) if kk]
+                heat = (col / max(col.sum(), 1e-12)) @ cov.reshape(len(boxes), -1)
+                hx, hy = _peak(heat.reshape(size, size) - prior)
+                hit_h = _in_box(hx, hy, gt)
+                pg["crop_centre"].append(hit_c)
+                pg["crop_centre_chance"].append(float(np.mean(centres_in)) if centres_in else 0.0)
+                pg["heat"].append(hit_h)
+                pg["heat_chance"].append((gt[2] - gt[0]) * (gt[3] - gt[1]) / (size * size))
+                pg["object_prior"].append(_in_box(px, py, gt))
+                pg_part[part].append(hit_h)
+    labels = np.array(labels)
+    out = {
+        "setting": setting,
+        "n_images": len(items),
+        "n_classes": len(names),
+        "chance_top1": round(1 / len(names), 4),
+        "top1": {k: round(float((np.array(v) == labels).mean()), 4) for k, v in pred.items()},
+        "pointing": {k: round(float(np.mean(v)), 4) for k, v in pg.items()},
+        "pointing_heat_by_part": {k: round(float(np.mean(v)), 4) for k, v in pg_part.items()},
+        "params": {"n_crops": n_crops, "crop_lo": crop_lo, "theta": theta, "eps": eps, "seed": seed,
+                   "n_per_class": n_per_class, "split_seed": split_seed},
+        "seconds": round(time.time() - t0, 1),
+    }
+    return out
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    import torch
+
+    from pipeline.models import load_model
+
+    ap = argparse.ArgumentParser(description="Toy-world zero-shot evaluation (prints JSON).")
+    ap.add_argument("--weights", default="toy-clip", help="a name in data/ or a .pt file")
+    ap.add_argument("--settings", default="parts,distractors")
+    ap.add_argument("--n-per-class", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=1000)
+    ap.add_argument("--n-crops", type=int, default=40)
+    ap.add_argument("--crop-lo", type=float, default=0.5)
+    ap.add_argument("--theta", type=float, default=0.8)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    lm = load_model("zsl-tiny", a.weights, device="cpu", precision="fp32")
+    res = {"weights": a.weights, "fingerprint": lm.fingerprint, "results": []}
+    for s in a.settings.split(","):
+        res["results"].append(evaluate(lm, s, a.n_per_class, a.seed, a.n_crops, a.crop_lo, a.theta))
+    print(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
