@@ -7,7 +7,7 @@ Methods (all on held-out classes, whose attribute combinations never appear in t
 * ``clip``: name only, ``"a photo of a {name}."`` (names are made up: should be near chance).
 * ``dclip``: mean cosine of the full image with ``"{name}, which is a red crest"`` (DCLIP rule).
 * ``lazsl``: a minimal private re-implementation of LaZSL (methods-reference §4): full image +
-  N random square crops of side U(lo, 0.9)·min(H, W); crops whose cosine to the full image is
+  N (60) random square crops of side U(lo, 0.9)·min(H, W), lo = 0.5; crops whose cosine to the full image is
   below the mean get zero mass; uniform attribute mass; fused similarity
   F = (1-θ)·g + θ·S; kernel exp(-(1-F)/ε), ε = 0.1; Sinkhorn (100 iterations, tol 1e-2);
   score = Σ T·F. The project's batched implementation lives in ``queries/``; this one stays
@@ -18,10 +18,13 @@ toward the attribute land in the ground-truth box of the part that carries it?
 
 * ``crop_centre``: centre of the crop with the largest T[m, n] (full image excluded);
   chance = share of kept crops whose centre is in the box.
-* ``heat``: peak of the attribute's mass-weighted crop coverage minus the coverage of all
-  kept crops (where this attribute's mass sits *more* than the average attribute's);
-  chance = box area / image area; ``object_prior`` = peak of the kept crops' coverage, the
-  same for every attribute (it finds the bird, not the part).
+* ``heat``: every crop spreads the mass it sends to the attribute evenly over its pixels; the
+  heat is this attribute's mass density minus the mean density of the class's attributes
+  (where this attribute's mass sits *more* than the others'); a hit when its peak is in the
+  box. chance = box area / image area; ``object_prior`` = peak of the kept crops' mass
+  density, the same point for every attribute (it finds the bird, not the part).
+* ``nearest_part``: the heat peak is nearer to this attribute's part than to the bird's three
+  other parts (chance 1/4).
 
 Prints one JSON object.
 """
@@ -120,6 +123,12 @@ def _in_box(x, y, b) -> bool:
     return b[0] <= x < b[2] and b[1] <= y < b[3]
 
 
+def _nearest(x, y, boxes) -> int:
+    """Index of the box nearest to the point (0 inside)."""
+    d = [max(b[0] - x, 0, x - b[2]) ** 2 + max(b[1] - y, 0, y - b[3]) ** 2 for b in boxes]
+    return int(np.argmin(d))
+
+
 def build_eval_set(setting: str, n_per_class: int, seed: int = 0, split_seed: int = 0):
     """The same scenes ``make_toyworld(..., seed, setting)`` writes, kept in memory."""
     split = tw.make_split(split_seed)
@@ -132,7 +141,7 @@ def build_eval_set(setting: str, n_per_class: int, seed: int = 0, split_seed: in
     return split, items
 
 
-def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n_crops: int = 40,
+def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n_crops: int = 60,
              crop_lo: float = 0.5, theta: float = 0.8, eps: float = 0.1, split_seed: int = 0,
              batch_images: int = 16) -> dict:
     """Top-1 of clip / dclip / lazsl and the pointing game on one setting's held-out classes."""
@@ -147,7 +156,7 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
     D = torch.from_numpy(lm.encode_texts(sents)).view(len(names), n_desc, -1)
     size = tw.IMAGE_SIZE
     labels, pred = [], {"clip": [], "dclip": [], "lazsl": []}
-    pg = {k: [] for k in ("crop_centre", "crop_centre_chance", "heat", "heat_chance", "object_prior")}
+    pg = {k: [] for k in ("crop_centre", "crop_centre_chance", "heat", "heat_chance", "object_prior", "nearest_part")}
     pg_part = {p: [] for p in tw.PART_NAMES}
     t0 = time.time()
     for start in range(0, len(items), batch_images):
@@ -170,30 +179,30 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
             pred["lazsl"].append(int(scores[k].argmax()))
             # pointing game on the true class's plan, crops only (index 0 is the full image)
             bird = scene.birds[0]
+            parts = [bird.boxes[p] for p in tw.PART_NAMES]
             boxes = crops_all[k]
-            cov = _coverage(boxes, size)
+            cov = _coverage(boxes, size).reshape(len(boxes), -1)
+            density = cov / cov.sum(1, keepdims=True)  # a crop spreads its mass evenly over its pixels
             ak = a[k, 1:].numpy()
             kept = ak > 0
-            prior = (ak / max(ak.sum(), 1e-12)) @ cov.reshape(len(boxes), -1)
-            prior = prior.reshape(size, size)
-            px, py = _peak(prior)
+            prior_x, prior_y = _peak(((ak / max(ak.sum(), 1e-12)) @ density).reshape(size, size))
             Tk = T[k, ci, 1:].numpy()  # [N, n_desc]
+            Tn = Tk / np.maximum(Tk.sum(0, keepdims=True), 1e-12)
+            heat = (Tn.T @ density).reshape(-1, size, size)
+            heat = heat - heat.mean(0, keepdims=True)  # this attribute's mass density minus the average attribute's
             for n, part in enumerate(tw.PART_NAMES):
-                gt = bird.boxes[part]
-                col = Tk[:, n]
-                m = int(col.argmax())
+                gt = parts[n]
+                m = int(Tk[:, n].argmax())
                 x0, y0, x1, y1 = boxes[m]
-                hit_c = _in_box((x0 + x1) / 2, (y0 + y1) / 2, gt)
                 centres_in = [_in_box((b[0] + b[2]) / 2, (b[1] + b[3]) / 2, gt) for b, kk in zip(boxes, kept) if kk]
-                heat = (col / max(col.sum(), 1e-12)) @ cov.reshape(len(boxes), -1)
-                hx, hy = _peak(heat.reshape(size, size) - prior)
-                hit_h = _in_box(hx, hy, gt)
-                pg["crop_centre"].append(hit_c)
+                hx, hy = _peak(heat[n])
+                pg["crop_centre"].append(_in_box((x0 + x1) / 2, (y0 + y1) / 2, gt))
                 pg["crop_centre_chance"].append(float(np.mean(centres_in)) if centres_in else 0.0)
-                pg["heat"].append(hit_h)
+                pg["heat"].append(_in_box(hx, hy, gt))
                 pg["heat_chance"].append((gt[2] - gt[0]) * (gt[3] - gt[1]) / (size * size))
-                pg["object_prior"].append(_in_box(px, py, gt))
-                pg_part[part].append(hit_h)
+                pg["object_prior"].append(_in_box(prior_x, prior_y, gt))
+                pg["nearest_part"].append(_nearest(hx, hy, parts) == n)
+                pg_part[part].append(_in_box(hx, hy, gt))
     labels = np.array(labels)
     out = {
         "setting": setting,
@@ -203,6 +212,7 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
         "top1": {k: round(float((np.array(v) == labels).mean()), 4) for k, v in pred.items()},
         "pointing": {k: round(float(np.mean(v)), 4) for k, v in pg.items()},
         "pointing_heat_by_part": {k: round(float(np.mean(v)), 4) for k, v in pg_part.items()},
+        "nearest_part_chance": round(1 / len(tw.PART_NAMES), 4),
         "params": {"n_crops": n_crops, "crop_lo": crop_lo, "theta": theta, "eps": eps, "seed": seed,
                    "n_per_class": n_per_class, "split_seed": split_seed},
         "seconds": round(time.time() - t0, 1),
@@ -222,7 +232,7 @@ def main(argv=None) -> None:
     ap.add_argument("--settings", default="parts,distractors")
     ap.add_argument("--n-per-class", type=int, default=20)
     ap.add_argument("--seed", type=int, default=1000)
-    ap.add_argument("--n-crops", type=int, default=40)
+    ap.add_argument("--n-crops", type=int, default=60)
     ap.add_argument("--crop-lo", type=float, default=0.5)
     ap.add_argument("--theta", type=float, default=0.8)
     ap.add_argument("--threads", type=int, default=2)

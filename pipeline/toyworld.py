@@ -1,13 +1,14 @@
 """A synthetic world where local attribute alignment can be measured: birds built of parts.
 
-Every image shows a small "bird" (body, head, crest, wings, tail, beak) among clutter (stones,
-leaves, sticks, pebbles). Four parts carry the attributes, each taking one of four values:
+Every image shows a "bird" (body, head, beak, crest, wings, tail, legs) among clutter (stones,
+leaves, sticks, pebbles). Four parts, at four different places on the bird, carry the
+attributes, each taking one of four values:
 
-* crest colour   (``a red crest``)       -- a ~10 px tuft on the head
-* wing pattern   (``striped wings``)     -- 2-3 px stripes / checks / spots, near the limit of
+* crest colour   (``a red crest``)       -- a ~20x18 px tuft on top of the head
+* wing pattern   (``striped wings``)     -- 2-3 px stripes / checks / spots, at the limit of
   what survives the 2x downscale of the whole 128 px image to the 64 px model input
-* tail shape     (``a forked tail``)
-* beak colour    (``an orange beak``)     -- a ~8x5 px triangle
+* tail shape     (``a forked tail``)     -- at the back
+* leg colour     (``orange legs``)       -- two ~3 px wide legs under the body
 
 A class is one combination of the four values (4^4 = 256 combinations) and has a made-up name
 ("vorlik"), so the name carries no information. ``split_seed`` fixes which combinations are
@@ -18,14 +19,15 @@ seen together in training. ``seed`` fixes the images.
 Settings:
 
 * ``parts``: one bird of the class among clutter that shares no attribute with any class
-  (clutter colours are not attribute colours, clutter has no crest/wings/tail/beak).
+  (clutter colours are not attribute colours, clutter has no crest/wings/tail/legs).
 * ``distractors``: the same, plus a second bird of a *training* combination that copies two
   attributes of another held-out class, so attribute evidence for a wrong class is present in
   the image and only binding attributes to one object separates the classes.
 
 Outputs of :func:`make_toyworld` (``OUT/``): ``images/<class>/<id>.png`` (the folder is the
 label), ``attributes.json`` (DCLIP ``{class: [descriptor]}``), ``boxes.jsonl`` (one row per image
-x attribute, pixel boxes of the part that carries the attribute) and ``world.json``.
+x attribute, pixel boxes of the part that carries the attribute), ``scenes.jsonl`` (every bird
+and clutter item of each image, distractors included) and ``world.json``.
 Everything is a pure function of the seeds: the same call writes identical bytes.
 """
 from __future__ import annotations
@@ -41,21 +43,28 @@ from PIL import Image, ImageDraw
 
 IMAGE_SIZE = 128
 SETTINGS = ("parts", "distractors")
+# bird scale u (px per geometry unit; a bird is 69u x 48u): one large bird in "parts" (90-110 px
+# wide, so a LaZSL crop of side >= 64 px can hold its head without its tail), two smaller ones in
+# "distractors" (they must fit side by side), the union of both in training.
+PARTS_SCALE = (1.55, 1.75)
+DISTRACTOR_SCALE = (0.75, 0.95)
+TRAIN_SCALE = (0.7, 1.8)
 
 # part -> (values, descriptor template). Order matters: a combo is a tuple in this order.
 PARTS: dict[str, tuple[tuple[str, ...], str]] = {
     "crest": (("red", "blue", "yellow", "green"), "a {} crest"),
     "wings": (("striped", "spotted", "checkered", "plain"), "{} wings"),
     "tail": (("forked", "fan-shaped", "pointed", "square"), "a {} tail"),
-    "beak": (("orange", "black", "white", "purple"), "an {} beak"),
+    "legs": (("orange", "black", "white", "purple"), "{} legs"),
 }
 PART_NAMES = tuple(PARTS)
 
 CREST_RGB = {"red": (215, 35, 35), "blue": (40, 80, 215), "yellow": (235, 205, 30), "green": (40, 160, 60)}
-BEAK_RGB = {"orange": (245, 140, 25), "black": (20, 20, 20), "white": (252, 252, 252), "purple": (130, 50, 170)}
+LEGS_RGB = {"orange": (245, 140, 25), "black": (20, 20, 20), "white": (252, 252, 252), "purple": (130, 50, 170)}
 # Not attributes: body colours, clutter, background. None of these is an attribute colour.
 BODY_RGB = {"brown": (150, 105, 65), "grey": (135, 135, 140), "tan": (185, 155, 110), "slate": (95, 105, 125)}
 INK_RGB = (55, 38, 30)
+BEAK_RGB = (120, 108, 92)
 CLUTTER_KINDS = ("stone", "leaf", "stick", "pebble")
 CLUTTER_RGB = {
     "stone": {"grey": (120, 120, 118), "dark grey": (85, 85, 88)},
@@ -71,7 +80,7 @@ _CODAS = ("", "", "n", "r", "l", "k", "s", "th", "m")
 
 
 def descriptor(part: str, value: str) -> str:
-    """The attribute text of one part value ("a red crest", "striped wings", "an orange beak")."""
+    """The attribute text of one part value ("a red crest", "striped wings", "orange legs")."""
     tpl = PARTS[part][1]
     text = tpl.format(value)
     if tpl.startswith("an ") and value[0] not in "aeiou":
@@ -243,7 +252,7 @@ def _int_box(b, size) -> tuple[int, int, int, int]:
 
 def draw_bird(img: Image.Image, combo, x: float, y: float, u: float, facing: int, body: str, rng) -> Bird:
     """Draw one bird with its origin at (x, y), scale u px/unit, facing +1 (right) or -1."""
-    crest, wings, tail, beak = combo
+    crest, wings, tail, legs = combo
     size = img.size[0]
     dr = ImageDraw.Draw(img)
 
@@ -256,9 +265,14 @@ def draw_bird(img: Image.Image, combo, x: float, y: float, u: float, facing: int
     tail_pts = tr(_tail_polygon(tail))
     dr.polygon(tail_pts, fill=tuple(int(c * 0.85) for c in body_rgb))
     boxes["tail"] = _int_box(_bounds(tail_pts), size)
-    # legs
-    for lx in (-3, 4):
-        dr.line(tr([(lx, 10), (lx, 20)]), fill=(70, 50, 35), width=max(1, int(round(1.3 * u))))
+    # legs with feet (drawn before the body, which covers their tops)
+    leg_pts = []
+    for lx in (-4, 4):
+        leg = tr([(lx - 1.1, 10), (lx + 1.1, 10), (lx + 1.1, 18.5), (lx + 4, 18.5), (lx + 4, 20), (lx - 1.1, 20)])
+        dr.polygon(leg, fill=LEGS_RGB[legs])
+        leg_pts += leg
+    lb = _bounds(leg_pts)
+    boxes["legs"] = _int_box((lb[0], y + 11 * u, lb[2], lb[3]), size)
     # body
     bb = _bounds(tr([(-20, -12), (20, 12)]))
     dr.ellipse(bb, fill=body_rgb)
@@ -269,10 +283,8 @@ def draw_bird(img: Image.Image, combo, x: float, y: float, u: float, facing: int
     crest_pts = tr([(12, -18), (13, -26), (16, -21), (18, -28), (20, -21), (23, -25), (24, -17)])
     dr.polygon(crest_pts, fill=CREST_RGB[crest])
     boxes["crest"] = _int_box(_bounds(crest_pts), size)
-    # beak
-    beak_pts = tr([(24, -16), (33, -12), (24, -8)])
-    dr.polygon(beak_pts, fill=BEAK_RGB[beak])
-    boxes["beak"] = _int_box(_bounds(beak_pts), size)
+    # beak (not an attribute)
+    dr.polygon(tr([(24, -16), (33, -12), (24, -8)]), fill=BEAK_RGB)
     # eye
     ex, ey = tr([(19, -15)])[0]
     r = max(1.0, 1.4 * u)
@@ -403,7 +415,8 @@ def render_scene(
 
 
 def distractor_combo(true_combo, heldout, rng: np.random.Generator, n_shared: int = 2) -> tuple[str, ...]:
-    """A training combination that copies ``n_shared`` parts of another held-out class."""
+    """A training combination that copies ``n_shared`` parts of another held-out class; its other
+    parts differ from both that class and the true one (evidence for the wrong class only)."""
     held = set(heldout)
     others = [c for c in heldout if c != tuple(true_combo)]
     for _ in range(1000):
@@ -414,7 +427,7 @@ def distractor_combo(true_combo, heldout, rng: np.random.Generator, n_shared: in
             if i in keep:
                 combo.append(other[i])
             else:
-                vals = [v for v in PARTS[p][0] if v != other[i]]
+                vals = [v for v in PARTS[p][0] if v != other[i] and v != true_combo[i]]
                 combo.append(vals[rng.integers(len(vals))])
         combo = tuple(combo)
         if combo not in held:
@@ -425,9 +438,9 @@ def distractor_combo(true_combo, heldout, rng: np.random.Generator, n_shared: in
 def render_example(combo, setting: str, heldout, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Scene:
     """One evaluation image of ``combo`` in a setting ("parts" or "distractors")."""
     if setting == "parts":
-        return render_scene([combo], rng, size=size)
+        return render_scene([combo], rng, size=size, scale=PARTS_SCALE)
     if setting == "distractors":
-        return render_scene([combo, distractor_combo(combo, heldout, rng)], rng, size=size, scale=(0.75, 0.95))
+        return render_scene([combo, distractor_combo(combo, heldout, rng)], rng, size=size, scale=DISTRACTOR_SCALE)
     raise ValueError(f"setting must be one of {SETTINGS}, not {setting!r}")
 
 
@@ -543,7 +556,7 @@ def make_toyworld(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     attributes = {split.names[c]: combo_descriptors(c) for c in combos}
-    rows = []
+    rows, scenes = [], []
     for ci, combo in enumerate(combos):
         name = split.names[combo]
         d = out / "images" / name
@@ -553,6 +566,12 @@ def make_toyworld(
             scene = render_example(combo, setting, split.heldout, rng)
             rel = f"images/{name}/{i:04d}.png"
             (out / rel).write_bytes(_png_bytes(scene.image))
+            scenes.append({
+                "image": rel, "class": name,
+                "birds": [{"attributes": list(b.part_texts().values()), "bbox": list(b.bbox),
+                           "boxes": {p: list(bx) for p, bx in b.boxes.items()}} for b in scene.birds],
+                "clutter": [{"text": c.text, "bbox": list(c.box)} for c in scene.clutter],
+            })
             bird = scene.birds[0]
             for part, text in bird.part_texts().items():
                 x0, y0, x1, y1 = bird.boxes[part]
@@ -561,6 +580,9 @@ def make_toyworld(
     (out / "attributes.json").write_text(json.dumps(attributes, indent=1) + "\n")
     with open(out / "boxes.jsonl", "w") as f:
         for r in rows:
+            f.write(json.dumps(r) + "\n")
+    with open(out / "scenes.jsonl", "w") as f:
+        for r in scenes:
             f.write(json.dumps(r) + "\n")
     world = {
         "generator": "pipeline.toyworld",
@@ -573,28 +595,48 @@ def make_toyworld(
         "parts": {p: list(v) for p, (v, _) in PARTS.items()},
         "heldout_classes": split.heldout_classes(),
         "train_classes": split.train_classes(),
+        "scale": {"parts": PARTS_SCALE, "distractors": DISTRACTOR_SCALE, "train": TRAIN_SCALE},
         "boxes": "boxes.jsonl: one row per image x attribute of the labelled bird; x1/y1 exclusive",
+        "scenes": "scenes.jsonl: one row per image, every bird (the first is the labelled one) and clutter item",
     }
     (out / "world.json").write_text(json.dumps(world, indent=1) + "\n")
     return world
 
 
-def main(argv=None) -> None:
-    """``python -m pipeline.toyworld OUT [--n-per-class N] [--seed S] [--setting parts|distractors]``."""
-    import argparse
+def make_toyworld_command():
+    """The ``pipeline make-toyworld OUT`` click command; the CLI adds it with
+    ``cli.add_command(make_toyworld_command())``."""
+    import click
 
-    ap = argparse.ArgumentParser(prog="make-toyworld", description=main.__doc__)
-    ap.add_argument("out")
-    ap.add_argument("--n-per-class", type=int, default=20)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--setting", choices=SETTINGS, default="parts")
-    ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--classes", choices=("heldout", "train"), default="heldout")
-    a = ap.parse_args(argv)
-    w = make_toyworld(a.out, n_per_class=a.n_per_class, seed=a.seed, setting=a.setting,
-                      split_seed=a.split_seed, classes=a.classes)
-    n = len(w["heldout_classes"] if a.classes == "heldout" else w["train_classes"])
-    print(f"wrote {n} classes x {a.n_per_class} images ({a.setting}) to {a.out}")
+    @click.command("make-toyworld")
+    @click.argument("out", type=click.Path(file_okay=False))
+    @click.option("--n-per-class", default=20, show_default=True, help="Images per class.")
+    @click.option("--seed", default=0, show_default=True, help="Image seed (the class split does not change).")
+    @click.option("--setting", type=click.Choice(SETTINGS), default="parts", show_default=True,
+                  help="parts: one bird among unrelated clutter; distractors: plus a bird sharing two attributes "
+                  "with another class.")
+    @click.option("--split-seed", default=0, show_default=True, help="Which combinations are held out (toy-clip: 0).")
+    @click.option("--classes", type=click.Choice(("heldout", "train")), default="heldout", show_default=True)
+    def make_toyworld_cmd(out, n_per_class, seed, setting, split_seed, classes):
+        """Write a synthetic bird world: images/<class>/*.png, attributes.json, boxes.jsonl, world.json.
+
+        \b
+        pipeline make-toyworld toy/
+        pipeline build-attributes --from-json toy/attributes.json --model zsl-tiny --pretrained toy-clip
+        pipeline index-images toy/images
+        pipeline classify --method lazsl
+        """
+        w = make_toyworld(out, n_per_class=n_per_class, seed=seed, setting=setting, split_seed=split_seed,
+                          classes=classes)
+        n = len(w["heldout_classes"] if classes == "heldout" else w["train_classes"])
+        click.echo(f"wrote {n} classes x {n_per_class} images ({setting}) to {out}")
+
+    return make_toyworld_cmd
+
+
+def main(argv=None) -> None:
+    """``python -m pipeline.toyworld OUT [options]``: the same as ``pipeline make-toyworld``."""
+    make_toyworld_command().main(args=argv, prog_name="make-toyworld")
 
 
 if __name__ == "__main__":

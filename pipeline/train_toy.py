@@ -30,7 +30,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "data" / "toy-clip.pt"
 
 def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, views_per_scene: int = 2,
                  nonce_pool: list[str] | None = None, p_two_birds: float = 0.25,
-                 scale=(0.7, 1.15), p_full: float = 0.35, p_part: float = 0.35,
+                 scale=tw.TRAIN_SCALE, p_full: float = 0.35, p_part: float = 0.35,
                  crop_range=(0.3, 0.9), p_dclip: float = 0.2):
     """Fresh training scenes cut into captioned views: [(PIL crop, caption)]."""
     size = tw.IMAGE_SIZE
@@ -39,7 +39,7 @@ def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, 
     for _ in range(n_scenes):
         nb = 2 if rng.random() < p_two_birds else 1
         combos = [train[rng.integers(len(train))] for _ in range(nb)]
-        scene = tw.render_scene(combos, rng, size=size, scale=scale if nb == 1 else (0.7, 0.95), n_clutter=(2, 6))
+        scene = tw.render_scene(combos, rng, size=size, scale=scale if nb == 1 else tw.DISTRACTOR_SCALE, n_clutter=(2, 6))
         for _ in range(views_per_scene):
             r = rng.random()
             if r < p_full:
