@@ -5,16 +5,18 @@ leaves, sticks, pebbles). Four parts, at four different places on the bird, carr
 attributes, each taking one of four values:
 
 * crest colour   (``a red crest``)       -- a ~20x18 px tuft on top of the head
-* wing pattern   (``striped wings``)     -- 2-3 px stripes / checks / spots, at the limit of
-  what survives the 2x downscale of the whole 128 px image to the 64 px model input
+* wing pattern   (``striped wings``)     -- 1 px lines every 3 px (horizontal, vertical,
+  diagonal) or plain in their mean colour: erased by the 2x downscale of the whole 128 px
+  image to the 64 px model input, resolved in crops of side <= ~85 px
 * tail shape     (``a forked tail``)     -- at the back
 * leg colour     (``orange legs``)       -- two ~3 px wide legs under the body
 
 A class is one combination of the four values (4^4 = 256 combinations) and has a made-up name
 ("vorlik"), so the name carries no information. ``split_seed`` fixes which combinations are
-held out for zero-shot evaluation; the training script (``pipeline.train_toy``) draws its scenes
-only from the other combinations, so the held-out classes are attribute combinations never
-seen together in training. ``seed`` fixes the images.
+held out for zero-shot evaluation: 3 groups of 4 sibling classes that share crest, tail and
+legs and differ only in the wing pattern (:func:`make_split`). The training script
+(``pipeline.train_toy``) draws its scenes only from the other combinations, so the held-out
+classes are attribute combinations never seen together in training. ``seed`` fixes the images.
 
 Settings:
 
@@ -46,14 +48,14 @@ SETTINGS = ("parts", "distractors")
 # bird scale u (px per geometry unit; a bird is 69u x 48u): one large bird in "parts" (90-110 px
 # wide, so a LaZSL crop of side >= 64 px can hold its head without its tail), two smaller ones in
 # "distractors" (they must fit side by side), the union of both in training.
-PARTS_SCALE = (1.55, 1.75)
+PARTS_SCALE = (1.4, 1.7)
 DISTRACTOR_SCALE = (0.75, 0.95)
 TRAIN_SCALE = (0.7, 1.8)
 
 # part -> (values, descriptor template). Order matters: a combo is a tuple in this order.
 PARTS: dict[str, tuple[tuple[str, ...], str]] = {
     "crest": (("red", "blue", "yellow", "green"), "a {} crest"),
-    "wings": (("striped", "spotted", "checkered", "plain"), "{} wings"),
+    "wings": (("striped", "barred", "streaked", "plain"), "{} wings"),
     "tail": (("forked", "fan-shaped", "pointed", "square"), "a {} tail"),
     "legs": (("orange", "black", "white", "purple"), "{} legs"),
 }
@@ -128,30 +130,32 @@ class ClassSplit:
         return {self.names[c]: combo_descriptors(c) for c in self.train}
 
 
-def make_split(split_seed: int = 0, n_heldout: int = 12, min_distance: int = 2) -> ClassSplit:
-    """Hold out ``n_heldout`` combinations: each part value used equally often, every two held-out
-    classes differing in at least ``min_distance`` parts. Deterministic in ``split_seed``."""
+def make_split(split_seed: int = 0, n_groups: int = 3, fine_part: str = "wings", min_distance: int = 3) -> ClassSplit:
+    """Hold out ``n_groups`` x 4 combinations, in groups of sibling classes.
+
+    The classes of a group share every part except ``fine_part`` (the wing pattern, a detail
+    that the 2x downscale to the model input erases) and take all of its values, so telling
+    siblings apart needs the fine attribute; groups differ from each other in at least
+    ``min_distance`` of the other parts. Every held-out combination, and even every held-out
+    (crest, tail, legs) triple, is absent from training. Deterministic in ``split_seed``.
+    """
     rng = np.random.default_rng([split_seed, 7001])
     combos = all_combos()
-    n_vals = [len(PARTS[p][0]) for p in PART_NAMES]
+    coarse = [p for p in PART_NAMES if p != fine_part]
+    fi = PART_NAMES.index(fine_part)
+    triples = list(itertools.product(*(PARTS[p][0] for p in coarse)))
     for _ in range(10000):
-        # balanced: each part's values repeated n_heldout/n_vals times, shuffled independently
-        cols = []
-        for nv, p in zip(n_vals, PART_NAMES):
-            reps = -(-n_heldout // nv)
-            col = list(np.repeat(np.arange(nv), reps)[:n_heldout])
-            rng.shuffle(col)
-            cols.append([PARTS[p][0][i] for i in col])
-        held = [tuple(c[i] for c in cols) for i in range(n_heldout)]
-        if len(set(held)) < n_heldout:
-            continue
-        ok = all(
-            sum(a != b for a, b in zip(x, y)) >= min_distance for x, y in itertools.combinations(held, 2)
-        )
-        if ok:
+        groups = [triples[i] for i in rng.choice(len(triples), size=n_groups, replace=False)]
+        if all(sum(a != b for a, b in zip(x, y)) >= min_distance for x, y in itertools.combinations(groups, 2)):
             break
     else:  # pragma: no cover
         raise RuntimeError("could not draw a held-out split; lower min_distance")
+    held = []
+    for t in groups:
+        for v in PARTS[fine_part][0]:
+            c = list(t)
+            c.insert(fi, v)
+            held.append(tuple(c))
     held_set = set(held)
     train = tuple(c for c in combos if c not in held_set)
     names_list = made_up_names(len(combos), rng)
@@ -216,21 +220,24 @@ def _tail_polygon(shape: str) -> list[tuple[float, float]]:
     raise ValueError(shape)
 
 
-def _pattern_mask(kind: str, w: int, h: int, phase: tuple[int, int]) -> np.ndarray:
-    """Boolean ink mask of a wing pattern in a w x h box (fixed pixel scale, not scaled by u)."""
+def _pattern_mask(kind: str, w: int, h: int, phase: tuple[int, int]) -> np.ndarray | None:
+    """Ink mask of a wing pattern in a w x h box, at a fixed pixel scale (not scaled by u).
+
+    All patterns have a 3 px period and 1/3 ink, and "plain" is painted in their mean colour,
+    so after the 2x downscale of the whole image (Nyquist period 4 px) the four look alike;
+    a crop of side <= ~85 px resolves them.
+    """
     yy, xx = np.mgrid[0:h, 0:w]
     xx = xx + phase[0]
     yy = yy + phase[1]
     if kind == "striped":
-        return (yy // 2) % 2 == 0
-    if kind == "checkered":
-        return ((xx // 3) + (yy // 3)) % 2 == 0
-    if kind == "spotted":
-        gx = (xx + 2.5 * ((yy // 5) % 2)) % 5 - 2
-        gy = yy % 5 - 2
-        return gx * gx + gy * gy <= 2.3
+        return yy % 3 == 0
+    if kind == "barred":
+        return xx % 3 == 0
+    if kind == "streaked":
+        return (xx + yy) % 3 == 0
     if kind == "plain":
-        return np.zeros((h, w), dtype=bool)
+        return None
     raise ValueError(kind)
 
 
@@ -263,7 +270,7 @@ def draw_bird(img: Image.Image, combo, x: float, y: float, u: float, facing: int
     boxes = {}
     # tail (behind the body)
     tail_pts = tr(_tail_polygon(tail))
-    dr.polygon(tail_pts, fill=tuple(int(c * 0.85) for c in body_rgb))
+    dr.polygon(tail_pts, fill=tuple(int(c * 0.6) for c in body_rgb))
     boxes["tail"] = _int_box(_bounds(tail_pts), size)
     # legs with feet (drawn before the body, which covers their tops)
     leg_pts = []
@@ -299,7 +306,11 @@ def draw_bird(img: Image.Image, combo, x: float, y: float, u: float, facing: int
     tile = np.empty((h, w, 3), dtype=np.uint8)
     tile[:] = base
     phase = (int(rng.integers(0, 6)), int(rng.integers(0, 6)))
-    tile[_pattern_mask(wings, w, h, phase)] = INK_RGB
+    m = _pattern_mask(wings, w, h, phase)
+    if m is None:
+        tile[:] = np.round(base * (2 / 3) + np.array(INK_RGB) / 3).astype(np.uint8)
+    else:
+        tile[m] = INK_RGB
     img.paste(Image.fromarray(tile), (wbox[0], wbox[1]), mask)
     boxes["wings"] = _int_box(wb, size)
     bbox = _int_box(_bounds(tr([(_X_MIN, _Y_MIN), (_X_MAX, _Y_MAX)])), size)
@@ -528,7 +539,6 @@ def make_toyworld(
     seed: int = 0,
     setting: str = "parts",
     split_seed: int = 0,
-    n_heldout: int = 12,
     classes: str = "heldout",
 ) -> dict:
     """Write a toy world to ``out_dir``; returns the world description (also in world.json).
@@ -541,12 +551,11 @@ def make_toyworld(
             bird sharing two attributes with another held-out class).
         split_seed: which combinations are held out, and the class names. The shipped
             ``toy-clip`` weights were trained on the training side of ``split_seed=0``.
-        n_heldout: number of held-out classes.
         classes: ``heldout`` (zero-shot evaluation, default) or ``train`` (seen combinations).
     """
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, not {setting!r}")
-    split = make_split(split_seed, n_heldout=n_heldout)
+    split = make_split(split_seed)
     if classes == "heldout":
         combos = list(split.heldout)
     elif classes == "train":
