@@ -74,6 +74,9 @@ def cli():
     pipeline index-images photos/
     pipeline classify --method lazsl --top-k 50
     pipeline sql "select * from top_attributes limit 10"
+    pipeline explain photos/cat/001.jpg            # heatmaps + attribute shares
+    pipeline report --out report.html              # a static page per run
+    pipeline faithfulness --steps 10               # deletion/insertion AUC, pointing game
     """
 
 
@@ -397,6 +400,88 @@ def catalog_migrate(store):
     """Bring an older store's schema up to date."""
     with Catalog(resolve_store_path(store), create=False) as cat:
         click.echo(f"{cat.root}: schema version {cat.get_meta('schema_version')}")
+
+
+@cli.command("explain")
+@click.argument("image")
+@click.option("--class", "class_name", default=None, help="Explain this class's score (default: the prediction, rank 1).")
+@click.option("--attribute", default=None, help="Only this attribute's overlay (text, part of it, or attr_id).")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--out", "out_dir", default="explanations", show_default=True, help="Folder for the PNG overlays.")
+@click.option("--top", default=10, show_default=True, help="Attributes to list (0 = all).")
+@store_option
+@_friendly_errors
+def explain_cmd(image, class_name, attribute, run_id, out_dir, top, store):
+    """Attribution maps of one image: PNG overlays per attribute and per class, and each
+    attribute's share of the score.
+
+    \b
+    IMAGE is an indexed image: its path, an image_id, or a unique end of its path.
+    pipeline explain photos/cat/001.jpg
+    pipeline explain photos/cat/001.jpg --class "tabby cat" --attribute "striped fur" --out maps/
+    """
+    from .explain import explain_image
+
+    with Catalog(store) as cat:
+        res = explain_image(cat, image, run_id=run_id, class_name=class_name, attribute=attribute, out_dir=out_dir)
+    for line in res.summary_lines(top=top or None):
+        click.echo(line)
+
+
+@cli.command("report")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--out", default="report.html", show_default=True, help="The HTML file to write.")
+@click.option("--limit", default=50, show_default=True, help="Images on the page (0 = all); wrong predictions first.")
+@click.option("--top-k", default=5, show_default=True, help="Classes listed per image.")
+@store_option
+@_friendly_errors
+def report_cmd(run_id, out, limit, top_k, store):
+    """A static HTML page for a run: predictions, score split, attribute contributions,
+    heatmaps, what tipped wrong predictions, accuracy and faithfulness plots. Opens from disk.
+
+    \b
+    pipeline report --out run3.html --run 3
+    """
+    from .report import build_report
+
+    with Catalog(store) as cat:
+        res = build_report(cat, run_id, out, limit=limit or None, top_k=top_k)
+    click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
+
+
+@cli.command("faithfulness")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--steps", default=10, show_default=True, help="Deletion/insertion steps (equal shares of the pixels).")
+@click.option("--limit", default=0, show_default=True, help="Images to score (0 = all), by image_id.")
+@click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
+              help="Ground-truth boxes (JSON/JSONL: image, class, attribute, x0, y0, x1, y1) for the pointing game.")
+@click.option("--baseline", type=click.Choice(["blur", "mean", "black"]), default="blur", show_default=True,
+              help="What deleted pixels become (and insertion starts from).")
+@click.option("--random-maps", "n_random", default=1, show_default=True, help="Random maps per image (curves averaged).")
+@click.option("--tolerance", default=0.0, show_default=True, help="Pointing game: pixels the box is grown by.")
+@click.option("--seed", default=0, show_default=True)
+@model_options
+@store_option
+@_friendly_errors
+def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, model_name, pretrained, device, store):
+    """Deletion/insertion AUC of the run's maps against random maps (re-encoding the
+    perturbed images), and the pointing game where ground-truth boxes exist. Results go to
+    the tables faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game.
+
+    \b
+    pipeline faithfulness --steps 10 --limit 100
+    pipeline faithfulness --boxes world/boxes.jsonl
+    """
+    from .faithfulness import faithfulness
+
+    if n_random < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--random-maps")
+    with Catalog(store) as cat:
+        model = _load_model(cat, model_name, pretrained, device)
+        rep = faithfulness(cat, model, run_id, steps=steps, limit=limit or None, boxes_file=boxes_file, seed=seed,
+                           baseline=baseline, n_random=n_random, tolerance=tolerance)
+    for line in rep.lines():
+        click.echo(line)
 
 
 def _add_toyworld_command() -> None:

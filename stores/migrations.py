@@ -174,6 +174,52 @@ def m004_explanation_views(con) -> None:
     )
 
 
+
+@migration
+def m005_faithfulness(con) -> None:
+    """Scores of the explanations themselves: deletion/insertion curves and the pointing game."""
+    con.execute(
+        """
+        CREATE TABLE faithfulness_runs(
+            faith_run_id BIGINT PRIMARY KEY,
+            run_id BIGINT NOT NULL,       -- the classify run whose attribution maps are scored
+            params VARCHAR NOT NULL,      -- JSON: steps, baseline, scorer, seed, boxes file, ...
+            model VARCHAR,                -- the model that re-encoded the perturbed images
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE faithfulness_curves(
+            faith_run_id BIGINT NOT NULL,
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,     -- the predicted class, whose map orders the pixels
+            kind VARCHAR NOT NULL,        -- deletion | insertion | random_deletion | random_insertion
+            step INTEGER NOT NULL,        -- 0 .. steps
+            fraction DOUBLE NOT NULL,     -- share of pixels deleted / revealed
+            score DOUBLE NOT NULL         -- the class's normalised score on the perturbed image
+        );
+        CREATE TABLE faithfulness_scores(
+            faith_run_id BIGINT NOT NULL,
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            kind VARCHAR NOT NULL,
+            auc DOUBLE NOT NULL           -- trapezoid area under the curve, fraction in [0, 1]
+        );
+        CREATE TABLE pointing_game(
+            faith_run_id BIGINT NOT NULL,
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            attr_id BIGINT,               -- NULL: the class map was pointed, not an attribute's
+            attribute VARCHAR,            -- the attribute text as given in the boxes file
+            hit BOOLEAN NOT NULL,         -- the map's maximum lies in the ground-truth box
+            energy_inside DOUBLE NOT NULL,-- SCH: share of the map's positive mass inside the box
+            x DOUBLE, y DOUBLE,           -- where the maximum is (pixels)
+            x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE  -- the ground-truth box
+        );
+        """
+    )
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
