@@ -150,6 +150,8 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
     split, items = build_eval_set(setting, n_per_class, seed, split_seed)
     classes = split.heldout_classes()
     names = list(classes)
+    fi = tw.PART_NAMES.index("wings")
+    group = [c[:fi] + c[fi + 1 :] for c in split.heldout]
     n_desc = len(next(iter(classes.values())))
     name_emb = torch.from_numpy(lm.encode_texts([f"a photo of a {n}." for n in names]))
     sents = [f"{n}, {tw.dclip_sentence(d)}" for n in names for d in classes[n]]
@@ -210,6 +212,9 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
         "n_classes": len(names),
         "chance_top1": round(1 / len(names), 4),
         "top1": {k: round(float((np.array(v) == labels).mean()), 4) for k, v in pred.items()},
+        # the predicted class is a sibling of the true one (same crest, tail, legs; any wings)
+        "group_top1": {k: round(float(np.mean([group[i] == group[j] for i, j in zip(v, labels)])), 4)
+                       for k, v in pred.items()},
         "pointing": {k: round(float(np.mean(v)), 4) for k, v in pg.items()},
         "pointing_heat_by_part": {k: round(float(np.mean(v)), 4) for k, v in pg_part.items()},
         "nearest_part_chance": round(1 / len(tw.PART_NAMES), 4),

@@ -130,7 +130,7 @@ class ClassSplit:
         return {self.names[c]: combo_descriptors(c) for c in self.train}
 
 
-def make_split(split_seed: int = 0, n_groups: int = 3, fine_part: str = "wings", min_distance: int = 2) -> ClassSplit:
+def make_split(split_seed: int = 0, n_groups: int = 3, fine_part: str = "wings", min_distance: int = 3) -> ClassSplit:
     """Hold out ``n_groups`` x 4 combinations, in groups of sibling classes.
 
     The classes of a group share every part except ``fine_part`` (the wing pattern, a detail
