@@ -2,9 +2,9 @@
 held-out classes are attribute combinations never seen together in training).
 
 Thresholds come from a measurement on this world (seed 2, 8 images per class, 30 crops,
-lo 0.5; 2026-11-23): clip 1.0%, dclip 36.5%, lazsl 51.0% top-1 over 12 classes (chance 8.3%);
-the crop carrying most of an attribute's transport mass contains that attribute's
-ground-truth part in 88.8% of (image, attribute) pairs, against 56.1% for a random crop of
+lo 0.5; 2026-11-23, toy-clip trained on split 0): clip 8.3%, dclip 76.0%, lazsl 88.5% top-1
+over 12 classes (chance 8.3%); the crop carrying most of an attribute's transport mass contains
+that attribute's ground-truth part in 94.0% of (image, attribute) pairs, against 56.1% for a random crop of
 the same image. Thresholds are those figures minus a margin, fixed here.
 """
 import json
@@ -39,9 +39,9 @@ def test_lazsl_beats_name_only_clip_by_a_wide_margin(toy):
     cat, _, runs = toy
     acc = {m: evaluate_run(cat, r).metrics["acc1"] for m, r in runs.items()}
     print("toy-world top-1:", acc)  # dclip vs lazsl is reported, not gated
-    assert acc["clip"] <= 0.15  # names carry no information: near or below chance (1/12)
-    assert acc["lazsl"] >= 0.40
-    assert acc["lazsl"] - acc["clip"] >= 0.30
+    assert acc["clip"] <= 0.20  # names carry no information: near or below chance (1/12)
+    assert acc["lazsl"] >= 0.75
+    assert acc["lazsl"] - acc["clip"] >= 0.50
 
 
 def test_alignment_points_at_the_ground_truth_part(toy):
@@ -78,5 +78,5 @@ def test_alignment_points_at_the_ground_truth_part(toy):
     assert len(hits) == 96 * 4  # every image × every attribute of its true class
     hit_rate, chance_rate = float(np.mean(hits)), float(np.mean(chance))
     print(f"pointing: {hit_rate:.3f} vs chance {chance_rate:.3f}")
-    assert hit_rate >= 0.80
-    assert hit_rate - chance_rate >= 0.20
+    assert hit_rate >= 0.85
+    assert hit_rate - chance_rate >= 0.25
