@@ -83,22 +83,28 @@ class ScoreTarget:
 Scorer = Callable[[np.ndarray, ScoreTarget], np.ndarray]  # (S, H, W, 3) uint8 -> (S,) scores
 
 
+def _run_attributes(cat: Catalog, model, run_params: dict) -> tuple[str, list]:
+    """(style, [(class_id, embedding)]) of the attributes the scored run used."""
+    if model.fingerprint != cat.model:
+        raise StoreError(f"Model {model.fingerprint} is not the store's ({cat.model}).")
+    style = "sentences" if str(run_params.get("attribute_source", "")).startswith("sentences") else "descriptors"
+    rows = cat.query(
+        "SELECT a.class_id, e.embedding FROM attributes a JOIN attribute_embeddings e USING (attr_id) "
+        "WHERE e.model = ? AND a.style = ? AND NOT starts_with(a.source, 'template:') ORDER BY a.attr_id",
+        [model.fingerprint, style],
+    ).fetchall()
+    if not rows:
+        raise StoreError("No encoded attributes for this model; run `pipeline build-attributes` first.")
+    return style, rows
+
+
 class GlobalDescriptorScorer:
     """Softmax probability of the class's global DCLIP score among the candidates (see module doc)."""
 
     name = "global-dclip-softmax"
 
     def __init__(self, cat: Catalog, model, run_params: dict):
-        if model.fingerprint != cat.model:
-            raise StoreError(f"Model {model.fingerprint} is not the store's ({cat.model}).")
-        style = "sentences" if str(run_params.get("attribute_source", "")).startswith("sentences") else "descriptors"
-        rows = cat.query(
-            "SELECT a.class_id, e.embedding FROM attributes a JOIN attribute_embeddings e USING (attr_id) "
-            "WHERE e.model = ? AND a.style = ? AND NOT starts_with(a.source, 'template:') ORDER BY a.attr_id",
-            [model.fingerprint, style],
-        ).fetchall()
-        if not rows:
-            raise StoreError("No encoded attributes for this model; run `pipeline build-attributes` first.")
+        style, rows = _run_attributes(cat, model, run_params)
         by_class: dict[int, list] = {}
         for cid, emb in rows:
             by_class.setdefault(int(cid), []).append(emb)
@@ -129,16 +135,7 @@ class LazslScorer:
     name = "lazsl-softmax"
 
     def __init__(self, cat: Catalog, model, run_params: dict):
-        if model.fingerprint != cat.model:
-            raise StoreError(f"Model {model.fingerprint} is not the store's ({cat.model}).")
-        style = "sentences" if str(run_params.get("attribute_source", "")).startswith("sentences") else "descriptors"
-        rows = cat.query(
-            "SELECT a.class_id, e.embedding FROM attributes a JOIN attribute_embeddings e USING (attr_id) "
-            "WHERE e.model = ? AND a.style = ? AND NOT starts_with(a.source, 'template:') ORDER BY a.attr_id",
-            [model.fingerprint, style],
-        ).fetchall()
-        if not rows:
-            raise StoreError("No encoded attributes for this model; run `pipeline build-attributes` first.")
+        style, rows = _run_attributes(cat, model, run_params)
         self.attr_class = np.array([r[0] for r in rows], np.int64)
         self.attr = np.asarray([r[1] for r in rows], np.float32)
         self.classes = np.unique(self.attr_class)

@@ -43,6 +43,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .attributes import dclip_sentence  # noqa: F401  (the one DCLIP rule; captions and toy_eval use it)
+
 IMAGE_SIZE = 128
 SETTINGS = ("parts", "distractors")
 # bird scale u (px per geometry unit; a bird is 69u x 48u): one large bird in "parts" (90-110 px
@@ -458,18 +460,6 @@ def render_example(combo, setting: str, heldout, rng: np.random.Generator, size:
 # --------------------------------------------------------------------------------------------
 # Captions ("what is visible") for training views
 # --------------------------------------------------------------------------------------------
-
-
-def dclip_sentence(desc: str) -> str:
-    """DCLIP's descriptor rule (a plain prefix test), as the project's attribute stage applies it."""
-    d = desc.strip()
-    if d.startswith("a"):
-        return f"which is {d}"
-    if d.startswith(("has", "often", "typically", "may", "can")):
-        return f"which {d}"
-    if d.startswith("used"):
-        return f"which is {d}"
-    return f"which has {d}"
 
 
 def _inside_fraction(box, view) -> float:
