@@ -343,7 +343,8 @@ def test_shared_descriptor_files_read_as_class_lists_and_round_trip(tmp_path):
     files = sorted((SHARED / "data" / "descriptors").glob("*/*.json"))
     if not files:
         pytest.skip("../shared/data/descriptors not present")
-    assert len(files) == 12
+    # 7 DCLIP, 5 CuPL and 3 AWT files (SOURCES.md); a new folder there is read too
+    assert {f.parent.name for f in files} >= {"dclip", "cupl", "awt"} and len(files) >= 15
     empties = {}
     for f in files:
         names, rep = read_class_list(f)
