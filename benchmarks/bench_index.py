@@ -39,8 +39,8 @@ def bare_loop_images_per_s(model, img_dir: Path, cfg, batch_size: int) -> float:
 
     import torch
 
-    from pipeline.index_images import open_image
-    from pipeline.regions import region_boxes
+    from pipeline.imaging import open_image
+    from queries.regions import region_boxes
 
     crops = []
     for p in sorted(img_dir.iterdir()):
@@ -58,7 +58,7 @@ def bare_loop_images_per_s(model, img_dir: Path, cfg, batch_size: int) -> float:
 
 
 def index_images_per_s(model, img_dir: Path, cfg, batch_size: int, workers: int) -> float:
-    from pipeline.index_images import index_images
+    from pipeline.stages.index_images import index_images
     from stores.catalog import Catalog
 
     with tempfile.TemporaryDirectory() as d, Catalog(d) as cat:
@@ -70,7 +70,7 @@ def throughput(args) -> dict:
     import torch
 
     from pipeline.models import load_model
-    from pipeline.regions import RegionConfig
+    from pipeline.config import RegionConfig
 
     torch.set_num_threads(args.threads)
     out = {"device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"), "threads": args.threads, "models": {}}
@@ -99,8 +99,8 @@ def _child_peak_rss(n: int, workdir: Path) -> float:
 import resource, sys
 sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
 from pipeline.models import load_model
-from pipeline.index_images import index_images
-from pipeline.regions import RegionConfig
+from pipeline.stages.index_images import index_images
+from pipeline.config import RegionConfig
 from stores.catalog import Catalog
 m = load_model('zsl-tiny', 'random:0', device='cpu')
 with Catalog({str(workdir / f"store{n}")!r}) as cat:

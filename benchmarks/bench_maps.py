@@ -47,13 +47,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2)
     args = ap.parse_args()
 
-    from pipeline.attributes import import_attribute_file
-    from pipeline.classify import MethodParams, classify
-    from pipeline.explain import prepare_image, resolve_image
-    from pipeline.index_images import index_images
+    from pipeline.stages.attributes import import_attribute_file
+    from pipeline.config import MethodConfig
+    from pipeline.stages.classify import classify
+    from pipeline.explain.explain import prepare_image, resolve_image
+    from pipeline.stages.index_images import index_images
     from pipeline.models import load_model
-    from pipeline.regions import RegionConfig
-    from pipeline.toyworld import make_toyworld
+    from pipeline.config import RegionConfig
+    from pipeline.toy.world import make_toyworld
     from queries.explain import attribute_weights, attribution_map
     from stores.catalog import Catalog
 
@@ -66,7 +67,7 @@ def main() -> None:
     with Catalog(root / "store") as cat:
         import_attribute_file(cat, model, root / "world" / "attributes.json", progress=False)
         index_images(cat, model, [str(root / "world" / "images")], RegionConfig(n_crops=30, crop_min=0.5), progress=False)
-        run = classify(cat, "lazsl", MethodParams(top_k=0), model=model, progress=False).run_id
+        run = classify(cat, "lazsl", MethodConfig(top_k=0), model=model, progress=False).run_id
         for line in (root / "world" / "boxes.jsonl").read_text().splitlines():
             r = json.loads(line)
             img = resolve_image(cat, str(root / "world" / r["image"]))

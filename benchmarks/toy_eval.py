@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline import toyworld as tw  # noqa: E402
+from pipeline.toy import world as tw  # noqa: E402
 
 
 def random_square_crops(rng: np.random.Generator, w: int, h: int, n: int, lo: float, hi: float = 0.9):

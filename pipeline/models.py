@@ -14,6 +14,7 @@ with :class:`ModelLoadError` saying how to supply the weights offline.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import socket
@@ -24,7 +25,6 @@ from typing import Any, Callable
 _logger = logging.getLogger(__name__)
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
 HF_HOST = ("huggingface.co", 443)
@@ -103,9 +103,49 @@ def register_project_configs() -> None:
         open_clip.add_model_config(str(MODEL_CONFIG_DIR))
 
 
+def data_dir() -> Path:
+    """Where the shipped weights are: the installed ``pipeline.data`` package (the repository's
+    top-level ``data/``, mapped there by pyproject.toml), or ``data/`` of a source checkout."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pipeline.data")
+    if spec is not None and spec.submodule_search_locations:
+        return Path(next(iter(spec.submodule_search_locations)))
+    return Path(__file__).resolve().parent.parent / "data"
+
+
 def list_project_weights() -> dict[str, Path]:
-    """Weights the project ships in data/ (name -> file)."""
-    return {p.stem: p for p in sorted(DATA_DIR.glob("*.pt"))} if DATA_DIR.is_dir() else {}
+    """Weights the project ships (tag -> file): ``--pretrained toy-clip``."""
+    d = data_dir()
+    return {p.stem: p for p in sorted(d.glob("*.pt"))} if d.is_dir() else {}
+
+
+def shipped_architecture(tag: str) -> str | None:
+    """The model config a shipped tag was trained as (its ``<tag>.json`` record), e.g. zsl-tiny."""
+    weights = list_project_weights().get(tag)
+    if weights is None:
+        return None
+    record = weights.with_suffix(".json")
+    try:
+        return json.loads(record.read_text()).get("model") if record.is_file() else None
+    except ValueError:
+        return None
+
+
+def resolve_model_name(name: str | None, pretrained: str | None) -> tuple[str, str]:
+    """(model name, pretrained) with the shortcuts users expect: a shipped tag implies its
+    architecture (``--pretrained toy-clip``), ``hf-hub:``/``local-dir:`` in ``--pretrained``
+    name the model themselves."""
+    pretrained = pretrained or DEFAULT_PRETRAINED
+    implied = shipped_architecture(pretrained)
+    if implied is not None:
+        if name not in (None, implied):
+            raise ModelLoadError(f"--pretrained {pretrained} holds weights for {implied}, not {name}; "
+                                 f"drop --model or use --model {implied}.")
+        return implied, pretrained
+    if pretrained.startswith(("hf-hub:", "local-dir:")):
+        return pretrained, pretrained
+    return name or DEFAULT_MODEL, pretrained
 
 
 def pick_device(device: str | None = None) -> str:
@@ -165,7 +205,7 @@ def _go_offline() -> None:
 
 
 def load_model(
-    name: str = DEFAULT_MODEL,
+    name: str | None = DEFAULT_MODEL,
     pretrained: str | None = DEFAULT_PRETRAINED,
     device: str | None = None,
     precision: str | None = None,
@@ -174,9 +214,11 @@ def load_model(
 
     Args:
         name: an open_clip model name (``ViT-B-32``), a project config (``zsl-tiny``),
-            or ``hf-hub:ORG/REPO`` / ``local-dir:DIR``.
-        pretrained: a tag (``openai``), a weights file, ``random[:SEED]``, or a name in
-            ``data/`` (``toy-clip``). ``None`` means ``random:0``.
+            or ``hf-hub:ORG/REPO`` / ``local-dir:DIR``; None: implied by ``pretrained``
+            (see :func:`resolve_model_name`), else ViT-B-32.
+        pretrained: a tag (``openai``), a weights file, ``random[:SEED]``, a shipped tag
+            (``toy-clip``, which implies ``zsl-tiny``), ``hf-hub:ORG/REPO`` or
+            ``local-dir:DIR``. ``None`` means ``random:0``.
         device: ``cpu``/``cuda``/``cuda:1``; picked automatically when None.
         precision: ``fp32``/``fp16``/``bf16``; fp16 on CUDA, fp32 on CPU when None.
     """
@@ -188,7 +230,7 @@ def load_model(
     device = pick_device(device)
     if precision is None:
         precision = "fp16" if device.startswith("cuda") else "fp32"
-    pretrained = pretrained or "random:0"
+    name, pretrained = resolve_model_name(name, pretrained or "random:0")
     shipped = list_project_weights()
     if pretrained in shipped:
         pretrained_arg = str(shipped[pretrained])
@@ -196,8 +238,10 @@ def load_model(
         pretrained_arg = pretrained
 
     is_scheme = name.startswith(("hf-hub:", "local-dir:"))
-    if pretrained_arg.startswith("local-dir:"):
+    if pretrained_arg.startswith(("local-dir:", "hf-hub:")):
         name, pretrained_arg, is_scheme = pretrained_arg, None, True
+    elif is_scheme and pretrained_arg in (DEFAULT_PRETRAINED, name):
+        pretrained_arg = None  # the scheme carries its own weights
 
     if not is_scheme and name not in open_clip.list_models():
         raise ModelLoadError(
@@ -240,11 +284,12 @@ def load_model(
                 )
         finally:
             root.setLevel(level)
-    except (RuntimeError, OSError, ValueError) as exc:
+    except Exception as exc:  # a file that is no checkpoint fails deep inside torch.load: one line instead
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "download" in msg.lower() or "offline" in msg.lower() or "connect" in msg.lower():
             raise ModelLoadError(OFFLINE_HELP.format(model=name, tag=pretrained)) from exc
-        raise ModelLoadError(f"Could not load {name} with --pretrained {pretrained}: {msg}") from exc
+        raise ModelLoadError(f"Could not load {name} with --pretrained {pretrained} ({type(exc).__name__}: {msg[:200]}); "
+                             "is it an open_clip checkpoint of this architecture?") from exc
     model.eval()
     tokenizer = open_clip.get_tokenizer(name)
     embed_dim = int(model.text_projection.shape[1]) if getattr(model, "text_projection", None) is not None else int(

@@ -1,30 +1,31 @@
-"""Query-stage math: pure functions on embedding arrays (no I/O, no global state).
+"""Query-stage math: pure functions on embedding arrays (no I/O, no SQL, no global state).
 
 * :mod:`queries.transport`: batched entropic OT (``sinkhorn_batch``) with per-problem
   stopping, for many (image, class) pairs at once.
-* :mod:`queries.scoring`: CLIP, DCLIP, CuPL, WCA and LaZSL class scores.
+* :mod:`queries.baselines`: CLIP, CLIP-E, DCLIP, CuPL and WCA class scores.
+* :mod:`queries.lazsl`: LaZSL (scores, plans, fused similarities, convergence).
 * :mod:`queries.shortlist`: class prototypes and top-k candidate shortlists.
+* :mod:`queries.regions`: region geometry (crops, grids, patch cells) from sizes and seeds.
+* :mod:`queries.attribution`: attribution maps, score shares, pointing game.
+* :mod:`queries.perturb`: deletion / insertion curves.
 
-Every function accepts numpy arrays or torch tensors and returns the same kind.
+Every array function accepts numpy arrays or torch tensors and returns the same kind.
 """
-from queries.scoring import (
-    LAZSL_PRESETS,
-    LazslResult,
+from queries.baselines import (
     WcaResult,
     class_text_from_templates,
     clip_scores,
     cupl_class_text,
     cupl_scores,
     dclip_scores,
-    lazsl_scores,
     wca_class_text,
     wca_scores,
 )
+from queries.lazsl import LazslResult, lazsl_scores
 from queries.shortlist import class_prototypes, shortlist_candidates
 from queries.transport import SinkhornResult, sinkhorn_batch
 
 __all__ = [
-    "LAZSL_PRESETS",
     "LazslResult",
     "SinkhornResult",
     "WcaResult",

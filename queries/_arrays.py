@@ -52,3 +52,39 @@ def out(t: torch.Tensor | None, as_torch: bool):
     if t is None or as_torch:
         return t
     return t.detach().cpu().numpy()
+
+
+# ---- segment arithmetic shared by the scoring modules ------------------------------------
+
+
+def l2_normalize(x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def class_counts(cls: torch.Tensor, n_classes: int, what: str) -> torch.Tensor:
+    if cls.numel() and (int(cls.min()) < 0 or int(cls.max()) >= n_classes):
+        raise ValueError(f"{what} class indices must lie in [0, {n_classes})")
+    counts = torch.bincount(cls, minlength=n_classes)
+    empty = (counts == 0).nonzero().flatten()
+    if empty.numel():
+        raise ValueError(
+            f"{empty.numel()} class(es) have no {what} (first: {empty[:5].tolist()}); "
+            f"every scored class needs at least one (DCLIP turns an empty list into [''] "
+            "upstream: do that before embedding)"
+        )
+    return counts
+
+
+def segment_mean(values: torch.Tensor, cls: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values[..., a]`` over rows a of each class: (..., A) -> (..., C)."""
+    shape = values.shape[:-1] + (counts.numel(),)
+    acc = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    acc.index_add_(values.ndim - 1, cls, values)
+    return acc / counts.to(values.dtype)
+
+
+def check_dims(**arrays: torch.Tensor) -> int:
+    dims = {k: v.shape[-1] for k, v in arrays.items()}
+    if len(set(dims.values())) != 1:
+        raise ValueError(f"embedding dimensions differ: {dims}")
+    return next(iter(dims.values()))

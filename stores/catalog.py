@@ -24,7 +24,8 @@ from typing import Any, Iterable
 
 import duckdb
 
-from .migrations import SCHEMA_VERSION, StoreVersionError, migrate, pending_migrations
+from .errors import ModelMismatchError, StoreError, StoreVersionError
+from .migrations import SCHEMA_VERSION, migrate, pending_migrations
 
 DEFAULT_STORE = "./zsl-store"
 CATALOG_FILE = "catalog.duckdb"
@@ -58,14 +59,6 @@ SHARD_TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
         ],
     ),
 }
-
-
-class StoreError(RuntimeError):
-    """A store problem the user can fix; the message says how."""
-
-
-class ModelMismatchError(StoreError):
-    """Embeddings of another model are already in this store."""
 
 
 def resolve_store_path(path: str | os.PathLike | None) -> Path:
@@ -121,6 +114,24 @@ class Catalog:
     def close(self) -> None:
         self.con.close()
 
+    def is_empty(self) -> bool:
+        """Nothing a user would miss: no classes, no indexed images, no runs."""
+        try:
+            n = self.con.execute("SELECT (SELECT count(*) FROM classes) + (SELECT count(*) FROM runs)").fetchone()[0]
+        except duckdb.Error:  # closed connection: decide from the files alone
+            n = 0
+        return n == 0 and not self.shard_files("images") and not self.shard_files("regions")
+
+    def destroy(self) -> None:
+        """Remove the whole store folder (for a store a failed command had just created)."""
+        import shutil
+
+        try:
+            self.con.close()
+        except duckdb.Error:
+            pass
+        shutil.rmtree(self.root, ignore_errors=True)
+
     def __enter__(self) -> "Catalog":
         return self
 
@@ -150,23 +161,40 @@ class Catalog:
     def next_id(self, table: str, column: str) -> int:
         return int(self.con.execute(f"SELECT coalesce(max({column}), 0) + 1 FROM {table}").fetchone()[0])
 
-    # ---- model provenance ---------------------------------------------------------------
-    def check_model(self, fingerprint: str, claim: bool = True) -> None:
-        """Refuse to mix embeddings of two models in one store; the first writer claims it."""
-        current = self.get_meta("model")
-        if current is None:
-            if claim and not self.read_only:
-                self.set_meta("model", fingerprint)
-            return
-        if current != fingerprint:
+    # ---- model identity: one record per store (table store_model) -------------------------
+    def model_record(self) -> dict | None:
+        """The store's model: fingerprint, name, pretrained, embed_dim, image_size; None if unclaimed."""
+        cur = self.con.execute(
+            "SELECT fingerprint, name, pretrained, embed_dim, image_size FROM store_model LIMIT 1"
+        )
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
+    @property
+    def model(self) -> str | None:
+        """The fingerprint every embedding in the store was made with (None: empty store)."""
+        rec = self.model_record()
+        return rec["fingerprint"] if rec else None
+
+    def check_model(self, fingerprint: str) -> None:
+        """Refuse to mix embeddings of two models in one store."""
+        current = self.model
+        if current is not None and current != fingerprint:
             raise ModelMismatchError(
                 f"Store {self.root} holds embeddings of {current}, not {fingerprint}; "
                 f"use the same --model/--pretrained, or another --store."
             )
 
-    @property
-    def model(self) -> str | None:
-        return self.get_meta("model")
+    def claim_model(self, fingerprint: str, name: str, pretrained: str, embed_dim: int | None = None,
+                    image_size: int | None = None) -> None:
+        """Record the store's model on first write; refuse another model afterwards."""
+        self.check_model(fingerprint)
+        if self.model is None and not self.read_only:
+            self.con.execute(
+                "INSERT INTO store_model (fingerprint, name, pretrained, embed_dim, image_size, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                [fingerprint, name, pretrained, embed_dim, image_size, now_utc()],
+            )
 
     # ---- shards -------------------------------------------------------------------------
     def shard_dir(self, table: str) -> Path:

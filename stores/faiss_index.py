@@ -11,7 +11,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from .catalog import StoreError
+from .errors import StoreError
+from .files import atomic_write, write_text
 
 
 def build_flat_ip(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
@@ -24,14 +25,11 @@ def build_flat_ip(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
 
 def write_index(index: faiss.Index, path: str | Path, provenance: dict) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # the faiss/ folder belongs to the store
+    with atomic_write(path) as tmp:
+        faiss.write_index(index, str(tmp))
     side = path.with_suffix(".json")
-    tmp_side = side.with_name(side.name + ".tmp")
-    tmp_side.write_text(json.dumps({**provenance, "ntotal": int(index.ntotal), "dim": int(index.d)}, indent=2, sort_keys=True))
-    tmp_side.replace(side)
+    write_text(side, json.dumps({**provenance, "ntotal": int(index.ntotal), "dim": int(index.d)}, indent=2, sort_keys=True))
 
 
 def read_index(path: str | Path, model: str | None = None) -> tuple[faiss.Index, dict]:

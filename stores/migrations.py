@@ -6,8 +6,11 @@ migrations; a store written by a newer version of the project is refused.
 """
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 from typing import Callable
+
+from .errors import StoreVersionError
 
 MIGRATIONS: list[Callable] = []
 migration = MIGRATIONS.append
@@ -220,6 +223,80 @@ def m005_faithfulness(con) -> None:
         """
     )
 
+
+@migration
+def m006_model_record_and_class_prompts(con) -> None:
+    """One model identity record per store; class-name templates apart from user attributes.
+
+    Before: the model lived in two meta keys (``model``, ``model_spec``), and CLIP template
+    prompts ("a photo of a {c}.") were rows of ``attributes`` told apart only by
+    ``source LIKE 'template:%'``, so some readers mixed them into exports, prototypes and
+    evaluate's ``templates``. They move to ``class_prompts`` with their embeddings.
+    """
+    con.execute(
+        """
+        CREATE TABLE store_model(
+            fingerprint VARCHAR PRIMARY KEY,  -- name/tag or name/sha256:...: what every embedding is checked against
+            name VARCHAR NOT NULL,            -- open_clip model name (ViT-B-32, zsl-tiny)
+            pretrained VARCHAR NOT NULL,      -- the --pretrained given (openai, toy-clip, a file, random:0)
+            embed_dim INTEGER,
+            image_size INTEGER,
+            created_at TIMESTAMP NOT NULL
+        );
+        CREATE TABLE class_prompts(
+            prompt_id BIGINT PRIMARY KEY,
+            class_id BIGINT NOT NULL,
+            template_set VARCHAR NOT NULL,    -- clip ("a photo of a {}."), ensemble-openai, ensemble-simple, ...
+            template VARCHAR,                 -- the template with {} (NULL for rows moved from older stores)
+            prompt VARCHAR NOT NULL           -- the exact string that was encoded
+        );
+        CREATE TABLE class_prompt_embeddings(
+            prompt_id BIGINT NOT NULL,
+            model VARCHAR NOT NULL,
+            embedding FLOAT[] NOT NULL,       -- L2-normalised
+            PRIMARY KEY (prompt_id, model)
+        );
+        """
+    )
+    meta = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('model', 'model_spec')").fetchall())
+    if meta.get("model"):
+        spec = json.loads(meta.get("model_spec") or "{}")
+        name, _, tag = meta["model"].partition("/")
+        con.execute(
+            "INSERT INTO store_model (fingerprint, name, pretrained, created_at) VALUES (?, ?, ?, ?)",
+            [meta["model"], spec.get("name", name), spec.get("pretrained", tag), datetime.now(timezone.utc)],
+        )
+    con.execute("DELETE FROM meta WHERE key IN ('model', 'model_spec')")
+    con.execute(
+        """
+        INSERT INTO class_prompts (prompt_id, class_id, template_set, template, prompt)
+        SELECT attr_id, class_id, substr(source, length('template:') + 1), NULL, prompt
+        FROM attributes WHERE starts_with(source, 'template:');
+        INSERT INTO class_prompt_embeddings (prompt_id, model, embedding)
+        SELECT e.attr_id, e.model, e.embedding FROM attribute_embeddings e
+        WHERE e.attr_id IN (SELECT prompt_id FROM class_prompts);
+        DELETE FROM attribute_embeddings WHERE attr_id IN (SELECT prompt_id FROM class_prompts);
+        DELETE FROM attributes WHERE starts_with(source, 'template:');
+        """
+    )
+
+
+@migration
+def m007_sample_predictions(con) -> None:
+    """Methods that average random draws (WCA's 20 crop samples) keep each draw's top-1, so
+    accuracy can be reported as upstream does: mean ± std over draws."""
+    con.execute(
+        """
+        CREATE TABLE sample_predictions(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            sample INTEGER NOT NULL,      -- 0 .. n_runs-1
+            class_id BIGINT NOT NULL      -- the top-1 class of that draw alone
+        );
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -259,7 +336,3 @@ def migrate(con) -> list[str]:
             raise
         applied.append(m.__name__)
     return applied
-
-
-class StoreVersionError(RuntimeError):
-    """The store's schema version is not one this code can open."""

@@ -1,4 +1,4 @@
-"""Atomic Parquet shards and embedding columns."""
+"""Parquet shards and embedding columns (written through :mod:`stores.files`)."""
 from __future__ import annotations
 
 import os
@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from .files import atomic_write
 
 
 def embedding_array(emb: np.ndarray, dtype: str = "float32") -> pa.Array:
@@ -30,14 +32,11 @@ def embeddings_to_numpy(col: pa.ChunkedArray | pa.Array, dim: int | None = None)
 
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
-    """Write to ``path.tmp`` then rename: readers never see a half-written file."""
+    """Write a zstd Parquet file atomically: readers never see a half-written shard."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)  # shard folders belong to the store
+    with atomic_write(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd")
     return path
 
 

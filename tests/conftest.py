@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+from tests.helpers import SHARED, write_image  # noqa: F401  (SHARED for tests that read ../shared)
 
 
 @pytest.fixture(autouse=True)
@@ -23,14 +23,6 @@ def tiny_model():
     from pipeline.models import load_model
 
     return load_model("zsl-tiny", "random:0", device="cpu")
-
-
-def write_image(path: Path, size=(96, 80), color=(200, 30, 30), fmt=None, seed=0):
-    rng = np.random.default_rng(seed)
-    arr = (rng.random((size[1], size[0], 3)) * 60).astype(np.uint8) + np.array(color, np.uint8) // 2
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, format=fmt)
-    return path
 
 
 @pytest.fixture

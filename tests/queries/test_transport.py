@@ -11,34 +11,7 @@ import torch
 
 import queries.transport as transport
 from queries.transport import sinkhorn_batch
-
-
-# ---------------------------------------------------------------- reference loop
-def sinkhorn_loop(a, b, M, reg, max_iter=100, tol=1e-2):
-    """LaZSL's Sinkhorn for ONE problem, float64, written from the spec.
-
-    r = c = 1; repeat r = a / (K c); c = b / (K^T r) until mean|r - r_prev| < tol.
-    Zero-mass columns are dropped (the unpadded problem); zero-mass rows stay (they count
-    in the mean, as excluded crops do in the reference) with r = 0 there.
-    """
-    a = np.asarray(a, np.float64)
-    b = np.asarray(b, np.float64)
-    M = np.asarray(M, np.float64)
-    cols = b > 0
-    K = np.exp(-M[:, cols] / reg)
-    bb = b[cols]
-    r = np.ones(len(a))
-    c = np.ones(len(bb))
-    for it in range(1, max_iter + 1):
-        r_prev = r
-        Kc = K @ c
-        r = np.where(a > 0, a / np.where(a > 0, Kc, 1.0), 0.0)
-        c = bb / (K.T @ r)
-        if np.abs(r - r_prev).mean() < tol:
-            break
-    T = np.zeros_like(M)
-    T[:, cols] = r[:, None] * K * c[None, :]
-    return T, it
+from tests.helpers.reference import sinkhorn_loop
 
 
 def random_problems(rng, P=150, m=10, n=8, scale=1.0, pad=True):

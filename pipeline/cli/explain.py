@@ -1,0 +1,123 @@
+"""``explain``, ``report`` and ``faithfulness``."""
+from __future__ import annotations
+
+import click
+
+from . import cli
+from .options import (
+    check_output_file,
+    check_output_folder,
+    command,
+    format_option,
+    limit_option,
+    load_store_model,
+    model_options,
+    number_option,
+    open_store,
+    output_option,
+    show_progress,
+    store_option,
+)
+from .output import emit, format_records
+
+
+@command(cli, "explain")
+@click.argument("image")
+@click.option("--class", "class_name", default=None, help="Explain this class's score (default: the prediction, rank 1).")
+@click.option("--attribute", default=None, help="Only this attribute's overlay (text, part of it, or attr_id).")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@output_option("folder", "the PNG overlays.", default="explanations")
+@limit_option("Attributes listed.", default=10)
+@format_option()
+@store_option
+def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store):
+    """Attribution maps of one image: PNG overlays per attribute and per class, and each
+    attribute's share of the score.
+
+    \b
+    IMAGE is an indexed image: its path, an image_id, or a unique end of its path.
+    pipeline explain photos/cat/001.jpg
+    pipeline explain photos/cat/001.jpg --class "tabby cat" --attribute "striped fur" -o maps/
+    """
+    from ..explain.explain import explain_image
+
+    out_dir = check_output_folder(output)
+    with open_store(store, read_only=True) as cat:
+        res = explain_image(cat, image, run_id=run_id, class_name=class_name, attribute=attribute, out_dir=out_dir)
+    if fmt == "table":
+        for line in res.summary_lines(top=limit or None):
+            click.echo(line)
+        return
+    rows = []
+    for c in res.classes:
+        rows.append(dict(image=res.path, class_name=c.name, attribute=None, share=None, contribution=c.score,
+                         mass=None, similarity=None, overlay=str(c.overlay) if c.overlay else None))
+        for a in c.attributes[: limit or None]:
+            rows.append(dict(image=res.path, class_name=c.name, attribute=a.text, share=a.share,
+                             contribution=a.contribution, mass=a.mass, similarity=a.similarity,
+                             overlay=str(a.overlay) if a.overlay else None))
+    emit(format_records(rows, fmt))
+
+
+@command(cli, "report")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@output_option("file", "the HTML page.", default="report.html")
+@limit_option("Images on the page; wrong predictions first.", default=50)
+@number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
+@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+              help="Folder to also write the accuracy and deletion/insertion plots to, as PNG files.")
+@store_option
+def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
+    """A static HTML page for a run: predictions, score split, attribute contributions,
+    heatmaps, what tipped wrong predictions, accuracy and faithfulness plots. Opens from disk.
+
+    \b
+    pipeline report -o run3.html --run 3
+    """
+    from ..explain.report import build_report
+
+    out = check_output_file(output)
+    if plots_dir:
+        check_output_folder(plots_dir)
+    with open_store(store, read_only=True) as cat:
+        res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir)
+    click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
+    for p in res.plots:
+        click.echo(f"plot: {p}")
+
+
+@command(cli, "faithfulness")
+@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@number_option("--steps", kind=int, lo=1, hi=200, default=10, show_default=True, help="Deletion/insertion steps (equal shares of the pixels).")
+@limit_option("Images to score, by image_id.", default=0)
+@click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
+              help="Ground-truth boxes (JSON/JSONL: image, class, attribute, x0, y0, x1, y1) for the pointing game.")
+@click.option("--baseline", type=click.Choice(["blur", "mean", "black"]), default="blur", show_default=True,
+              help="What deleted pixels become (and insertion starts from).")
+@number_option("--random-maps", "n_random", kind=int, lo=1, hi=100, default=1, show_default=True, help="Random maps per image (curves averaged).")
+@number_option("--tolerance", lo=0, hi=10_000, default=0.0, show_default=True, help="Pointing game: pixels the box is grown by.")
+@number_option("--seed", kind=int, lo=0, hi=2**63 - 1, default=0, show_default=True, help="Seed of the random maps and tie order.")
+@format_option()
+@model_options
+@store_option
+def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, fmt, model_name, pretrained,
+                     device, store):
+    """Deletion/insertion AUC of the run's maps against random maps (re-encoding the
+    perturbed images), and the pointing game where ground-truth boxes exist. Results go to
+    the tables faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game.
+
+    \b
+    pipeline faithfulness --steps 10 --limit 100
+    pipeline faithfulness --boxes world/boxes.jsonl
+    """
+    from ..explain.faithfulness import faithfulness
+
+    with open_store(store) as cat:
+        model = load_store_model(cat, model_name, pretrained, device)
+        rep = faithfulness(cat, model, run_id, steps=steps, limit=limit or None, boxes_file=boxes_file, seed=seed,
+                           baseline=baseline, n_random=n_random, tolerance=tolerance, progress=show_progress())
+    if fmt == "table":
+        for line in rep.lines():
+            click.echo(line)
+    else:
+        emit(format_records(rep.records(), fmt))

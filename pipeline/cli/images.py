@@ -1,0 +1,60 @@
+"""``index-images``."""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..config import resolve_region_config
+from . import cli
+from .options import (
+    command,
+    limit_option,
+    load_store_model,
+    model_options,
+    number_option,
+    open_store,
+    preset_option,
+    region_config_options,
+    show_progress,
+    store_option,
+)
+
+
+@command(cli, "index-images")
+@click.argument("inputs", nargs=-1, required=True)
+@preset_option
+@region_config_options
+@number_option("--batch-size", kind=int, lo=1, hi=65536, default=256, show_default=True, help="Regions per encoder batch.")
+@number_option("--workers", kind=int, lo=0, hi=64, default=1, show_default=True, help="Decoding/cropping worker processes (0 = in this process).")
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
+              help="How region embeddings are stored.")
+@number_option("--shard-size", kind=int, lo=1, hi=1_000_000, default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
+@limit_option("Index at most this many images (a quick look).")
+@model_options
+@store_option
+def index_images_cmd(inputs, preset, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, limit,
+                     model_name, pretrained, device, store):
+    """Encode each image's full view and regions once, into the store.
+
+    \b
+    pipeline index-images photos/                    # one sub-folder per class gives labels
+    pipeline index-images photos/ --preset cub-b32   # LaZSL's CUB crops; classify then uses θ 0.95
+    pipeline index-images manifest.csv               # columns: path[, label]
+
+    The resolved settings (and the preset) are stored with the index run; later stages use them.
+    """
+    from ..stages.index_images import index_images
+
+    resolved = resolve_region_config(dict(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed), preset)
+    for note in resolved.notes:
+        click.echo(f"note: {note}", err=True)
+    with open_store(store) as cat:
+        model = load_store_model(cat, model_name, pretrained, device)
+        report = index_images(cat, model, list(inputs), resolved.config, preset=preset, batch_size=batch_size,
+                              workers=workers, dtype=dtype, shard_size=shard_size, max_images=limit or None,
+                              progress=show_progress())
+    for line in report.lines():
+        click.echo(line)
+    if report.failed:
+        sys.exit(1)

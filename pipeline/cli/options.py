@@ -1,0 +1,268 @@
+"""Options shared by every command, so the same option means the same thing everywhere.
+
+* ``--store`` (env ``ZSL_STORE``), ``--model``/``--pretrained``/``--device``;
+* ``--method`` (repeatable and comma-separated), ``--preset`` (a choice of ``pipeline presets``);
+* ``-o/--output`` (its help says whether a file or a folder is written), ``--limit`` (row caps),
+  ``--format table|csv|json|jsonl`` for what a command prints;
+* ``-q/--quiet`` (alias ``--no-progress``) on the root group and on every command; progress
+  bars also stay off when stderr is not a terminal or ``TQDM_DISABLE`` is set;
+* numbers are checked at the edge: NaN, infinities and out-of-range values are refused with
+  one line that names the option and its range; method and region settings take their help
+  and bounds from :mod:`pipeline.config`, the one place they are defined.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from stores.catalog import Catalog, resolve_store_path
+from stores.errors import StoreError
+
+from ..config import MethodConfig, RegionConfig, preset_names
+from ..errors import InputError
+
+FORMATS = ("table", "csv", "json", "jsonl")
+
+
+# ---- numbers ----------------------------------------------------------------------------
+class Number(click.ParamType):
+    """An int or float within bounds; NaN and infinities refused (``click.FLOAT`` accepts them)."""
+
+    def __init__(self, kind: type = float, lo=None, hi=None, lo_open: bool = False):
+        self.kind, self.lo, self.hi, self.lo_open = kind, lo, hi, lo_open
+        self.name = "integer" if kind is int else "number"
+
+    def get_metavar(self, param, ctx=None):  # click >= 8.2 passes ctx
+        return "INTEGER" if self.kind is int else "FLOAT"
+
+    def range_text(self) -> str:
+        lo = "" if self.lo is None else (f"> {self.lo}" if self.lo_open else f">= {self.lo}")
+        hi = "" if self.hi is None else f"<= {self.hi}"
+        return " and ".join(t for t in (lo, hi) if t)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            v = value
+        else:
+            text = str(value).strip()
+            try:
+                v = int(text) if self.kind is int else float(text)
+            except ValueError:
+                self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}"
+                          + (f" ({self.range_text()})" if self.range_text() else ""), param, ctx)
+        if isinstance(v, float) and not math.isfinite(v):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if (self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo))) or (self.hi is not None and v > self.hi):
+            self.fail(f"{v} is out of range (must be {self.range_text()})", param, ctx)
+        return v
+
+
+def number_option(*decls, kind: type = float, lo=None, hi=None, lo_open: bool = False, **kw):
+    return click.option(*decls, type=Number(kind, lo, hi, lo_open), **kw)
+
+
+def config_option(config_cls, name: str, *extra_decls: str, default_from_config: bool = False):
+    """An option for one field of a frozen config: its flag, help, type and bounds come from
+    the field's metadata. The default is None ("not given"), so the config's resolution can
+    tell an explicit value from the default; the help shows the config's default."""
+    from dataclasses import fields
+
+    f = next(f for f in fields(config_cls) if f.name == name)
+    meta = f.metadata
+    flag = meta.get("option") or "--" + name.replace("_", "-")
+    decls = (flag, *extra_decls, name)
+    shown = f.default if not isinstance(f.default, float) or f.default == round(f.default, 6) else round(f.default, 4)
+    common = dict(default=None, show_default=str(shown), help=meta["help"])
+    if meta.get("choices"):
+        return click.option(*decls, type=click.Choice(meta["choices"]), **common)
+    if isinstance(f.default, bool) or meta.get("lo") is None and meta.get("hi") is None:
+        return click.option(*decls, **common)
+    kind = int if isinstance(f.default, int) else float
+    return click.option(*decls, type=Number(kind, meta.get("lo"), meta.get("hi"), meta.get("lo_open")), **common)
+
+
+def stack(*decorators):
+    """Apply option decorators in the order they are listed (top to bottom in --help)."""
+    def wrap(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+    return wrap
+
+
+METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
+                        "alignments_top")
+REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed")
+
+
+def method_config_options(fn):
+    """Every MethodConfig knob a user may set on the command line (None = not given)."""
+    return stack(*(config_option(MethodConfig, n) for n in METHOD_CONFIG_FIELDS))(fn)
+
+
+def region_config_options(fn):
+    return stack(*(config_option(RegionConfig, n) for n in REGION_CONFIG_FIELDS))(fn)
+
+
+# ---- common options ---------------------------------------------------------------------
+def _set_quiet(ctx, param, value):
+    if value:
+        ctx.meta["zsl_quiet"] = True
+    return value
+
+
+def quiet_option(fn):
+    return click.option("-q", "--quiet", "--no-progress", is_flag=True, expose_value=False, is_eager=True,
+                        callback=_set_quiet, help="No progress bars (also off when stderr is not a terminal or "
+                        "TQDM_DISABLE is set).")(fn)
+
+
+def show_progress() -> bool:
+    """Progress bars only for a person watching: not --quiet, stderr a terminal, no TQDM_DISABLE."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.meta.get("zsl_quiet"):
+        return False
+    if os.environ.get("TQDM_DISABLE", "").strip().lower() not in ("", "0", "false", "no"):
+        return False
+    return sys.stderr.isatty()
+
+
+def store_option(fn):
+    return click.option(
+        "--store", "store", envvar="ZSL_STORE", default=None, show_default="./zsl-store (env ZSL_STORE)",
+        help="Store folder (catalog.duckdb + Parquet shards + Faiss indexes).",
+    )(fn)
+
+
+def model_options(fn):
+    return stack(
+        click.option("--model", "model_name", default=None,
+                     help="open_clip model name (default: the store's model, else implied by --pretrained, else ViT-B-32)."),
+        click.option("--pretrained", default=None,
+                     help="open_clip tag (openai), weights file, local-dir:DIR, hf-hub:ORG/REPO, random[:SEED], or a "
+                          "shipped tag (toy-clip, which implies --model zsl-tiny). Default: the store's model, else openai."),
+        click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)."),
+    )(fn)
+
+
+def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
+    from ..stages.classify import METHODS
+
+    return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
+                        help=f"{', '.join(METHODS)}; repeat or comma-separate for several.{help_extra}")
+
+
+def parse_methods(values) -> list[str]:
+    from ..stages.classify import METHODS
+
+    names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
+    unknown = [m for m in names if m not in METHODS]
+    if unknown:
+        raise click.BadParameter(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}", param_hint="--method")
+    return list(dict.fromkeys(names))
+
+
+def preset_option(fn):
+    return click.option("--preset", type=click.Choice(preset_names()), default=None,
+                        help="Named settings (`pipeline presets` lists them): LaZSL's published per-dataset values.")(fn)
+
+
+def format_option(default: str = "table"):
+    return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default, show_default=True,
+                        help="How results are printed: an aligned table, CSV, a JSON array, or JSON lines.")
+
+
+def output_option(kind: str, help: str, default: str | None = None, required: bool = False):
+    """``-o/--output``; ``kind`` is "file" or "folder" and is stated in the help."""
+    return click.option("-o", "--output", "output", default=default, required=required, show_default=bool(default),
+                        type=click.Path(dir_okay=(kind == "folder"), file_okay=(kind == "file")),
+                        help=f"{kind.capitalize()} to write: {help}")
+
+
+def limit_option(help: str, default: int | None = None):
+    return number_option("--limit", kind=int, lo=0, hi=2**31 - 1, default=default, show_default=default is not None,
+                         help=help + (" (0 = all)" if default is not None else ""))
+
+
+# ---- errors, stores, models -------------------------------------------------------------
+def friendly_errors(fn):
+    """Turn the errors a user can fix into one-line messages (exit status 1, no traceback)."""
+    from ..models import ModelLoadError
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, StoreError, ModelLoadError) as exc:
+            raise click.ClickException(" ".join(str(exc).split())) from None
+
+    return wrapper
+
+
+def command(group, name: str):
+    """``group.command(name)`` with the options every command shares (--quiet) and one-line errors."""
+    def wrap(fn):
+        return group.command(name)(quiet_option(friendly_errors(fn)))
+    return wrap
+
+
+@contextmanager
+def open_store(store, *, read_only: bool = False, create: bool = True):
+    """Open the store; if this command created it and fails before writing anything, remove it
+    (a failed command leaves no empty store behind). Ctrl-C keeps whatever was written."""
+    root = resolve_store_path(store)
+    existed = root.exists()
+    cat = Catalog(root, read_only=read_only, create=create)
+    try:
+        yield cat
+    except Exception:
+        empty = not existed and cat.is_empty()
+        cat.close()
+        if empty:
+            cat.destroy()
+        raise
+    else:
+        cat.close()
+
+
+def load_store_model(cat: Catalog, model_name, pretrained, device, required: bool = True):
+    """The model the user named, or the one the store was built with (None if not required
+    and neither is known)."""
+    from ..models import load_model
+
+    rec = cat.model_record()
+    if model_name is None and pretrained is None and rec:
+        model_name, pretrained = rec["name"], rec["pretrained"]
+    if not required and model_name is None and pretrained is None:
+        return None
+    model = load_model(model_name, pretrained or "openai", device=device)
+    cat.check_model(model.fingerprint)
+    return model
+
+
+def check_output_file(path: str | None) -> Path | None:
+    """A file the command will write: its folder must exist and it must not be a folder."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"-o {p} is a folder; give a file name.")
+    if not p.parent.is_dir():
+        raise InputError(f"-o {p}: the folder {p.parent} does not exist; create it first or write elsewhere.")
+    return p
+
+
+def check_output_folder(path: str) -> Path:
+    """A folder the command will write into: created if missing, but never its parents."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise InputError(f"-o {p} is a file; give a folder.")
+    if not p.parent.is_dir():
+        raise InputError(f"-o {p}: the folder {p.parent} does not exist; create it first or write elsewhere.")
+    return p

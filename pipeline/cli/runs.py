@@ -1,0 +1,131 @@
+"""``classify`` and ``evaluate``."""
+from __future__ import annotations
+
+import click
+
+from ..config import resolve_method_config
+from . import cli
+from .options import (
+    check_output_folder,
+    command,
+    format_option,
+    limit_option,
+    load_store_model,
+    method_config_options,
+    method_option,
+    model_options,
+    open_store,
+    output_option,
+    parse_methods,
+    preset_option,
+    show_progress,
+    store_option,
+)
+from .output import emit, format_records
+
+CONFIG_KEYS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates", "alignments_top")
+
+
+def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device) -> list:
+    """Resolve the configuration once (options > --preset > the store's preset > defaults),
+    say where values came from, and run each method. Returns the ClassifyReports."""
+    from stores import tables
+
+    from ..config import recorded_preset
+    from ..stages.classify import NEEDS_TEXT_ENCODER, classify
+
+    resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
+    for note in resolved.notes:
+        click.echo(f"note: {note}", err=True)
+    needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
+    model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
+    provenance = {"preset": resolved.preset, "origins": resolved.origins}
+    return [classify(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress())
+            for m in methods]
+
+
+@command(cli, "classify")
+@method_option()
+@preset_option
+@method_config_options
+@limit_option("Images whose top classes are printed per run.", default=5)
+@format_option()
+@model_options
+@store_option
+def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates, alignments_top,
+                 limit, fmt, model_name, pretrained, device, store):
+    """Score indexed images; one run per method (no image is decoded).
+
+    \b
+    pipeline classify --method lazsl --top-k 50 --theta 0.8
+    pipeline classify --method clip,dclip,wca,lazsl
+    pipeline classify --preset imagenet-b32 --format jsonl --limit 0
+
+    Settings come from the options, else --preset, else the preset recorded when the images
+    were indexed, else the defaults; every run stores what it used (runs.params).
+    """
+    from stores import tables
+
+    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
+                   seed=seed, templates=templates, alignments_top=alignments_top)
+    rows = []
+    with open_store(store) as cat:
+        for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
+            click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
+                       err=fmt != "table")
+            rows += _prediction_rows(report, tables.top_attributes(cat, report.run_id), limit)
+    if rows and (limit != 0 or fmt != "table"):
+        emit(format_records(rows, fmt))
+
+
+def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
+    seen: list[int] = []
+    rows = []
+    for r in top:
+        if r["image_id"] not in seen:
+            if n_images and len(seen) == n_images:
+                break
+            seen.append(r["image_id"])
+        rows.append(dict(run_id=report.run_id, method=report.method, path=r["path"], label=r["label"], rank=r["rank"],
+                         class_name=r["name"], score=r["score"], attributes="; ".join(r["attributes"][:3])))
+    return rows
+
+
+@command(cli, "evaluate")
+@method_option(default=None, help_extra=" Runs them first, on the same regions, with the settings below.")
+@click.option("--run", "runs", type=int, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
+@preset_option
+@method_config_options
+@click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
+@format_option()
+@output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
+@model_options
+@store_option
+def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates,
+                 alignments_top, dataset, fmt, output, model_name, pretrained, device, store):
+    """Accuracy (acc1, acc5, mean per-class recall, shortlist recall) of runs against image labels.
+
+    \b
+    pipeline evaluate --method clip,dclip,wca,lazsl
+    pipeline evaluate --method lazsl --preset cub-b32
+    pipeline evaluate --format json -o results/
+
+    WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws.
+    """
+    from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
+
+    names = parse_methods(methods)
+    out_dir = check_output_folder(output) if output else None
+    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
+                   seed=seed, templates=templates, alignments_top=alignments_top)
+    with open_store(store, read_only=not names) as cat:
+        if names:
+            runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))
+        evals = [evaluate_run(cat, r) for r in (runs or latest_runs(cat))]
+        for ev in evals:
+            if ev.unmatched_labels:
+                click.echo(f"run {ev.run_id}: labels matching no class (skipped): {ev.unmatched_labels}", err=True)
+        emit(format_table(evals) + "\n" if fmt == "table" else format_records(table_rows(evals), fmt))
+        if out_dir is not None:
+            for p in write_results(cat, evals, out_dir, dataset):
+                click.echo(f"wrote {p}", err=True)

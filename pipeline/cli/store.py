@@ -1,0 +1,79 @@
+"""``sql``, ``catalog status|migrate`` and ``presets``."""
+from __future__ import annotations
+
+import click
+
+from stores.catalog import resolve_store_path
+
+from ..config import list_presets
+from . import cli
+from .options import check_output_file, command, format_option, limit_option, open_store, output_option, store_option
+from .output import emit, format_records, format_rows
+
+
+@command(cli, "sql")
+@click.argument("query")
+@click.option("-p", "--param", "params", type=(str, str), multiple=True, help="Named parameter: -p name value ($name in SQL).")
+@limit_option("Rows printed at most.", default=0)
+@format_option()
+@output_option("file", "the formatted rows instead of printing them.")
+@store_option
+def sql_cmd(query, params, limit, fmt, output, store):
+    """Run read-only SQL on the store.
+
+    \b
+    pipeline sql "select method, count(*) from runs join predictions using (run_id) group by method"
+    pipeline sql "select * from images where label = \\$l" -p l cat --format csv
+    """
+    from ..sql import run_sql
+
+    out = check_output_file(output)
+    with open_store(store, read_only=True) as cat:
+        cols, rows = run_sql(cat, query, dict(params), limit=limit or None)
+    emit(format_rows(cols, rows, fmt), out)
+
+
+@cli.group("catalog")
+def catalog_group():
+    """Inspect and migrate the store."""
+
+
+@command(catalog_group, "status")
+@format_option()
+@store_option
+def catalog_status(fmt, store):
+    """Paths, model, schema version and row counts."""
+    with open_store(store, read_only=True) as cat:
+        counts = cat.table_counts()
+        info = dict(store=str(cat.root), model=cat.model, schema_version=cat.get_meta("schema_version"))
+    if fmt == "table":
+        for k, v in info.items():
+            click.echo(f"{k}: {v}")
+        for name, n in counts.items():
+            click.echo(f"  {name:24s} {n:>10d}")
+        return
+    emit(format_records([dict(info, table=t, rows=n) for t, n in counts.items()], fmt))
+
+
+@command(catalog_group, "migrate")
+@store_option
+def catalog_migrate(store):
+    """Bring an older store's schema up to date."""
+    with open_store(resolve_store_path(store), create=False) as cat:
+        click.echo(f"{cat.root}: schema version {cat.get_meta('schema_version')}")
+
+
+@command(cli, "presets")
+@format_option()
+def presets_cmd(fmt):
+    """The named settings --preset accepts (pipeline/presets/*.json).
+
+    \b
+    pipeline presets
+    pipeline index-images photos/ --preset cub-b32 && pipeline classify   # θ 0.95 from the preset
+    """
+    rows = [dict(name=p.name, model=p.model, **{f"regions.{k}": v for k, v in p.regions.items()},
+                 **{f"method.{k}": v for k, v in p.method.items()}, description=p.description) for p in list_presets()]
+    cols = ["name", "model", "regions.source", "regions.n_crops", "regions.crop_min", "method.theta", "method.top_k",
+            "description"]
+    emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=70))

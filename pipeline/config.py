@@ -1,0 +1,230 @@
+"""Configuration as data: typed frozen configs, named presets, and one resolution rule.
+
+* :class:`RegionConfig`: how ``index-images`` cuts regions (stored with every index run).
+* :class:`MethodConfig`: every knob of ``classify`` (stored with every run).
+* :class:`Preset`: a named JSON file in ``pipeline/presets/`` (the LaZSL per-dataset table,
+  the demo's settings) holding region and method values; :func:`list_presets`,
+  :func:`get_preset`.
+
+Each field carries its help text and bounds (``field(metadata=...)``), so validation and the
+command line's help come from one place. :func:`resolve_method_config` is the single rule for
+what a run uses: explicit options, else ``--preset``, else the preset the store recorded when
+its images were indexed, else the defaults, with a note for every value that came from the
+store or that overrides it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import InputError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def _f(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tuple | None = None, option: str | None = None):
+    """A config field with its help, bounds and command-line name."""
+    return field(default=default, metadata=dict(help=help, lo=lo, hi=hi, lo_open=lo_open, choices=choices, option=option))
+
+
+def check_value(name: str, value, meta: dict, option: str | None = None):
+    """Validate one value against a field's metadata; return it (ints stay ints)."""
+    opt = option or meta.get("option") or "--" + name.replace("_", "-")
+    choices, lo, hi, lo_open = meta.get("choices"), meta.get("lo"), meta.get("hi"), meta.get("lo_open")
+    if choices is not None:
+        if value not in choices:
+            raise InputError(f"{opt} must be one of {', '.join(map(str, choices))} (got {value!r}).")
+        return value
+    if isinstance(value, (str, tuple)) or (lo is None and hi is None and not isinstance(value, float)):
+        return value  # free text (a template file) or a tuple checked by its config
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{opt} must be a number (got {value!r}).")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{opt} must be a finite number (got {value}).")
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        bound = f"> {lo}" if lo_open else f">= {lo}"
+        raise InputError(f"{opt} must be {bound}" + (f" and <= {hi}" if hi is not None else "") + f" (got {value}).")
+    if hi is not None and value > hi:
+        raise InputError(f"{opt} must be <= {hi} (got {value}).")
+    return value
+
+
+class _Config:
+    """Shared behaviour of the frozen configs: validation, dict round trip, overrides."""
+
+    def __post_init__(self):
+        for f in fields(self):
+            check_value(f.name, getattr(self, f.name), f.metadata)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(d) - set(known))
+        if unknown:
+            raise InputError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(known)}.")
+        return cls(**{k: tuple(v) if isinstance(known[k].default, tuple) else v for k, v in d.items()})
+
+    def updated(self, **overrides):
+        """A copy with the non-None overrides applied (and validated)."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+    @classmethod
+    def field_meta(cls, name: str) -> dict:
+        return next(f.metadata for f in fields(cls) if f.name == name)
+
+
+@dataclass(frozen=True)
+class RegionConfig(_Config):
+    """How regions are made; stored with every index run so boxes can be re-derived."""
+
+    source: str = _f("crops", "Region kind: crops (LaZSL's random squares), grid (k×k tiles) or patches (ViT patch tokens).",
+                     choices=("crops", "grid", "patches"), option="--regions")
+    n_crops: int = _f(90, "Random square crops per image (crops).", lo=1, hi=1024)
+    crop_min: float = _f(0.6, "Crop side ~ U(crop-min, crop-max)·min(H, W); LaZSL's α_crop.", lo=0.0, hi=0.9, lo_open=True)
+    crop_max: float = _f(0.9, "Upper bound of the crop side (0.9 in WCA and LaZSL).", lo=0.0, hi=1.0, lo_open=True)
+    seed: int = _f(0, "Mixed with each image's content hash: same image, same boxes.", lo=0, hi=2**63 - 1)
+    grid_scales: tuple[int, ...] = _f((2, 3), "grid: the k×k tilings to use.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.crop_min > self.crop_max:
+            raise InputError(f"--crop-min ({self.crop_min}) must not exceed the crop maximum ({self.crop_max}).")
+        if not self.grid_scales or not all(isinstance(k, int) and 1 <= k <= 32 for k in self.grid_scales):
+            raise InputError("grid scales must be integers in [1, 32].")
+
+    def geometry(self) -> dict:
+        """Keyword arguments of :func:`queries.regions.region_boxes`."""
+        return dict(source=self.source, n_crops=self.n_crops, crop_min=self.crop_min, crop_max=self.crop_max,
+                    seed=self.seed, grid_scales=self.grid_scales)
+
+
+@dataclass(frozen=True)
+class MethodConfig(_Config):
+    """Every knob of the query stage; all of it lands in ``runs.params``."""
+
+    top_k: int = _f(50, "Candidate classes from the Faiss shortlist (0 = all classes).", lo=0, hi=10**9)
+    theta: float = _f(0.8, "LaZSL θ: weight of the local (crop) similarity in the fused score.", lo=0.0, hi=1.0)
+    eps: float = _f(0.1, "LaZSL entropic regularisation ε of the Sinkhorn plan.", lo=1e-3, hi=100.0)
+    gamma: float = _f(0.0, "LaZSL crop filter: keep crops with cos(crop, full) >= mean + γ.", lo=-2.0, hi=2.0)
+    max_iter: int = _f(100, "Sinkhorn iterations at most (per image-class pair).", lo=1, hi=100_000)
+    tol: float = _f(1e-2, "Sinkhorn stopping tolerance on mean |r - r_prev|.", lo=0.0, hi=1e3, lo_open=True)
+    wca_score: str = _f("code", "WCA scoring: code (the released code's) or paper (the paper's formula).",
+                        choices=("code", "paper"))
+    wca_patch_n: int = _f(60, "WCA: crops drawn (with replacement) per run.", lo=1, hi=100_000)
+    wca_runs: int = _f(20, "WCA: independent crop draws, averaged.", lo=1, hi=1000)
+    wca_image_scale: float = _f(math.exp(4.0), "WCA: crop-weight softmax scale (e^4).", lo=0.0, hi=1e4, lo_open=True)
+    wca_text_scale: float = _f(math.exp(2.0), "WCA: sentence-weight softmax scale (e^2).", lo=0.0, hi=1e4, lo_open=True)
+    seed: int = _f(0, "Seed of the method's own randomness (WCA's crop draws).", lo=0, hi=2**63 - 1)
+    templates: str = _f("openai", "clip-e templates: openai (80), simple (7), or a text file with one {} template a line.")
+    alignments_top: int = _f(0, "Store OT plans for the top-N ranked classes only (0 = every candidate).", lo=0, hi=10**9)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named set of region and method values (a JSON file in ``pipeline/presets/``)."""
+
+    name: str
+    description: str
+    source: str
+    model: str | None
+    regions: dict
+    method: dict
+    note: str | None = None
+
+    def region_config(self, base: RegionConfig | None = None) -> RegionConfig:
+        return replace(base or RegionConfig(), **self.regions)
+
+    def method_values(self) -> dict:
+        return dict(self.method)
+
+
+@lru_cache(maxsize=None)
+def _load_presets() -> dict[str, Preset]:
+    presets = {}
+    for p in sorted(PRESET_DIR.glob("*.json")):
+        d = json.loads(p.read_text(encoding="utf-8"))
+        preset = Preset(name=d["name"], description=d["description"], source=d["source"], model=d.get("model"),
+                        regions=d.get("regions", {}), method=d.get("method", {}), note=d.get("note"))
+        RegionConfig().updated(**preset.regions)  # a shipped preset with a bad value fails loudly here
+        MethodConfig().updated(**preset.method)
+        presets[preset.name] = preset
+    return presets
+
+
+def list_presets() -> list[Preset]:
+    return list(_load_presets().values())
+
+
+def preset_names() -> list[str]:
+    return list(_load_presets())
+
+
+def get_preset(name: str) -> Preset:
+    presets = _load_presets()
+    if name not in presets:
+        raise InputError(f"Unknown preset {name!r}; `pipeline presets` lists them ({', '.join(presets)}).")
+    return presets[name]
+
+
+# ---- resolution -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Resolved:
+    """A resolved config, where each value came from, and notes to show the user."""
+
+    config: Any
+    preset: str | None
+    origins: dict  # field -> "option" | "preset <name>" | "store (preset <name>)" | "default"
+    notes: tuple[str, ...] = ()
+
+
+def recorded_preset(index_runs: Iterable[dict]) -> str | None:
+    """The preset the store's images were indexed with (the latest index run that named one)."""
+    names = [p.get("preset") for p in index_runs if p.get("preset")]
+    return names[-1] if names else None
+
+
+def resolve_method_config(options: dict, preset: str | None = None, store_preset: str | None = None) -> Resolved:
+    """What a run uses: explicit ``options`` (None = not given) > ``preset`` > the store's
+    recorded preset > the defaults. Notes say which values came from the store and which
+    options override the store's preset."""
+    given = {k: v for k, v in options.items() if v is not None}
+    chosen = preset or store_preset
+    from_preset = get_preset(chosen).method_values() if chosen else {}
+    where = f"preset {chosen}" if preset else f"store (preset {chosen}, recorded by index-images)"
+    values = {**from_preset, **given}
+    config = MethodConfig().updated(**values)
+    origins = {f.name: ("option" if f.name in given else where if f.name in from_preset else "default")
+               for f in fields(MethodConfig)}
+    notes = []
+    if chosen and not preset:
+        used = {k: v for k, v in from_preset.items() if k not in given}
+        if used:
+            notes.append(f"using {', '.join(f'{k}={v}' for k, v in used.items())} from the store's preset {chosen} "
+                         f"(recorded by index-images; pass --{next(iter(used)).replace('_', '-')} to override)")
+    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
+    if chosen and overridden:
+        notes.append(f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {chosen}'s "
+                     f"{', '.join(f'{k}={from_preset[k]}' for k in overridden)}")
+    return Resolved(config, chosen, origins, tuple(notes))
+
+
+def resolve_region_config(options: dict, preset: str | None = None) -> Resolved:
+    """Region settings: explicit options > ``preset`` > defaults."""
+    given = {k: v for k, v in options.items() if v is not None}
+    from_preset = dict(get_preset(preset).regions) if preset else {}
+    config = RegionConfig().updated(**{**from_preset, **given})
+    origins = {f.name: ("option" if f.name in given else f"preset {preset}" if f.name in from_preset else "default")
+               for f in fields(RegionConfig)}
+    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
+    notes = ()
+    if preset and overridden:
+        notes = (f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {preset}",)
+    return Resolved(config, preset, origins, notes)

@@ -1,0 +1,296 @@
+"""``pipeline explain``: pixel-level attribution maps of one image's prediction.
+
+Reads the run's ``alignments`` (the OT plan: which region carried which attribute, how
+much), the image's ``regions`` (boxes) and the image itself; the maps are computed by
+``queries.explain`` and written as PNG overlays (heatmap blended on the image):
+
+* one per attribute of the class: region r's transport mass toward the attribute, spread
+  over r's box and divided by how many of the plan's boxes cover each pixel;
+* one for the class: each region's contribution above the class's average similarity
+  (``queries.explain.class_weights`` says why plain mass would be flat for LaZSL).
+
+Only regions that took part in the class's plan (mass > 0; LaZSL drops the crops least like
+the full image) count in the coverage normalisation.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from queries.attribution import Alignment, attribute_contributions, attribute_weights, attribution_map, class_weights
+from queries.attribution import coverage_count, scale_boxes, score_parts, shares
+from stores import files, tables
+from stores.catalog import Catalog
+from stores.errors import StoreError
+
+from ..errors import InputError
+from ..imaging import open_image
+from ..names import norm_class_name
+
+MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
+
+
+@dataclass
+class AttributeExplanation:
+    attr_id: int
+    text: str
+    mass: float
+    similarity: float  # mass-weighted mean fused similarity
+    contribution: float  # Σ mass·similarity
+    share: float  # contribution / Σ contributions of the class (its share of the score)
+    weights: np.ndarray = field(repr=False)  # per region (ExplainResult.region_ids order)
+    map: np.ndarray | None = field(default=None, repr=False)
+    overlay: Path | None = None
+
+
+@dataclass
+class ClassExplanation:
+    class_id: int
+    name: str
+    rank: int
+    score: float
+    global_score: float | None  # raw DCLIP score of the full image (predictions.global_score)
+    local_score: float | None  # Σ T·S over the crops (predictions.local_score)
+    attributes: list[AttributeExplanation]
+    weights: np.ndarray = field(repr=False)  # class_weights per region
+    map: np.ndarray | None = field(default=None, repr=False)
+    mask: np.ndarray | None = field(default=None, repr=False)  # pixels covered by the plan's regions
+    overlay: Path | None = None
+    parts: tuple[float, float] | None = None  # ((1-θ)·global, θ·local): they sum to the score
+
+    def split_line(self) -> str:
+        if self.parts is None:
+            return f"score {self.score:.4f}"
+        g, loc = self.parts
+        tot = abs(g) + abs(loc)
+        pct = (lambda v: f" ({100 * abs(v) / tot:.1f}%)") if tot else (lambda v: "")
+        return f"score {self.score:.4f} = global part {g:.4f}{pct(g)} + local part {loc:.4f}{pct(loc)}"
+
+
+@dataclass
+class ExplainResult:
+    run_id: int
+    method: str
+    image_id: int
+    path: str
+    label: str | None
+    width: int  # size the maps are drawn at (the image's, or scaled down to MAX_RENDER_SIDE)
+    height: int
+    scale: float  # render size / original size
+    region_ids: np.ndarray = field(repr=False)  # regions that took part (mass > 0), sorted
+    boxes: np.ndarray = field(repr=False)  # their boxes, in render pixels
+    region_kind: str = "crop"
+    classes: list[ClassExplanation] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)
+
+    def summary_lines(self, top: int | None = 10) -> list[str]:
+        out = [f"image  {self.path}" + (f"  (label: {self.label})" if self.label else ""),
+               f"run    {self.run_id} ({self.method}); maps from {len(self.region_ids)} {self.region_kind} regions"]
+        for c in self.classes:
+            out.append(f"class  {c.name}  (rank {c.rank})  {c.split_line()}")
+            out.append(f"  {'share':>7}  {'contrib':>9}  {'mass':>7}  {'sim':>7}  attribute")
+            for a in c.attributes[: top or None]:
+                out.append(f"  {100 * a.share:6.1f}%  {a.contribution:9.4f}  {a.mass:7.4f}  {a.similarity:7.4f}  {a.text}")
+            if top and len(c.attributes) > top:
+                out.append(f"  ... {len(c.attributes) - top} more")
+        if self.files:
+            out.append("overlays:")
+            out += [f"  {f}" for f in self.files]
+        return out
+
+
+# ---- reading the store ------------------------------------------------------------------
+def resolve_run(cat: Catalog, run_id: int | None = None) -> tables.RunRecord:
+    """The given run, or the latest run that stored alignments; it must have alignments."""
+    if run_id is None:
+        run = tables.latest_run(cat, with_alignments=True)
+        if run is None:
+            raise StoreError(
+                "No run with alignments in the store; explanations come from an OT run: `pipeline classify --method lazsl`."
+            )
+        return run
+    run = tables.get_run(cat, run_id)
+    if run is None:
+        raise InputError(f"No run {run_id}; list runs with `pipeline sql \"select run_id, method from runs\"`.")
+    if not tables.run_has_alignments(cat, run_id):
+        raise InputError(f"Run {run_id} ({run.method}) stored no alignments; explanations need an OT run (--method lazsl).")
+    return run
+
+
+def resolve_image(cat: Catalog, image: str | int | Path) -> dict:
+    """An indexed image by image_id, path (as given or resolved), file content, or unique path suffix."""
+    s = str(image)
+    rows = []
+    if isinstance(image, (int, np.integer)) or s.isdigit():
+        rows = tables.find_images(cat, image_id=int(s))
+    if not rows:
+        rows = tables.find_images(cat, paths=[s, str(Path(s).expanduser().resolve())])
+    if not rows and Path(s).is_file():
+        import hashlib
+
+        rows = tables.find_images(cat, sha256=hashlib.sha256(Path(s).read_bytes()).hexdigest())
+    if not rows:
+        rows = tables.find_images(cat, path_suffix="/" + s.lstrip("./"))
+        if len(rows) > 1:
+            raise InputError(f"{s} matches {len(rows)} indexed images; give a longer path or the image_id.")
+    if not rows:
+        raise InputError(f"{s} is not an indexed image in {cat.root}; index it with `pipeline index-images`, or pass an image_id.")
+    r = rows[0]
+    return dict(image_id=int(r["image_id"]), path=r["path"], width=int(r["width"]), height=int(r["height"]),
+                label=r["label"])
+
+
+def load_alignment(cat: Catalog, run_id: int, image_id: int, class_id: int) -> Alignment:
+    return Alignment.from_rows(tables.alignment_rows(cat, run_id, image_id, class_id))
+
+
+def image_predictions(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
+    """The run's ranked classes for an image, with the score's global and local parts."""
+    theta = run.params.get("config", {}).get("theta") if run.method == "lazsl" else None
+    return [dict(p, parts=score_parts(p["score"], p["global_score"], p["local_score"], theta))
+            for p in tables.image_predictions(cat, run.run_id, image_id)]
+
+
+def load_image(path: str, size: tuple[int, int] | None = None) -> Image.Image:
+    """The image as indexed (EXIF-rotated RGB), optionally resized to (w, h)."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{path}: the indexed image file is gone; overlays need the pixels (the maps are in the store).")
+    try:
+        img = open_image(p.read_bytes())
+    except ValueError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    if size is not None and img.size != tuple(size):
+        img = img.resize(size, Image.Resampling.BILINEAR)
+    return img
+
+
+# ---- maps -------------------------------------------------------------------------------
+def explain_class(al: Alignment, region_ids: np.ndarray, boxes: np.ndarray, height: int, width: int,
+                  texts: dict[int, str], pred: dict, attributes: list[int] | None = None,
+                  maps: bool = True) -> ClassExplanation:
+    """Contributions, shares and maps of one class from its alignment rows.
+
+    ``region_ids``/``boxes`` are the regions that took part (render pixels); ``attributes``
+    limits which attribute maps are drawn (None: every attribute that carried mass).
+    """
+    contrib = attribute_contributions(al)
+    sh = shares([c[3] for c in contrib])
+    cw = class_weights(al, region_ids)
+    attrs = []
+    for (aid, m, sim, c), s in zip(contrib, sh):
+        w = attribute_weights(al, region_ids, aid)
+        a = AttributeExplanation(aid, texts.get(aid, f"attribute {aid}"), m, sim, c, float(s), w)
+        if maps and (attributes is None or aid in attributes):
+            a.map = attribution_map(boxes, w, height, width)
+        attrs.append(a)
+    ce = ClassExplanation(pred["class_id"], pred["name"], pred["rank"], pred["score"], pred.get("global_score"),
+                          pred.get("local_score"), attrs, cw, parts=pred.get("parts"))
+    if maps:
+        ce.map = attribution_map(boxes, cw, height, width)
+        ce.mask = coverage_count(boxes, height, width) > 0
+    return ce
+
+
+def prepare_image(cat: Catalog, run_id: int, img: dict, class_ids: list[int], max_side: int = MAX_RENDER_SIDE):
+    """Alignments of the classes, the regions that took part, and the render geometry."""
+    all_ids, kinds, all_boxes = tables.image_regions(cat, img["image_id"])
+    als = {cid: load_alignment(cat, run_id, img["image_id"], cid) for cid in class_ids}
+    used = np.unique(np.concatenate([al.regions() for al in als.values()] + [np.zeros(0, np.int64)]))
+    keep = np.isin(all_ids, used)
+    scale = min(1.0, max_side / max(img["width"], img["height"]))
+    w, h = max(1, round(img["width"] * scale)), max(1, round(img["height"] * scale))
+    boxes = scale_boxes(all_boxes[keep], w / img["width"], h / img["height"])
+    kind = kinds[int(np.flatnonzero(keep)[0])] if keep.any() else "crop"
+    return als, all_ids[keep], boxes, (w, h), scale, kind
+
+
+def _slug(text: str, n: int = 40) -> str:
+    s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
+    return (s[:n].rstrip("-") or "x")
+
+
+def explain_image(
+    cat: Catalog,
+    image: str | int | Path,
+    run_id: int | None = None,
+    class_name: str | None = None,
+    attribute: str | None = None,
+    out_dir: str | Path = "explanations",
+    write: bool = True,
+) -> ExplainResult:
+    """Explain one image's prediction (or ``class_name``'s score) in a run; write PNG overlays.
+
+    Overlays: ``OUT/<stem>.<class>.png`` (class map) and ``OUT/<stem>.<class>.attr<id>-<text>.png``
+    per attribute (only ``attribute`` when given).
+    """
+    from .plots import overlay, png_bytes
+
+    run = resolve_run(cat, run_id)
+    run_id, method = run.run_id, run.method
+    img = resolve_image(cat, image)
+    preds = image_predictions(cat, run, img["image_id"])
+    if not preds:
+        raise InputError(f"Run {run_id} has no predictions for {img['path']} (indexed after the run? re-run classify).")
+    if class_name is None:
+        pred = preds[0]
+    else:
+        want = norm_class_name(class_name)
+        names = tables.class_ids_by_norm(cat)
+        if want not in names:
+            raise InputError(f"No class {class_name!r} in the store.")
+        match = [p for p in preds if p["class_id"] == names[want]]
+        if not match:
+            raise InputError(
+                f"{class_name!r} was not among run {run_id}'s candidates for this image (the top-k shortlist); "
+                "re-run classify with a larger --top-k."
+            )
+        pred = match[0]
+    als, region_ids, boxes, (w, h), scale, kind = prepare_image(cat, run_id, img, [pred["class_id"]])
+    al = als[pred["class_id"]]
+    if len(al) == 0:
+        raise InputError(f"Run {run_id} stored no alignments for {pred['name']!r} on this image (see --alignments-top).")
+    texts = tables.attribute_texts(cat, np.unique(al.attr_id))
+    only = None
+    if attribute is not None:
+        only = _match_attribute(texts, attribute, pred["name"])
+    ce = explain_class(al, region_ids, boxes, h, w, texts, pred, attributes=only)
+    res = ExplainResult(run_id, method, img["image_id"], img["path"], img["label"], w, h, scale, region_ids, boxes, kind, [ce])
+    if only is not None:
+        ce.attributes = [a for a in ce.attributes if a.attr_id in only]
+    if write:
+        out = Path(out_dir)
+        out.mkdir(exist_ok=True)  # the folder the user named; never its parents
+        base = load_image(img["path"], (w, h))
+        stem = f"{_slug(Path(img['path']).stem)}-{img['image_id'] % 100000:05d}"
+        cslug = _slug(pred["name"])
+        ce.overlay = out / f"{stem}.{cslug}.png"
+        files.write_bytes(ce.overlay, png_bytes(overlay(base, ce.map, ce.mask)))
+        res.files.append(ce.overlay)
+        for a in ce.attributes:
+            if a.map is None:
+                continue
+            a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
+            files.write_bytes(a.overlay, png_bytes(overlay(base, a.map, ce.mask)))
+            res.files.append(a.overlay)
+    return res
+
+
+def _match_attribute(texts: dict[int, str], attribute: str, class_name: str) -> list[int]:
+    if attribute.isdigit() and int(attribute) in texts:
+        return [int(attribute)]
+    want = attribute.strip().lower()
+    exact = [a for a, t in texts.items() if t.strip().lower() == want]
+    if exact:
+        return exact
+    part = [a for a, t in texts.items() if want in t.lower()]
+    if len(part) == 1:
+        return part
+    listing = "; ".join(sorted(texts.values()))
+    if part:
+        raise InputError(f"--attribute {attribute!r} matches {len(part)} attributes of {class_name!r}: {listing}")
+    raise InputError(f"No attribute {attribute!r} carried mass for {class_name!r}; its attributes: {listing}")

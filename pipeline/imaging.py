@@ -1,0 +1,103 @@
+"""Images from disk: finding them (folders, manifests, files) and decoding them safely.
+
+Used by ``index-images`` and by everything that shows pixels again (explain, report,
+faithfulness), so an image is decoded the same way everywhere.
+"""
+from __future__ import annotations
+
+import csv
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import InputError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+MAX_PIXELS = 89_478_485  # Pillow's decompression-bomb threshold, enforced as an error
+
+
+@dataclass
+class ImageItem:
+    path: str
+    label: str | None
+
+
+# ---- inputs -----------------------------------------------------------------------------
+def discover_images(inputs: list[str]) -> list[ImageItem]:
+    """A folder (recursive; sub-folder name = label), a CSV/Parquet manifest, or image files."""
+    items: list[ImageItem] = []
+    for raw in inputs:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"{raw}: no such file or folder; pass an image folder, a manifest (.csv/.parquet) or image files.")
+        if p.is_dir():
+            for f in sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS):
+                label = f.parent.name if f.parent != p else None
+                items.append(ImageItem(str(f.resolve()), label))
+        elif p.suffix.lower() in (".csv", ".parquet"):
+            items.extend(_read_manifest(p))
+        elif p.suffix.lower() in IMAGE_EXTENSIONS:
+            items.append(ImageItem(str(p.resolve()), None))
+        else:
+            raise InputError(
+                f"{raw}: not an image ({p.suffix or 'no extension'}); pass images ({', '.join(sorted(IMAGE_EXTENSIONS))}), "
+                "a folder, or a .csv/.parquet manifest with a 'path' column."
+            )
+    if not items:
+        raise InputError(f"No images found in {', '.join(inputs)}.")
+    return items
+
+
+def _read_manifest(p: Path) -> list[ImageItem]:
+    if p.suffix.lower() == ".csv":
+        try:
+            with open(p, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{p}: not UTF-8 text; re-save the manifest as UTF-8.") from exc
+    else:
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(p).to_pylist()
+    if not rows or "path" not in rows[0]:
+        raise InputError(f"{p}: a manifest needs a 'path' column (and optionally 'label').")
+    base = p.parent
+    out = []
+    for r in rows:
+        path = Path(r["path"])
+        path = path if path.is_absolute() else base / path
+        out.append(ImageItem(str(path.resolve()), (r.get("label") or None)))
+    return out
+
+
+def open_image(data: bytes) -> Image.Image:
+    """Decode to RGB with EXIF orientation applied; raise ValueError with a reason."""
+    import io
+
+    if not data:
+        raise ValueError("empty file")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(io.BytesIO(data))
+            if img.width * img.height > MAX_PIXELS:
+                raise ValueError(f"decompression bomb ({img.width}x{img.height} pixels)")
+            img.load()
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise ValueError(f"decompression bomb ({exc})") from exc
+        except Image.UnidentifiedImageError as exc:
+            raise ValueError("not an image") from exc
+        except (OSError, SyntaxError) as exc:
+            raise ValueError(f"corrupt image ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from exc
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("P", "PA", "LA", "RGBA") or "transparency" in img.info:
+        img = img.convert("RGBA")
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
+    return img.convert("RGB")

@@ -1,0 +1,188 @@
+"""``pipeline evaluate``: accuracy of stored runs against image labels, in CLIP_benchmark's terms.
+
+Metrics follow CLIP_benchmark's zero-shot classification: ``acc1``, ``acc5`` (NaN with fewer
+than 5 classes) and ``mean_per_class_recall`` (balanced accuracy over the classes that occur
+among the labels). Labels are matched to class names after the normalisation build-attributes
+uses (``_`` -> space, case and whitespace folded). Two more figures users need to compare:
+
+* ``shortlist_recall``: for LaZSL runs with a top-k shortlist, the share of labelled images
+  whose true class survived it (a class cut by the shortlist can never be predicted).
+* ``acc1_per_draw_mean`` / ``acc1_per_draw_std``: for WCA, the mean ± std (ddof 0) of the
+  accuracies of its random crop draws taken one at a time, as upstream reports WCA;
+  ``acc1`` is then the accuracy of the draw-averaged score (an ensemble), labelled as such.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from stores import files, tables
+from stores.catalog import Catalog
+from stores.errors import StoreError
+
+from ..errors import InputError
+from ..names import norm_class_name
+
+
+@dataclass
+class RunEval:
+    run_id: int
+    method: str
+    model: str
+    n_images: int
+    metrics: dict
+    unmatched_labels: dict = field(default_factory=dict)  # label -> count
+    params: dict = field(default_factory=dict)
+
+
+def latest_runs(cat: Catalog, methods: list[str] | None = None) -> list[int]:
+    by_method = tables.latest_runs_by_method(cat)
+    if methods:
+        missing = [m for m in methods if m not in by_method]
+        if missing:
+            raise StoreError(f"No run of {', '.join(missing)} in the store; run `pipeline classify --method {missing[0]}` first.")
+        return [by_method[m] for m in methods]
+    return list(by_method.values())
+
+
+def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
+    run = tables.get_run(cat, run_id)
+    if run is None:
+        raise InputError(f"No run {run_id}; `pipeline sql \"select * from runs\"` lists them.")
+    classes = tables.class_ids_by_norm(cat)
+    n_classes = run.params.get("n_classes") or len(classes)
+    truth, ranked, image_ids, unmatched = [], [], [], {}
+    for image_id, label, top in tables.ranked_classes(cat, run_id):
+        if label is None:
+            continue
+        cid = classes.get(norm_class_name(label))
+        if cid is None:
+            unmatched[label] = unmatched.get(label, 0) + 1
+            continue
+        truth.append(cid)
+        ranked.append(top)
+        image_ids.append(image_id)
+    if not truth:
+        raise StoreError(f"Run {run_id} has no image whose label matches a class; index labelled images (one folder per class).")
+    metrics = classification_metrics(np.array(truth), ranked, n_classes)
+    top_k = run.params.get("config", {}).get("top_k", 0)
+    if run.method == "lazsl":
+        shortlisted = 0 < top_k < n_classes
+        metrics["shortlist_recall"] = float(np.mean([t in r for t, r in zip(truth, ranked)])) if shortlisted else 1.0
+    draws = tables.sample_top1(cat, run_id)
+    if draws:
+        per_draw = draw_accuracies(np.array(truth), [draws[i] for i in image_ids])
+        metrics["acc1_per_draw_mean"] = float(per_draw.mean())
+        metrics["acc1_per_draw_std"] = float(per_draw.std())
+        metrics["n_draws"] = len(per_draw)
+    return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params)
+
+
+def classification_metrics(truth: np.ndarray, ranked: list[list[int]], n_classes: int) -> dict:
+    """acc1, acc5 and mean per-class recall from the true class and each image's ranked classes."""
+    top1 = np.array([r[0] == t for t, r in zip(truth, ranked)])
+    top5 = np.array([t in r[:5] for t, r in zip(truth, ranked)])
+    recalls = [top1[truth == c].mean() for c in np.unique(truth)]
+    return {
+        "acc1": float(top1.mean()),
+        "acc5": float(top5.mean()) if n_classes >= 5 else float("nan"),
+        "mean_per_class_recall": float(np.mean(recalls)),
+    }
+
+
+def draw_accuracies(truth: np.ndarray, per_image_draws: list[list[int]]) -> np.ndarray:
+    """Top-1 accuracy of each random draw on its own: (n_draws,)."""
+    draws = np.array(per_image_draws)  # (N, R) class ids
+    return (draws == truth[:, None]).mean(0)
+
+
+def clip_benchmark_record(cat: Catalog, ev: RunEval, dataset: str) -> dict:
+    """One result in CLIP_benchmark's output schema, plus the class names and the prompts the
+    run scored against. ``model_fullname`` names the method too, so CLIP_benchmark's results
+    notebook pivots methods apart."""
+    rec = cat.model_record() or {}
+    model, _, pretrained = ev.model.partition("/")
+    model, pretrained = rec.get("name", model), rec.get("pretrained", pretrained)
+    return {
+        "dataset": dataset,
+        "model": model,
+        "pretrained": pretrained,
+        "model_fullname": f"{model} {pretrained} {ev.method}",
+        "task": "zeroshot_classification",
+        "metrics": dict(ev.metrics),  # acc5 is NaN below 5 classes, written as NaN as CLIP_benchmark does
+        "language": "en",
+        "method": ev.method,
+        "run_id": ev.run_id,
+        "n_images": ev.n_images,
+        "params": ev.params,
+        "classnames": list(tables.class_names(cat).values()),
+        "templates": run_prompts(cat, ev.params),
+    }
+
+
+def run_prompts(cat: Catalog, params: dict) -> dict[str, list[str]]:
+    """Class name -> the exact prompts a run scored against (not every stored text)."""
+    texts = params.get("texts", {})
+    kind = texts.get("kind", "")
+    if kind.startswith("class prompts "):
+        return tables.class_prompt_texts(cat, kind[len("class prompts "):])
+    style = kind.split(" ")[0] if kind else None
+    fp = cat.model
+    if style in ("descriptors", "sentences") and fp:
+        return tables.texts_by_ids(cat, tables.attribute_matrix(cat, fp, style).ids.tolist())
+    return {}
+
+
+def result_file_name(dataset: str, rec: dict) -> str:
+    """CLIP_benchmark's ``--output`` pattern, with the method: safe as a file name."""
+    raw = f"{dataset}_{rec['pretrained']}_{rec['model']}_{rec['method']}_en_zeroshot_classification.json"
+    return "".join(c if c.isalnum() or c in "._-" else "-" for c in raw)
+
+
+def write_results(cat: Catalog, evals: list[RunEval], out_dir: str | Path, dataset: str) -> list[Path]:
+    """One JSON per (dataset, model, method) in ``out_dir`` (created when missing: it is the output)."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"-o {out_dir} is a file; evaluate writes one JSON per method into a folder.")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for ev in evals:
+        rec = clip_benchmark_record(cat, ev, dataset)
+        paths.append(files.write_text(out_dir / result_file_name(dataset, rec), json.dumps(rec, indent=2)))
+    return paths
+
+
+def _pct(v) -> str:
+    return "    nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}%"
+
+
+def table_rows(evals: list[RunEval]) -> list[dict]:
+    """One row per run, the columns the table, CSV and JSON outputs share."""
+    rows = []
+    for ev in evals:
+        m = ev.metrics
+        rows.append({
+            "method": ev.method, "run_id": ev.run_id, "images": ev.n_images, "acc1": m["acc1"], "acc5": m["acc5"],
+            "mean_per_class_recall": m["mean_per_class_recall"], "shortlist_recall": m.get("shortlist_recall"),
+            "acc1_per_draw_mean": m.get("acc1_per_draw_mean"), "acc1_per_draw_std": m.get("acc1_per_draw_std"),
+        })
+    return rows
+
+
+def format_table(evals: list[RunEval]) -> str:
+    head = f"{'method':10s} {'run':>4s} {'images':>7s} {'acc1':>7s} {'acc5':>7s} {'mpcr':>7s} {'shortlist':>9s}"
+    lines = [head, "-" * len(head)]
+    notes = []
+    for r in table_rows(evals):
+        sl = _pct(r["shortlist_recall"]) if r["shortlist_recall"] is not None else "      -"
+        lines.append(f"{r['method']:10s} {r['run_id']:>4d} {r['images']:>7d} {_pct(r['acc1'])} {_pct(r['acc5'])} "
+                     f"{_pct(r['mean_per_class_recall'])} {sl:>9s}")
+        if r["acc1_per_draw_mean"] is not None:
+            notes.append(f"{r['method']} (run {r['run_id']}): acc1 per crop draw {100 * r['acc1_per_draw_mean']:.2f} ± "
+                         f"{100 * r['acc1_per_draw_std']:.2f}% (as upstream reports it); acc1 above is the draw-averaged "
+                         "score's (an ensemble)")
+    return "\n".join(lines + notes)

@@ -1,0 +1,215 @@
+"""Train the tiny CLIP (``zsl-tiny``) on the toy world with open_clip's own model and loss.
+
+Every step draws fresh scenes of *training* combinations only (``make_split(split_seed).train``;
+the held-out combinations never appear together in a training image) and cuts each scene into
+views: the whole image (downscaled to the 64 px input, where small parts blur), random square
+crops, and crops around one part, each captioned with what is visible in it
+(:func:`pipeline.toy.world.caption_view`). Loss: ``open_clip.ClipLoss``.
+
+    python -m pipeline.toy.train --steps 1500 --seed 0          # writes data/toy-clip.pt
+
+Reproducible from the seed: same seed, same thread count, same machine -> same weights.
+Writes the fp16 state dict and ``<out>.json`` (config, seed, steps, final loss, wall time, sha256).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import world as tw
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / "data" / "toy-clip.pt"  # the repository's data/
+
+
+def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, views_per_scene: int = 2,
+                 nonce_pool: list[str] | None = None, p_two_birds: float = 0.25,
+                 scale=tw.TRAIN_SCALE, p_full: float = 0.35, p_part: float = 0.35,
+                 crop_range=(0.3, 0.9), p_dclip: float = 0.2):
+    """Fresh training scenes cut into captioned views: [(PIL crop, caption)]."""
+    size = tw.IMAGE_SIZE
+    train = split.train
+    out = []
+    for _ in range(n_scenes):
+        nb = 2 if rng.random() < p_two_birds else 1
+        combos = [train[rng.integers(len(train))] for _ in range(nb)]
+        scene = tw.render_scene(combos, rng, size=size, scale=scale if nb == 1 else tw.DISTRACTOR_SCALE, n_clutter=(2, 6))
+        for _ in range(views_per_scene):
+            r = rng.random()
+            if r < p_full:
+                view = (0, 0, size, size)
+            elif r < p_full + p_part:
+                bird = scene.birds[rng.integers(len(scene.birds))]
+                part = tw.PART_NAMES[rng.integers(len(tw.PART_NAMES))]
+                b = bird.boxes[part]
+                side = int(round(rng.uniform(crop_range[0], 0.7) * size))
+                cx = (b[0] + b[2]) / 2 + rng.uniform(-0.25, 0.25) * side
+                cy = (b[1] + b[3]) / 2 + rng.uniform(-0.25, 0.25) * side
+                x0 = int(round(min(max(cx - side / 2, 0), size - side)))
+                y0 = int(round(min(max(cy - side / 2, 0), size - side)))
+                view = (x0, y0, x0 + side, y0 + side)
+            else:
+                side = int(round(rng.uniform(*crop_range) * size))
+                x0 = int(rng.integers(0, size - side + 1))
+                y0 = int(rng.integers(0, size - side + 1))
+                view = (x0, y0, x0 + side, y0 + side)
+            nonce = nonce_pool[rng.integers(len(nonce_pool))] if nonce_pool else None
+            cap = tw.caption_view(scene, view, rng, nonce=nonce, p_dclip=p_dclip)
+            img = scene.image if view == (0, 0, size, size) else scene.image.crop(view)
+            out.append((img, cap))
+    return out
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for n, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bn" in n or "ln" in n or "bias" in n or "logit_scale" in n or "embedding" in n:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_toy_clip(
+    out_path=DEFAULT_OUT,
+    steps: int = 1500,  # what data/toy-clip.json records for the shipped weights
+    seed: int = 0,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    warmup: int = 100,
+    threads: int = 2,
+    split_seed: int = 0,
+    log_every: int = 50,
+    model_name: str = "zsl-tiny",
+    **view_kwargs,
+) -> dict:
+    """Train ``model_name`` from random init on toy-world views; write fp16 weights + metadata.
+
+    Args:
+        out_path: the ``.pt`` file (a state dict of fp16 tensors); ``<out>.json`` beside it.
+        steps, batch_size, lr, weight_decay, warmup: AdamW with linear warmup and cosine decay.
+        seed: model init and the stream of training scenes.
+        threads: torch intra-op threads (the wall time in the metadata depends on it).
+        split_seed: which class combinations are held out (never drawn here).
+        view_kwargs: passed to :func:`sample_views` (view mix, crop range, DCLIP-caption rate).
+
+    Returns the metadata dict that is written to ``<out>.json``.
+    """
+    import torch
+    import open_clip
+
+    from ..models import load_model, sha256_file
+
+    torch.set_num_threads(threads)
+    lm = load_model(model_name, f"random:{seed}", device="cpu", precision="fp32")
+    model, preprocess, tokenizer = lm.model, lm.preprocess, lm.tokenizer
+    model.train()
+    split = tw.make_split(split_seed)
+    rng = np.random.default_rng([seed, 20250])
+    taken = set(split.names.values())
+    nonce_pool = tw.made_up_names(4000, np.random.default_rng([seed, 31337]), taken=taken)
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    tok_cache: dict[str, torch.Tensor] = {}
+
+    def tokenize(caps):
+        missing = [c for c in dict.fromkeys(caps) if c not in tok_cache]
+        if missing:
+            for c, t in zip(missing, tokenizer(missing)):
+                tok_cache[c] = t
+            if len(tok_cache) > 200000:
+                tok_cache.clear()
+        return torch.stack([tok_cache[c] for c in caps])
+
+    t0 = time.time()
+    ema = None
+    history = []
+    n_scenes = batch_size // 2
+    for step in range(steps):
+        views = sample_views(rng, split, n_scenes, 2, nonce_pool=nonce_pool, **view_kwargs)
+        images = torch.stack([preprocess(im) for im, _ in views])
+        texts = tokenize([c for _, c in views])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        img_f, txt_f, scale = model(images, texts)
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        lv = loss.item()
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        if (step + 1) % log_every == 0 or step == 0 or step + 1 == steps:
+            el = time.time() - t0
+            print(f"step {step + 1}/{steps} loss {lv:.3f} (ema {ema:.3f}) scale {float(scale):.1f} "
+                  f"lr {lr_at(step):.2e} {el:.0f}s", flush=True)
+            history.append({"step": step + 1, "loss": round(lv, 4), "ema": round(ema, 4), "s": round(el, 1)})
+    wall = time.time() - t0
+    model.eval()
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out_path)
+    meta = {
+        "model": model_name,
+        "weights": out_path.name,
+        "dtype": "float16",
+        "bytes": out_path.stat().st_size,
+        "sha256": sha256_file(out_path),
+        "params": int(sum(v.numel() for v in state.values())),
+        "seed": seed,
+        "split_seed": split_seed,
+        "steps": steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "threads": threads,
+        "views": {"views_per_scene": 2, **view_kwargs},
+        "final_loss": round(float(lv), 4),
+        "final_loss_ema": round(float(ema), 4),
+        "wall_time_s": round(wall, 1),
+        "torch": torch.__version__,
+        "open_clip": open_clip.__version__,
+        "loss_history": history,
+        "heldout_classes": list(split.heldout_classes()),
+    }
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {out_path} ({meta['bytes'] / 1e6:.1f} MB) in {wall / 60:.1f} min, final loss ema {ema:.3f}")
+    return meta
+
+
+def main(argv=None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m pipeline.toy.train", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+    train_toy_clip(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads)
+
+
+if __name__ == "__main__":
+    main()

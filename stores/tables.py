@@ -1,0 +1,609 @@
+"""Every read and write the stages make, by name: the only module besides ``catalog.py`` and
+``migrations.py`` that knows table and column names.
+
+Writers insert by **column name** (``INSERT INTO t (a, b) SELECT a, b FROM arrow``), so a
+migration that adds a column never shifts a write. Readers return plain Python values or
+numpy arrays shaped for what the stages do with them. Each section is one table (or a
+family of tables); ``docs/architecture.md`` lists which stage calls which writer.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from .catalog import Catalog, dumps, now_utc
+from .errors import StoreError
+from .parquet import embedding_array, embeddings_to_numpy, read_tables
+
+def insert_arrow(cat: Catalog, table: str, data: pa.Table, *, replace: bool = False) -> int:
+    """Insert an Arrow table into ``table`` by column name. Returns the number of rows."""
+    if data.num_rows == 0:
+        return 0
+    cols = ", ".join(f'"{c}"' for c in data.column_names)
+    verb = "INSERT OR REPLACE" if replace else "INSERT"
+    arrow_rows = data  # noqa: F841  (DuckDB's replacement scan reads this local by name)
+    cat.con.execute(f"{verb} INTO {table} ({cols}) SELECT {cols} FROM arrow_rows")
+    return data.num_rows
+
+
+def insert_columns(cat: Catalog, table: str, columns: dict[str, Any], *, replace: bool = False) -> int:
+    """Insert parallel columns (lists, numpy arrays or Arrow arrays) by name."""
+    return insert_arrow(cat, table, pa.table(columns), replace=replace)
+
+
+def _rows(cat: Catalog, sql: str, args: Sequence | None = None) -> list[dict]:
+    cur = cat.con.execute(sql, list(args) if args is not None else None)
+    names = [d[0] for d in cur.description]
+    return [dict(zip(names, r)) for r in cur.fetchall()]
+
+
+# ---- classes ----------------------------------------------------------------------------
+def class_names(cat: Catalog) -> dict[int, str]:
+    """class_id -> display name."""
+    return dict(cat.con.execute("SELECT class_id, name FROM classes ORDER BY class_id").fetchall())
+
+
+def class_ids_by_norm(cat: Catalog) -> dict[str, int]:
+    """Normalised name (the identity of a class) -> class_id."""
+    return dict(cat.con.execute("SELECT norm_name, class_id FROM classes").fetchall())
+
+
+def class_count(cat: Catalog) -> int:
+    return int(cat.con.execute("SELECT count(*) FROM classes").fetchone()[0])
+
+
+def insert_classes(cat: Catalog, class_ids: Sequence[int], names: Sequence[str], norm_names: Sequence[str]) -> int:
+    return insert_columns(cat, "classes", {
+        "class_id": pa.array(class_ids, pa.int64()), "name": pa.array(names, pa.string()),
+        "norm_name": pa.array(norm_names, pa.string()),
+    })
+
+
+# ---- attributes and their embeddings ----------------------------------------------------
+@dataclass(frozen=True)
+class TextMatrix:
+    """Encoded texts of one kind: ``ids`` (attr_id or prompt_id), their ``class_ids`` and
+    ``embeddings`` (N, D), ordered by id."""
+
+    ids: np.ndarray
+    class_ids: np.ndarray
+    embeddings: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def _text_matrix(rows: list[tuple]) -> TextMatrix:
+    if not rows:
+        return TextMatrix(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 0), np.float32))
+    return TextMatrix(np.array([r[0] for r in rows], np.int64), np.array([r[1] for r in rows], np.int64),
+                      np.array([r[2] for r in rows], np.float32))
+
+
+def attribute_keys(cat: Catalog, style: str) -> set[tuple[int, str]]:
+    """(class_id, text) of the stored attributes of a style (to skip what is already there)."""
+    return set(cat.con.execute("SELECT class_id, text FROM attributes WHERE style = ?", [style]).fetchall())
+
+
+def insert_attributes(cat: Catalog, rows: list[dict]) -> int:
+    """rows: attr_id, class_id, text, prompt, source, style, prompt_version."""
+    if not rows:
+        return 0
+    return insert_arrow(cat, "attributes", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("attr_id", pa.int64()), ("class_id", pa.int64()), ("text", pa.string()), ("prompt", pa.string()),
+        ("source", pa.string()), ("style", pa.string()), ("prompt_version", pa.string()),
+    ])))
+
+
+def attributes_without_embedding(cat: Catalog, model: str) -> list[tuple[int, str]]:
+    """(attr_id, prompt) of every attribute not yet encoded by ``model``."""
+    return cat.con.execute(
+        "SELECT a.attr_id, a.prompt FROM attributes a LEFT JOIN attribute_embeddings e "
+        "ON a.attr_id = e.attr_id AND e.model = ? WHERE e.attr_id IS NULL ORDER BY a.attr_id",
+        [model],
+    ).fetchall()
+
+
+def insert_attribute_embeddings(cat: Catalog, attr_ids: Sequence[int], model: str, embeddings: np.ndarray) -> int:
+    return insert_columns(cat, "attribute_embeddings", {
+        "attr_id": pa.array(attr_ids, pa.int64()), "model": pa.array([model] * len(attr_ids), pa.string()),
+        "embedding": embedding_array(embeddings, "float32"),
+    })
+
+
+def attribute_matrix(cat: Catalog, model: str, style: str | None = None) -> TextMatrix:
+    """Encoded attributes (of one style, or all) for ``model``, ordered by attr_id."""
+    sql = ("SELECT a.attr_id, a.class_id, e.embedding FROM attributes a JOIN attribute_embeddings e USING (attr_id) "
+           "WHERE e.model = ?" + (" AND a.style = ?" if style else "") + " ORDER BY a.attr_id")
+    return _text_matrix(cat.con.execute(sql, [model, style] if style else [model]).fetchall())
+
+
+def attribute_styles(cat: Catalog) -> list[str]:
+    return [r[0] for r in cat.con.execute("SELECT DISTINCT style FROM attributes ORDER BY style").fetchall()]
+
+
+def attribute_texts(cat: Catalog, attr_ids) -> dict[int, str]:
+    ids = [int(a) for a in attr_ids]
+    if not ids:
+        return {}
+    return dict(cat.con.execute("SELECT attr_id, text FROM attributes WHERE list_contains(?, attr_id)", [ids]).fetchall())
+
+
+def attributes_by_class(cat: Catalog, style: str) -> dict[str, list[tuple[str, str]]]:
+    """Class name -> [(text, prompt)] of one style, classes and attributes in id order."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for name, text, prompt in cat.con.execute(
+        "SELECT c.name, a.text, a.prompt FROM attributes a JOIN classes c USING (class_id) WHERE a.style = ? "
+        "ORDER BY c.class_id, a.attr_id", [style]
+    ).fetchall():
+        out.setdefault(name, []).append((text, prompt))
+    return out
+
+
+def find_attribute(cat: Catalog, class_id: int, text: str) -> int | None:
+    """attr_id of a class's attribute by its text (case and surrounding blanks ignored)."""
+    row = cat.con.execute(
+        "SELECT attr_id FROM attributes WHERE class_id = ? AND lower(trim(text)) = ? ORDER BY attr_id LIMIT 1",
+        [class_id, text.strip().lower()],
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def attribute_embedding_counts(cat: Catalog, model: str) -> tuple[int, int]:
+    """(attributes, attributes encoded by ``model``)."""
+    row = cat.con.execute(
+        "SELECT count(*), count(e.attr_id) FROM attributes a LEFT JOIN attribute_embeddings e "
+        "ON a.attr_id = e.attr_id AND e.model = ?", [model]
+    ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+# ---- class prompts (CLIP templates, apart from user attributes) --------------------------
+def class_prompt_keys(cat: Catalog, template_set: str) -> set[tuple[int, str]]:
+    return set(cat.con.execute(
+        "SELECT class_id, prompt FROM class_prompts WHERE template_set = ?", [template_set]).fetchall())
+
+
+def insert_class_prompts(cat: Catalog, rows: list[dict]) -> int:
+    """rows: prompt_id, class_id, template_set, template, prompt."""
+    if not rows:
+        return 0
+    return insert_arrow(cat, "class_prompts", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("prompt_id", pa.int64()), ("class_id", pa.int64()), ("template_set", pa.string()),
+        ("template", pa.string()), ("prompt", pa.string()),
+    ])))
+
+
+def class_prompts_without_embedding(cat: Catalog, model: str) -> list[tuple[int, str]]:
+    return cat.con.execute(
+        "SELECT p.prompt_id, p.prompt FROM class_prompts p LEFT JOIN class_prompt_embeddings e "
+        "ON p.prompt_id = e.prompt_id AND e.model = ? WHERE e.prompt_id IS NULL ORDER BY p.prompt_id",
+        [model],
+    ).fetchall()
+
+
+def insert_class_prompt_embeddings(cat: Catalog, prompt_ids: Sequence[int], model: str, embeddings: np.ndarray) -> int:
+    return insert_columns(cat, "class_prompt_embeddings", {
+        "prompt_id": pa.array(prompt_ids, pa.int64()), "model": pa.array([model] * len(prompt_ids), pa.string()),
+        "embedding": embedding_array(embeddings, "float32"),
+    })
+
+
+def class_prompt_matrix(cat: Catalog, model: str, template_set: str) -> TextMatrix:
+    return _text_matrix(cat.con.execute(
+        "SELECT p.prompt_id, p.class_id, e.embedding FROM class_prompts p JOIN class_prompt_embeddings e "
+        "USING (prompt_id) WHERE e.model = ? AND p.template_set = ? ORDER BY p.prompt_id",
+        [model, template_set],
+    ).fetchall())
+
+
+def class_prompt_texts(cat: Catalog, template_set: str) -> dict[str, list[str]]:
+    """Class name -> the prompts of one template set (the exact strings encoded)."""
+    out: dict[str, list[str]] = {}
+    for name, prompt in cat.con.execute(
+        "SELECT c.name, p.prompt FROM class_prompts p JOIN classes c USING (class_id) WHERE p.template_set = ? "
+        "ORDER BY c.class_id, p.prompt_id", [template_set]
+    ).fetchall():
+        out.setdefault(name, []).append(prompt)
+    return out
+
+
+def texts_by_ids(cat: Catalog, attr_ids: Sequence[int]) -> dict[str, list[str]]:
+    """Class name -> encoded prompts of the given attributes (what a run scored against)."""
+    out: dict[str, list[str]] = {}
+    ids = [int(a) for a in attr_ids]
+    for name, prompt in cat.con.execute(
+        "SELECT c.name, a.prompt FROM attributes a JOIN classes c USING (class_id) WHERE list_contains(?, a.attr_id) "
+        "ORDER BY c.class_id, a.attr_id", [ids]
+    ).fetchall():
+        out.setdefault(name, []).append(prompt)
+    return out
+
+
+# ---- images and regions (Parquet shards behind the views) -------------------------------
+def known_image_hashes(cat: Catalog) -> set[str]:
+    return {r[0] for r in cat.con.execute("SELECT sha256 FROM images").fetchall()}
+
+
+def image_count(cat: Catalog) -> int:
+    return int(cat.con.execute("SELECT count(*) FROM images").fetchone()[0])
+
+
+_IMAGE_COLS = "image_id, path, width, height, label"
+
+
+def find_images(cat: Catalog, *, image_id: int | None = None, paths: Sequence[str] = (), sha256: str | None = None,
+                path_suffix: str | None = None) -> list[dict]:
+    """Indexed images matching one criterion: id, one of several paths, content hash, or path suffix."""
+    if image_id is not None:
+        return _rows(cat, f"SELECT {_IMAGE_COLS} FROM images WHERE image_id = ?", [image_id])
+    if paths:
+        return _rows(cat, f"SELECT {_IMAGE_COLS} FROM images WHERE list_contains(?, path)", [list(paths)])
+    if sha256 is not None:
+        return _rows(cat, f"SELECT {_IMAGE_COLS} FROM images WHERE sha256 = ?", [sha256])
+    if path_suffix is not None:
+        return _rows(cat, f"SELECT {_IMAGE_COLS} FROM images WHERE ends_with(path, ?)", [path_suffix])
+    raise ValueError("find_images needs one criterion")
+
+
+def image_regions(cat: Catalog, image_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(region_ids, kinds, boxes (R, 4)) of an image's regions other than the full view."""
+    rows = cat.con.execute(
+        "SELECT region_id, kind, x0, y0, x1, y1 FROM regions WHERE image_id = ? AND kind <> 'full' ORDER BY region_id",
+        [image_id],
+    ).fetchall()
+    ids = np.array([r[0] for r in rows], np.int64)
+    boxes = np.array([r[2:] for r in rows], np.float64).reshape(-1, 4)
+    return ids, [r[1] for r in rows], boxes
+
+
+@dataclass
+class RegionBatch:
+    """Images with the same number of regions: row 0 of each is the full view."""
+
+    image_ids: np.ndarray  # (B,)
+    region_ids: np.ndarray  # (B, R)
+    embeddings: np.ndarray  # (B, R, D) float32
+
+    @property
+    def full(self) -> np.ndarray:
+        return self.embeddings[:, 0]
+
+    @property
+    def regions(self) -> np.ndarray:
+        return self.embeddings[:, 1:]
+
+
+def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) -> Iterator[RegionBatch]:
+    """Region embeddings shard by shard, grouped by region count (one shard in memory at a time)."""
+    files = cat.shard_files("regions")
+    if not files:
+        raise StoreError(f"No indexed images in {cat.root}; run `pipeline index-images PATH` first.")
+    wanted = np.asarray(sorted(set(image_ids)), np.int64) if image_ids is not None else None
+    for f in files:
+        t = read_tables([f], columns=["region_id", "image_id", "kind", "embedding"])
+        img = t["image_id"].to_numpy()
+        if wanted is not None:
+            keep = np.isin(img, wanted)
+            if not keep.any():
+                continue
+            t = t.filter(pa.array(keep))
+            img = t["image_id"].to_numpy()
+        emb = embeddings_to_numpy(t["embedding"])
+        rid = t["region_id"].to_numpy()
+        is_full = np.array([k == "full" for k in t["kind"].to_pylist()])
+        starts = np.flatnonzero(is_full)  # each image's rows are contiguous, full first
+        sizes = np.append(starts[1:], len(img)) - starts
+        for r in np.unique(sizes):
+            sel = np.flatnonzero(sizes == r)
+            rows = starts[sel, None] + np.arange(r)[None, :]
+            yield RegionBatch(img[starts[sel]], rid[rows], emb[rows])
+
+
+def full_view_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
+    """(image_ids, full-view embeddings) of every indexed image."""
+    table = read_tables(cat.shard_files("regions"), columns=["image_id", "kind", "embedding"],
+                        filters=[("kind", "=", "full")])
+    if table is None or table.num_rows == 0:
+        return np.zeros(0, np.int64), np.zeros((0, 0), np.float32)
+    return table["image_id"].to_numpy(), embeddings_to_numpy(table["embedding"])
+
+
+IMAGE_SHARD_SCHEMA = pa.schema([
+    ("image_id", pa.int64()), ("path", pa.string()), ("sha256", pa.string()), ("width", pa.int32()),
+    ("height", pa.int32()), ("label", pa.string()), ("index_run_id", pa.int64()),
+])
+
+
+def insert_image_error(cat: Catalog, path: str, sha256: str | None, reason: str, index_run_id: int) -> None:
+    insert_columns(cat, "image_errors", {
+        "path": pa.array([path], pa.string()), "sha256": pa.array([sha256], pa.string()),
+        "reason": pa.array([reason], pa.string()), "index_run_id": pa.array([index_run_id], pa.int64()),
+        "created_at": pa.array([now_utc()], pa.timestamp("us")),
+    })
+
+
+# ---- index runs -------------------------------------------------------------------------
+def next_index_run_id(cat: Catalog) -> int:
+    return cat.next_id("index_runs", "index_run_id")
+
+
+def insert_index_run(cat: Catalog, index_run_id: int, params: dict, model: str) -> None:
+    insert_columns(cat, "index_runs", {
+        "index_run_id": pa.array([index_run_id], pa.int64()), "params": pa.array([dumps(params)], pa.string()),
+        "model": pa.array([model], pa.string()), "created_at": pa.array([now_utc()], pa.timestamp("us")),
+    })
+
+
+def index_run_params(cat: Catalog) -> list[dict]:
+    """The resolved settings of every index run, oldest first."""
+    return [json.loads(r[0]) for r in cat.con.execute("SELECT params FROM index_runs ORDER BY index_run_id").fetchall()]
+
+
+# ---- runs and their results -------------------------------------------------------------
+@dataclass(frozen=True)
+class RunRecord:
+    run_id: int
+    method: str
+    params: dict  # the resolved configuration and provenance the run used
+    model: str
+    created_at: datetime | None = None
+
+
+def next_run_id(cat: Catalog) -> int:
+    return cat.next_id("runs", "run_id")
+
+
+def insert_run(cat: Catalog, run: RunRecord) -> None:
+    insert_columns(cat, "runs", {
+        "run_id": pa.array([run.run_id], pa.int64()), "method": pa.array([run.method], pa.string()),
+        "params": pa.array([dumps(run.params)], pa.string()), "model": pa.array([run.model], pa.string()),
+        "created_at": pa.array([run.created_at or now_utc()], pa.timestamp("us")),
+    })
+
+
+def _run(row) -> RunRecord | None:
+    if row is None:
+        return None
+    try:
+        params = json.loads(row[2])
+    except ValueError:
+        params = {}
+    return RunRecord(int(row[0]), row[1], params, row[3], row[4])
+
+
+_RUN_COLS = "r.run_id, r.method, r.params, r.model, r.created_at"
+
+
+def get_run(cat: Catalog, run_id: int) -> RunRecord | None:
+    return _run(cat.con.execute(f"SELECT {_RUN_COLS} FROM runs r WHERE run_id = ?", [run_id]).fetchone())
+
+
+def latest_run(cat: Catalog, *, with_alignments: bool = False) -> RunRecord | None:
+    where = " WHERE EXISTS (SELECT 1 FROM alignments a WHERE a.run_id = r.run_id)" if with_alignments else ""
+    return _run(cat.con.execute(f"SELECT {_RUN_COLS} FROM runs r{where} ORDER BY r.run_id DESC LIMIT 1").fetchone())
+
+
+def latest_runs_by_method(cat: Catalog) -> dict[str, int]:
+    """method -> its latest run_id, in the order the methods were first run."""
+    return dict(cat.con.execute("SELECT method, max(run_id) FROM runs GROUP BY method ORDER BY min(run_id)").fetchall())
+
+
+def run_has_alignments(cat: Catalog, run_id: int) -> bool:
+    return cat.con.execute("SELECT count(*) FROM alignments WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+
+def insert_predictions(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, rank, score, global_score, local_score."""
+    return insert_columns(cat, "predictions", columns)
+
+
+def insert_alignments(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, region_id, attr_id, mass, similarity."""
+    return insert_columns(cat, "alignments", columns)
+
+
+def insert_sample_predictions(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, sample, class_id."""
+    return insert_columns(cat, "sample_predictions", columns)
+
+
+def ranked_classes(cat: Catalog, run_id: int) -> list[tuple[int, str | None, list[int]]]:
+    """(image_id, label, every stored class_id by rank) per image of a run."""
+    return cat.con.execute(
+        "SELECT p.image_id, i.label, list(p.class_id ORDER BY p.rank) FROM predictions p JOIN images i USING (image_id) "
+        "WHERE p.run_id = ? GROUP BY ALL ORDER BY p.image_id",
+        [run_id],
+    ).fetchall()
+
+
+def sample_top1(cat: Catalog, run_id: int) -> dict[int, list[int]]:
+    """image_id -> the top-1 class_id of each random draw (sample order); empty for most methods."""
+    rows = cat.con.execute(
+        "SELECT image_id, list(class_id ORDER BY sample) FROM sample_predictions WHERE run_id = ? GROUP BY image_id",
+        [run_id]).fetchall()
+    return {int(i): c for i, c in rows}
+
+
+def image_predictions(cat: Catalog, run_id: int, image_id: int) -> list[dict]:
+    """A run's ranked classes for one image: class_id, name, rank, score, global_score, local_score."""
+    return _rows(cat,
+        "SELECT p.class_id, c.name, p.rank, p.score, p.global_score, p.local_score FROM predictions p "
+        "JOIN classes c USING (class_id) WHERE p.run_id = ? AND p.image_id = ? ORDER BY p.rank",
+        [run_id, image_id])
+
+
+def top1_images(cat: Catalog, run_id: int) -> list[dict]:
+    """Every image of a run with its top-1 class: image_id, path, width, height, label,
+    class_id, predicted_norm."""
+    return _rows(cat,
+        "SELECT i.image_id, i.path, i.width, i.height, i.label, p.class_id, c.norm_name AS predicted_norm "
+        "FROM predictions p JOIN images i USING (image_id) JOIN classes c USING (class_id) "
+        "WHERE p.run_id = ? AND p.rank = 1 ORDER BY i.path", [run_id])
+
+
+def top1_with_alignments(cat: Catalog, run_id: int, limit: int | None = None) -> list[tuple[int, int]]:
+    """(image_id, predicted class_id) of a run's images whose prediction has alignments."""
+    rows = cat.con.execute(
+        "SELECT p.image_id, p.class_id FROM predictions p WHERE p.run_id = ? AND p.rank = 1 AND EXISTS "
+        "(SELECT 1 FROM alignments a WHERE a.run_id = p.run_id AND a.image_id = p.image_id AND a.class_id = p.class_id) "
+        "ORDER BY p.image_id" + (" LIMIT ?" if limit else ""),
+        [run_id, limit] if limit else [run_id],
+    ).fetchall()
+    return [(int(a), int(b)) for a, b in rows]
+
+
+def alignment_rows(cat: Catalog, run_id: int, image_id: int, class_id: int) -> list[tuple]:
+    """(region_id, attr_id, mass, similarity) of one class's plan on one image."""
+    return cat.con.execute(
+        "SELECT region_id, attr_id, mass, similarity FROM alignments WHERE run_id = ? AND image_id = ? AND class_id = ?",
+        [run_id, image_id, class_id],
+    ).fetchall()
+
+
+def top_attributes(cat: Catalog, run_id: int, n_classes: int = 3, n_attrs: int = 3) -> list[dict]:
+    """Each image's top classes with their strongest attributes (by Σ mass·similarity)."""
+    rows = cat.con.execute(
+        """
+        SELECT i.path, p.image_id, p.rank, c.name, p.score,
+               list(ta.attribute ORDER BY ta.attr_rank) FILTER (WHERE ta.attribute IS NOT NULL) AS attrs, i.label
+        FROM predictions p JOIN classes c USING (class_id) JOIN images i USING (image_id)
+        LEFT JOIN top_attributes ta
+               ON ta.run_id = p.run_id AND ta.image_id = p.image_id AND ta.class_id = p.class_id AND ta.attr_rank <= ?
+        WHERE p.run_id = ? AND p.rank <= ?
+        GROUP BY ALL ORDER BY i.path, p.rank
+        """,
+        [n_attrs, run_id, n_classes],
+    ).fetchall()
+    return [dict(path=r[0], image_id=r[1], rank=r[2], name=r[3], score=r[4], attributes=r[5] or [], label=r[6])
+            for r in rows]
+
+
+def never_used_attributes(cat: Catalog, run_id: int, limit: int = 30) -> tuple[int, list[tuple[str, str]]]:
+    """(how many, first ``limit`` (class, attribute)) of descriptors that carried no mass in a run."""
+    n = cat.con.execute("SELECT count(*) FROM attribute_usage WHERE run_id = ? AND never_used", [run_id]).fetchone()[0]
+    rows = cat.con.execute(
+        "SELECT class_name, attribute FROM attribute_usage WHERE run_id = ? AND never_used "
+        "ORDER BY class_name, attribute LIMIT ?", [run_id, limit],
+    ).fetchall()
+    return int(n), rows
+
+
+# ---- LLM calls and cache ----------------------------------------------------------------
+LLM_CALL_SCHEMA = pa.schema([
+    ("id", pa.string()), ("batch_id", pa.string()), ("created_at", pa.timestamp("us")), ("model", pa.string()),
+    ("base_url", pa.string()), ("prompt_version", pa.string()), ("style", pa.string()), ("class_name", pa.string()),
+    ("sample_index", pa.int32()), ("attempt", pa.int32()), ("response_format", pa.string()), ("request", pa.string()),
+    ("response", pa.string()), ("status", pa.string()), ("error", pa.string()), ("prompt_tokens", pa.int32()),
+    ("completion_tokens", pa.int32()), ("latency_ms", pa.float64()), ("retries", pa.int32()),
+])
+LLM_CACHE_SCHEMA = pa.schema([
+    ("model", pa.string()), ("base_url", pa.string()), ("prompt_version", pa.string()), ("style", pa.string()),
+    ("norm_name", pa.string()), ("sample_index", pa.int32()), ("class_name", pa.string()), ("status", pa.string()),
+    ("items", pa.string()), ("call_id", pa.string()), ("created_at", pa.timestamp("us")),
+])
+
+_LLM_KEY = "model = ? AND base_url = ? AND prompt_version = ? AND style = ?"
+
+
+def llm_cache_status(cat: Catalog, key: Sequence[str]) -> dict[tuple[str, int], str]:
+    """(norm_name, sample_index) -> ok | short | failed, for one (model, server, prompt version, style)."""
+    rows = cat.con.execute(f"SELECT norm_name, sample_index, status FROM llm_cache WHERE {_LLM_KEY}", list(key)).fetchall()
+    return {(r[0], r[1]): r[2] for r in rows}
+
+
+def llm_cache_items(cat: Catalog, key: Sequence[str]) -> list[tuple[str, int, str, list[str]]]:
+    """(norm_name, sample_index, status, items) of one key, by class and sample."""
+    rows = cat.con.execute(
+        f"SELECT norm_name, sample_index, status, items FROM llm_cache WHERE {_LLM_KEY} ORDER BY norm_name, sample_index",
+        list(key)).fetchall()
+    return [(n, i, s, json.loads(items)) for n, i, s, items in rows]
+
+
+def llm_failure_reasons(cat: Catalog, key: Sequence[str]) -> dict[str, str]:
+    """norm_name -> the error of the call that decided a cached failure."""
+    return dict(cat.con.execute(
+        "SELECT k.norm_name, c.error FROM llm_cache k JOIN llm_calls c ON c.id = k.call_id WHERE k.status = 'failed' "
+        "AND k.model = ? AND k.base_url = ? AND k.prompt_version = ? AND k.style = ?", list(key)).fetchall())
+
+
+def write_llm_jobs(cat: Catalog, calls: list[dict], cache: list[dict]) -> None:
+    """One transaction for a batch of finished LLM jobs: their calls and cache rows."""
+    with cat.transaction():
+        if calls:
+            insert_arrow(cat, "llm_calls", pa.Table.from_pylist(calls, schema=LLM_CALL_SCHEMA))
+        if cache:
+            insert_arrow(cat, "llm_cache", pa.Table.from_pylist(cache, schema=LLM_CACHE_SCHEMA), replace=True)
+
+
+# ---- faithfulness -----------------------------------------------------------------------
+@dataclass
+class FaithfulnessRows:
+    """What one faithfulness run writes (rows as dicts keyed by column name)."""
+
+    faith_run_id: int
+    run_id: int
+    params: dict
+    model: str | None
+    curves: list[dict] = field(default_factory=list)  # image_id, class_id, kind, step, fraction, score
+    scores: list[dict] = field(default_factory=list)  # image_id, class_id, kind, auc
+    pointing: list[dict] = field(default_factory=list)  # image_id, class_id, attr_id, attribute, hit, ...
+
+
+def next_faithfulness_run_id(cat: Catalog) -> int:
+    return cat.next_id("faithfulness_runs", "faith_run_id")
+
+
+def insert_faithfulness(cat: Catalog, rows: FaithfulnessRows) -> None:
+    ids = {"faith_run_id": rows.faith_run_id, "run_id": rows.run_id}
+    with cat.transaction():
+        insert_columns(cat, "faithfulness_runs", {
+            **{k: pa.array([v], pa.int64()) for k, v in ids.items()},
+            "params": pa.array([dumps(rows.params)], pa.string()), "model": pa.array([rows.model], pa.string()),
+            "created_at": pa.array([now_utc()], pa.timestamp("us")),
+        })
+        for table, data in (("faithfulness_curves", rows.curves), ("faithfulness_scores", rows.scores),
+                            ("pointing_game", rows.pointing)):
+            if data:
+                insert_arrow(cat, table, pa.Table.from_pylist([{**ids, **r} for r in data]))
+
+
+def latest_faithfulness(cat: Catalog, run_id: int) -> dict | None:
+    """The latest faithfulness run of a classify run: params, mean curves, mean AUCs, pointing."""
+    row = cat.con.execute("SELECT max(faith_run_id) FROM faithfulness_runs WHERE run_id = ?", [run_id]).fetchone()
+    if row is None or row[0] is None:
+        return None
+    fid = row[0]
+    params = json.loads(cat.con.execute("SELECT params FROM faithfulness_runs WHERE faith_run_id = ?", [fid]).fetchone()[0])
+    curves = {
+        kind: (np.array(frac), np.array(score))
+        for kind, frac, score in cat.con.execute(
+            "SELECT kind, list(fraction ORDER BY step), list(score ORDER BY step) FROM "
+            "(SELECT kind, step, avg(fraction) AS fraction, avg(score) AS score FROM faithfulness_curves "
+            " WHERE faith_run_id = ? GROUP BY kind, step) GROUP BY kind ORDER BY kind", [fid]).fetchall()
+    }
+    aucs = dict(cat.con.execute(
+        "SELECT kind, avg(auc) FROM faithfulness_scores WHERE faith_run_id = ? GROUP BY kind ORDER BY kind", [fid]).fetchall())
+    n = cat.con.execute("SELECT count(DISTINCT image_id) FROM faithfulness_scores WHERE faith_run_id = ?", [fid]).fetchone()[0]
+    pg = cat.con.execute(
+        "SELECT count(*), avg(hit::DOUBLE), avg(energy_inside) FROM pointing_game WHERE faith_run_id = ?", [fid]).fetchone()
+    return dict(faith_run_id=fid, params=params, curves=curves, aucs=aucs, images=int(n),
+                pointing=dict(n=pg[0], accuracy=pg[1], energy=pg[2]) if pg[0] else None)
+
+
+# ---- ids --------------------------------------------------------------------------------
+def next_class_id(cat: Catalog) -> int:
+    return cat.next_id("classes", "class_id")
+
+
+def next_attr_id(cat: Catalog) -> int:
+    return cat.next_id("attributes", "attr_id")
+
+
+def next_prompt_id(cat: Catalog) -> int:
+    return cat.next_id("class_prompts", "prompt_id")
