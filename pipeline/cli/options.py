@@ -78,7 +78,7 @@ def config_option(config_cls, name: str, *extra_decls: str, default_from_config:
     flag = meta.get("option") or "--" + name.replace("_", "-")
     decls = (flag, *extra_decls, name)
     shown = f.default if not isinstance(f.default, float) or f.default == round(f.default, 6) else round(f.default, 4)
-    common = dict(default=None, show_default=str(shown), help=meta["help"])
+    common = dict(default=None, help=f"{meta['help']}  [default: {shown}]")
     if meta.get("choices"):
         return click.option(*decls, type=click.Choice(meta["choices"]), **common)
     if isinstance(f.default, bool) or meta.get("lo") is None and meta.get("hi") is None:
@@ -135,8 +135,8 @@ def show_progress() -> bool:
 
 def store_option(fn):
     return click.option(
-        "--store", "store", envvar="ZSL_STORE", default=None, show_default="./zsl-store (env ZSL_STORE)",
-        help="Store folder (catalog.duckdb + Parquet shards + Faiss indexes).",
+        "--store", "store", envvar="ZSL_STORE", default=None,
+        help="Store folder (catalog.duckdb + Parquet shards + Faiss indexes).  [default: ./zsl-store, or env ZSL_STORE]",
     )(fn)
 
 
@@ -169,8 +169,9 @@ def parse_methods(values) -> list[str]:
 
 
 def preset_option(fn):
-    return click.option("--preset", type=click.Choice(preset_names()), default=None,
-                        help="Named settings (`pipeline presets` lists them): LaZSL's published per-dataset values.")(fn)
+    return click.option("--preset", type=click.Choice(preset_names()), default=None, metavar="NAME",
+                        help="Named settings, e.g. cub-b32 (`pipeline presets` lists them): LaZSL's published "
+                             "per-dataset values.")(fn)
 
 
 def format_option(default: str = "table"):
@@ -187,7 +188,7 @@ def output_option(kind: str, help: str, default: str | None = None, required: bo
 
 def limit_option(help: str, default: int | None = None):
     return number_option("--limit", kind=int, lo=0, hi=2**31 - 1, default=default, show_default=default is not None,
-                         help=help + (" (0 = all)" if default is not None else ""))
+                         help=help[:-1] + (" (0 = all)." if default is not None else "."))
 
 
 # ---- errors, stores, models -------------------------------------------------------------
@@ -206,9 +207,14 @@ def friendly_errors(fn):
 
 
 def command(group, name: str):
-    """``group.command(name)`` with the options every command shares (--quiet) and one-line errors."""
+    """``group.command(name)`` with the options every command shares (--quiet, listed last) and
+    one-line errors."""
     def wrap(fn):
-        return group.command(name)(quiet_option(friendly_errors(fn)))
+        fn = friendly_errors(fn)
+        params = getattr(fn, "__click_params__", [])
+        quiet_option(fn)  # appends --quiet; click lists params in reverse, so move it to the front
+        params.insert(0, params.pop())
+        return group.command(name)(fn)
     return wrap
 
 

@@ -76,7 +76,6 @@ def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 1
     attrs_file.write_text(json.dumps(classes))
     rng = np.random.default_rng(seed)
     with Catalog(root / "store") as cat:
-        cat.set_meta("model_spec", json.dumps({"name": model.name, "pretrained": model.pretrained}))
         import_attribute_file(cat, model, attrs_file, progress=False)
         index_images(cat, model, [str(img_dir)], RegionConfig(n_crops=n_crops, crop_min=crop_min), progress=False, dtype="float32")
         cls = {name: cid for cid, name in cat.query("SELECT class_id, name FROM classes ORDER BY class_id").fetchall()}

@@ -29,7 +29,6 @@ def demo(tmp_path_factory):
     make_toyworld(root / "world", n_per_class=2, seed=2, setting="parts")
     model = load_model("zsl-tiny", "toy-clip", device="cpu")
     with Catalog(root / "store") as cat:
-        cat.set_meta("model_spec", json.dumps({"name": model.name, "pretrained": model.pretrained}))
         import_attribute_file(cat, model, root / "world" / "attributes.json", progress=False)
         index_images(cat, model, [str(root / "world" / "images")], RegionConfig(n_crops=30, crop_min=0.5), progress=False)
         run = classify(cat, "lazsl", MethodConfig(top_k=0), model=model, progress=False).run_id

@@ -131,7 +131,7 @@ def wca_loop(full, crops, sent, sent_class, photo, *, image_scale, text_scale, p
                     v = np.exp(lv - lv.max())
                     v /= v.sum()
                     runs[r, b, c] = w @ (x @ y.T) @ v
-    return runs.mean(0), runs.std(0)
+    return runs.mean(0), runs.std(0), runs.argmax(2).T  # (B, C), (B, C), each draw's top-1 (B, R)
 
 
 @pytest.mark.parametrize("score", ["code", "paper"])
@@ -140,10 +140,11 @@ def test_wca_matches_loop(score):
     photo = unit(np.random.default_rng(33).standard_normal((C, D)) + 2 * class_prototypes(sent, sent_class, C))
     kw = dict(image_scale=math.e**4, text_scale=math.e**2, patch_n=9, n_runs=5, seed=11)
     res = wca_scores(full, crops, sent, sent_class, photo, score=score, **kw)
-    mean, std = wca_loop(full, crops, sent, sent_class, photo, score=score, **kw)
+    mean, std, top1 = wca_loop(full, crops, sent, sent_class, photo, score=score, **kw)
     assert res.scores.shape == (6, C) and res.std.shape == (6, C)
     np.testing.assert_allclose(res.scores, mean, atol=1e-5)
     np.testing.assert_allclose(res.std, std, atol=1e-5)
+    assert np.array_equal(res.run_top1, top1)  # the per-draw predictions evaluate's mean ± std uses
     assert np.array_equal(res.scores.argmax(1), mean.argmax(1))
 
 
