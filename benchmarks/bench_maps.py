@@ -27,7 +27,7 @@ import numpy as np
 
 
 def variants(boxes, w, h, wd):
-    from queries.explain import _box_sum, attribution_map, box_pixel_bounds
+    from queries.attribution import _box_sum, attribution_map, box_pixel_bounds
 
     b = box_pixel_bounds(boxes, h, wd)
     area = np.maximum((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]), 1)
@@ -55,7 +55,7 @@ def main() -> None:
     from pipeline.models import load_model
     from pipeline.config import RegionConfig
     from pipeline.toy.world import make_toyworld
-    from queries.explain import attribute_weights, attribution_map
+    from queries.attribution import attribute_weights, attribution_map
     from stores.catalog import Catalog
 
     t0 = time.perf_counter()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from stores.catalog import DEFAULT_STORE, resolve_store_path
+from stores.catalog import resolve_store_path
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
@@ -58,7 +58,7 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
         root = cat.root
     click.echo(f"\ndone in {time.perf_counter() - t0:.1f} s. Store: {root}")
     click.echo(f"Report: {report}")
-    flag = "" if root == resolve_store_path(None) and root == resolve_store_path(DEFAULT_STORE) else f" --store {root}"
+    flag = "" if root == resolve_store_path(None) else f" --store {root}"  # the next command finds it unaided
     click.echo("Try:")
     click.echo(f'  pipeline sql{flag} "select count(*) from alignments"')
     click.echo(f'  pipeline sql{flag} "select class_name, attribute, sum(contribution) as c from contributions '
