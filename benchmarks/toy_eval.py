@@ -6,12 +6,8 @@ Methods (all on held-out classes, whose attribute combinations never appear in t
 
 * ``clip``: name only, ``"a photo of a {name}."`` (names are made up: should be near chance).
 * ``dclip``: mean cosine of the full image with ``"{name}, which is a red crest"`` (DCLIP rule).
-* ``lazsl``: a minimal private re-implementation of LaZSL (methods-reference §4): full image +
-  N (60) random square crops of side U(lo, 0.9)·min(H, W), lo = 0.5; crops whose cosine to the full image is
-  below the mean get zero mass; uniform attribute mass; fused similarity
-  F = (1-θ)·g + θ·S; kernel exp(-(1-F)/ε), ε = 0.1; Sinkhorn (100 iterations, tol 1e-2);
-  score = Σ T·F. The project's batched implementation lives in ``queries/``; this one stays
-  private to the benchmark and its tests so the two can be compared later.
+* ``lazsl``: the project's LaZSL (:func:`queries.lazsl.lazsl_scores`) over the full image and
+  N (60) random square crops of side U(lo, 0.9)·min(H, W), lo = 0.5 (θ 0.8, ε 0.1).
 
 Pointing game (true class, each attribute): does the region carrying the most transport mass
 toward the attribute land in the ground-truth box of the part that carries it?
@@ -42,65 +38,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from pipeline.toy import world as tw  # noqa: E402
-
-
-def random_square_crops(rng: np.random.Generator, w: int, h: int, n: int, lo: float, hi: float = 0.9):
-    """n boxes (x0, y0, x1, y1): side U(lo, hi)·min(w, h), uniform position (WCA/LaZSL random_crop)."""
-    boxes = []
-    m = min(w, h)
-    for _ in range(n):
-        side = max(1, int(rng.uniform(lo, hi) * m))
-        x0 = int(rng.integers(0, w - side + 1))
-        y0 = int(rng.integers(0, h - side + 1))
-        boxes.append((x0, y0, x0 + side, y0 + side))
-    return boxes
-
-
-def sinkhorn_lazsl(F, a, eps: float = 0.1, max_iter: int = 100, tol: float = 1e-2, col_mask=None):
-    """Balanced Sinkhorn as LaZSL's OP.py: K = exp(-(1-F)/eps), r = a/(Kc), c = b/(K^T r).
-
-    F: [..., M, N] fused similarities; a: [..., M] region masses (zeros allowed);
-    col_mask: [..., N] bool for padded descriptors (uniform mass on the real ones).
-    Returns the plan T [..., M, N]. The stopping test is per problem (LaZSL's is batch-global).
-    """
-    import torch
-
-    K = torch.exp(-(1.0 - F) / eps)
-    if col_mask is None:
-        col_mask = torch.ones(F.shape[:-2] + F.shape[-1:], dtype=torch.bool)
-    b = col_mask.float() / col_mask.float().sum(-1, keepdim=True)
-    a = a.expand(F.shape[:-1])
-    r = torch.ones_like(a)
-    c = torch.ones_like(b)
-    done = torch.zeros(F.shape[:-2], dtype=torch.bool)
-    for _ in range(max_iter):
-        r_prev = r
-        r_new = a / (K @ c.unsqueeze(-1)).squeeze(-1)
-        c_new = b / (K.transpose(-1, -2) @ r_new.unsqueeze(-1)).squeeze(-1)
-        r = torch.where(done.unsqueeze(-1), r, r_new)
-        c = torch.where(done.unsqueeze(-1), c, c_new)
-        done = done | ((r - r_prev).abs().mean(-1) < tol)
-        if bool(done.all()):
-            break
-    return r.unsqueeze(-1) * K * c.unsqueeze(-2)
-
-
-def lazsl_scores(V, D, theta: float = 0.8, eps: float = 0.1, gamma: float = 0.0, max_iter: int = 100, tol: float = 1e-2):
-    """V: [B, M, d] region embeddings (index 0 = full image); D: [C, N, d] descriptor embeddings.
-
-    Returns (scores [B, C], plans [B, C, M, N], region masses [B, M], fused F [B, C, M, N]).
-    """
-    import torch
-
-    sim_rg = V @ V[:, 0].unsqueeze(-1)  # [B, M, 1]
-    sim_rg = sim_rg.squeeze(-1)
-    keep = sim_rg >= sim_rg.mean(1, keepdim=True) + gamma
-    a = keep.float() / keep.float().sum(1, keepdim=True)
-    S = torch.einsum("bmd,cnd->bcmn", V, D)
-    g = S[:, :, :1, :]
-    F = (1 - theta) * g + theta * S
-    T = sinkhorn_lazsl(F, a[:, None, :], eps=eps, max_iter=max_iter, tol=tol)
-    return (T * F).sum((-1, -2)), T, a, F
+from queries.lazsl import lazsl_scores  # noqa: E402
+from queries.regions import random_square_crops  # noqa: E402
 
 
 def _coverage(boxes, size):
@@ -156,6 +95,7 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
     name_emb = torch.from_numpy(lm.encode_texts([f"a photo of a {n}." for n in names]))
     sents = [f"{n}, {tw.dclip_sentence(d)}" for n in names for d in classes[n]]
     D = torch.from_numpy(lm.encode_texts(sents)).view(len(names), n_desc, -1)
+    attr_class = torch.arange(len(names)).repeat_interleave(n_desc)
     size = tw.IMAGE_SIZE
     labels, pred = [], {"clip": [], "dclip": [], "lazsl": []}
     pg = {k: [] for k in ("crop_centre", "crop_centre_chance", "heat", "heat_chance", "object_prior", "nearest_part")}
@@ -166,12 +106,13 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
         crops_all, views = [], []
         for k, (ci, scene) in enumerate(chunk):
             rng = np.random.default_rng([seed, 99, tw.SETTINGS.index(setting), start + k])
-            boxes = random_square_crops(rng, size, size, n_crops, crop_lo)
+            boxes = random_square_crops(size, size, n_crops, crop_lo, 0.9, rng).astype(int).tolist()
             crops_all.append(boxes)
             views.append(lm.preprocess(scene.image))
             views.extend(lm.preprocess(scene.image.crop(b)) for b in boxes)
         V = lm.encode_images(torch.stack(views)).view(len(chunk), 1 + n_crops, -1)
-        scores, T, a, _ = lazsl_scores(V, D, theta=theta, eps=eps)
+        res = lazsl_scores(V[:, 0], V[:, 1:], D.reshape(-1, D.shape[-1]), attr_class, theta=theta, eps=eps)
+        scores, T, a = res.scores, res.plan, res.crop_mass  # plans (B, C, crops, n_desc), crop masses (B, crops)
         clip_s = V[:, 0] @ name_emb.T
         dclip_s = torch.einsum("bd,cnd->bcn", V[:, 0], D).mean(-1)
         for k, (ci, scene) in enumerate(chunk):
@@ -185,10 +126,10 @@ def evaluate(lm, setting: str = "parts", n_per_class: int = 20, seed: int = 0, n
             boxes = crops_all[k]
             cov = _coverage(boxes, size).reshape(len(boxes), -1)
             density = cov / cov.sum(1, keepdims=True)  # a crop spreads its mass evenly over its pixels
-            ak = a[k, 1:].numpy()
+            ak = a[k].numpy()
             kept = ak > 0
             prior_x, prior_y = _peak(((ak / max(ak.sum(), 1e-12)) @ density).reshape(size, size))
-            Tk = T[k, ci, 1:].numpy()  # [N, n_desc]
+            Tk = T[k, ci].numpy()  # [crops, n_desc]
             Tn = Tk / np.maximum(Tk.sum(0, keepdims=True), 1e-12)
             heat = (Tn.T @ density).reshape(-1, size, size)
             heat = heat - heat.mean(0, keepdims=True)  # this attribute's mass density minus the average attribute's
