@@ -297,6 +297,26 @@ def m007_sample_predictions(con) -> None:
     )
 
 
+@migration
+def m008_image_errors_key(con) -> None:
+    """One row per (path, content, reason) in ``image_errors``: re-running index-images on the
+    same broken files used to add the same rows again. Existing duplicates are folded into
+    one row (the latest run and time); the key is a unique index, NULL sha256 (the file was
+    never read: missing, too large, not a regular file) counting as one value."""
+    con.execute(
+        """
+        CREATE TEMP TABLE image_errors_folded AS
+        SELECT path, sha256, reason, max(index_run_id) AS index_run_id, max(created_at) AS created_at
+        FROM image_errors GROUP BY path, sha256, reason;
+        DELETE FROM image_errors;
+        INSERT INTO image_errors (path, sha256, reason, index_run_id, created_at)
+        SELECT path, sha256, reason, index_run_id, created_at FROM image_errors_folded;
+        DROP TABLE image_errors_folded;
+        CREATE UNIQUE INDEX image_errors_key ON image_errors (path, coalesce(sha256, ''), reason);
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

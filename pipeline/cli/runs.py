@@ -6,6 +6,7 @@ import click
 from ..config import resolve_method_config
 from . import cli
 from .options import (
+    RUN_ID,
     check_output_folder,
     command,
     format_option,
@@ -93,7 +94,7 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 
 @command(cli, "evaluate")
 @method_option(default=None, help_extra=" Runs them first, on the same regions, with the settings below.")
-@click.option("--run", "runs", type=int, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
+@click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
