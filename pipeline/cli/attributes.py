@@ -96,7 +96,9 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
     if not llm_model:
         raise click.UsageError("--llm-model is required to write attributes with an LLM (or import a file with --from-json).")
     from ..stages.llm import generate_attributes, read_class_list
+    from ..stages.llm.calls import check_base_url
 
+    check_base_url(base_url)  # before reading anything (the message never quotes the URL)
     names, creport = read_class_list(classes, duplicates=duplicates, max_bytes=max_file_bytes)
     for line in creport.lines():
         click.echo(line)

@@ -112,7 +112,8 @@ def _with_parts(value: str) -> list[str]:
 
 
 def secrets_in_url(url: str | None) -> list[str]:
-    """Credentials a base URL can carry: userinfo (user:password@) and credential-named query values."""
+    """Credentials a base URL can carry: userinfo (user:password@, also as the Basic-auth token
+    it becomes) and credential-named query values."""
     if not url:
         return []
     try:
@@ -120,6 +121,11 @@ def secrets_in_url(url: str | None) -> list[str]:
         found = [unquote(p) for p in (parts.username, parts.password) if p]
     except ValueError:
         return []
+    if parts.password:  # httpx sends userinfo as Basic auth: base64("user:password"), which servers echo
+        import base64
+
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
+        found.append(base64.b64encode(pair).decode("ascii"))
     found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(k)]
     found += [v for k, v in parse_qsl(parts.fragment, keep_blank_values=False) if is_secret_name(k)]
     return found
@@ -379,18 +385,29 @@ def _error_message(exc) -> str:
     return str(getattr(exc, "message", exc))
 
 
+def check_base_url(base_url: str | None) -> str | None:
+    """The host of an http(s) base URL; LLMError (never quoting the URL: it may hold a
+    credential) for anything else. None means the default (OpenAI)."""
+    if base_url is None:
+        return None
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number)
+    except ValueError:
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
+        raise LLMError("--base-url / OPENAI_BASE_URL is not an http(s) URL with a host (e.g. http://localhost:8000/v1).")
+    return host
+
+
 def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3):
     """An ``openai.OpenAI`` for any compatible server; local servers need no key."""
     import openai
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
-    try:
-        host = urlsplit(base_url).hostname
-    except ValueError:
-        host = None
-    if not host or urlsplit(base_url).scheme not in ("http", "https"):
-        raise LLMError("--base-url / OPENAI_BASE_URL is not an http(s) URL with a host (e.g. http://localhost:8000/v1).")
+    host = check_base_url(base_url)
     if not api_key:
         if host == urlsplit(OPENAI_DEFAULT_BASE_URL).hostname:
             raise LLMError("No API key for api.openai.com: set OPENAI_API_KEY (or --api-key), or point --base-url at a local server.")
