@@ -305,13 +305,18 @@ def m008_image_errors_key(con) -> None:
     never read: missing, too large, not a regular file) counting as one value."""
     con.execute(
         """
-        CREATE TEMP TABLE image_errors_folded AS
-        SELECT path, sha256, reason, max(index_run_id) AS index_run_id, max(created_at) AS created_at
+        CREATE TABLE image_errors_folded(
+            path VARCHAR NOT NULL,
+            sha256 VARCHAR,               -- NULL: the file was never read (missing, too large, not a file)
+            reason VARCHAR NOT NULL,
+            index_run_id BIGINT,          -- the latest run that saw it
+            created_at TIMESTAMP NOT NULL -- when that run saw it
+        );
+        INSERT INTO image_errors_folded
+        SELECT path, sha256, reason, max(index_run_id), max(created_at)
         FROM image_errors GROUP BY path, sha256, reason;
-        DELETE FROM image_errors;
-        INSERT INTO image_errors (path, sha256, reason, index_run_id, created_at)
-        SELECT path, sha256, reason, index_run_id, created_at FROM image_errors_folded;
-        DROP TABLE image_errors_folded;
+        DROP TABLE image_errors;
+        ALTER TABLE image_errors_folded RENAME TO image_errors;
         CREATE UNIQUE INDEX image_errors_key ON image_errors (path, coalesce(sha256, ''), reason);
         """
     )
