@@ -7,6 +7,7 @@ import sys
 import click
 
 from ..inputs import DEFAULT_MAX_FILE_BYTES
+from ..names import check_text
 from . import cli
 from .options import (
     byte_size_option,
@@ -95,10 +96,15 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
         return
     if not llm_model:
         raise click.UsageError("--llm-model is required to write attributes with an LLM (or import a file with --from-json).")
+    check_text(llm_model, "--llm-model", "model name")
     from ..stages.llm import generate_attributes, read_class_list
     from ..stages.llm.calls import check_base_url
 
     check_base_url(base_url)  # before reading anything (the message never quotes the URL)
+    if prompt_version:
+        from ..stages.llm import get_prompt_set
+
+        get_prompt_set(prompt_version)  # a shipped name, refused before any work
     names, creport = read_class_list(classes, duplicates=duplicates, max_bytes=max_file_bytes)
     for line in creport.lines():
         click.echo(line)

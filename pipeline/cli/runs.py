@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from ..config import resolve_method_config
+from ..names import check_text
 from . import cli
 from .options import (
     RUN_ID,
@@ -116,6 +117,7 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)
+    check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
                    seed=seed, templates=templates, alignments_top=alignments_top)

@@ -428,3 +428,15 @@ def test_image_file_bigger_than_limit_in_explain_is_one_line(tmp_path, small, mo
     line = one_line_error(invoke("explain", small.image_path, "-o", tmp_path / "m", "--store", small.store), 1)
     assert "file too large" in line and small.image_path in line
     Image.open(small.image_path).verify()  # the file itself is fine: only the limit refused it
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--dataset", "cub\x00"], "--dataset: the dataset name 'cub\\x00' contains U+0000 NUL"),
+    (["build-attributes", "{classes}", "--llm-model", "gpt\nx", "--base-url", "http://127.0.0.1:9/v1"],
+     "--llm-model: the model name 'gpt\\nx' contains U+000A newline"),
+    (["build-attributes", "{classes}", "--llm-model", "m", "--prompt-version", "../../../tmp/x", "--base-url",
+      "http://127.0.0.1:9/v1", *MODEL_ARGS], "Unknown prompt set '../../../tmp/x'"),
+])
+def test_free_text_options_that_become_names_or_paths(small, args, message):
+    args = [a.format(classes=small.classes) for a in args]
+    assert message in one_line_error(invoke(*args, "--store", small.store), 1)
