@@ -16,7 +16,6 @@ import json
 import os
 import re
 import stat
-from pathlib import Path
 from typing import Any
 
 from .errors import InputError
@@ -158,7 +157,3 @@ def parse_byte_size(text: str) -> int | None:
         return None
     value = float(m.group(1)) * _UNITS[m.group(2).lower()]
     return int(value) if value < 2**63 else None
-
-
-def existing_parent(path: str | os.PathLike) -> bool:
-    return Path(path).parent.is_dir()

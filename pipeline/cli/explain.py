@@ -6,8 +6,8 @@ import click
 from ..inputs import DEFAULT_MAX_FILE_BYTES
 from . import cli
 from .options import (
-    byte_size_option,
     RUN_ID,
+    byte_size_option,
     check_output_file,
     check_output_folder,
     command,

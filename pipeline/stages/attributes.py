@@ -9,7 +9,6 @@ table, so exports, prototypes and evaluate's ``templates`` see exactly the user'
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
