@@ -55,7 +55,9 @@ except ImportError:  # pragma: no cover
 DEFAULT_STORE = "./zsl-store"
 CATALOG_FILE = "catalog.duckdb"
 WORKING_FILE = "catalog.writing.duckdb"
-# a commit publishes only if the last copy took at most this share of the time since the previous one
+# a commit publishes if the last copy was cheap (a catalog up to tens of MB), or if it took at
+# most this share of the time since the previous one (copies stay under ~5% of a writer's time)
+PUBLISH_ALWAYS_BELOW_S = 0.05
 PUBLISH_COST_SHARE = 0.05
 
 # Shard-backed tables: name -> (directory, DuckDB column types of an empty placeholder)
@@ -346,16 +348,21 @@ class Catalog:
         self._last_publish = time.monotonic()
         self._work_sig = sig
         self.publish_count += 1
-        self._hold_main(0, None)
+        try:
+            self._hold_main(0, None)
+        except StoreError:  # another program opened the new file for writing in the instant since
+            pass
         return True
 
     def commit_point(self) -> bool:
-        """Called after each commit (``transaction()`` calls it; so do shard writers): publish if
-        anything changed, unless the last copy's cost says to wait (copies stay under ~5% of the
-        writer's time; whatever is left is published when the catalog closes)."""
+        """Called around commits (``transaction()`` calls it before and after; so do shard writers):
+        publish if anything changed, unless copying is dear and the last copy was recent (copies stay
+        under ~5% of the writer's time; what waits is published at the next commit point or when the
+        catalog closes)."""
         if self.read_only or self.con is None or self._in_transaction:
             return False
-        if time.monotonic() - self._last_publish < self._copy_seconds / PUBLISH_COST_SHARE:
+        if (self._copy_seconds > PUBLISH_ALWAYS_BELOW_S
+                and time.monotonic() - self._last_publish < self._copy_seconds / PUBLISH_COST_SHARE):
             return False
         return self.publish(if_changed=True)
 
@@ -422,6 +429,8 @@ class Catalog:
     @contextmanager
     def transaction(self):
         """One atomic commit; afterwards readers see it as soon as it is published (commit_point)."""
+        if not self.read_only:
+            self.commit_point()  # what earlier autocommitted statements wrote
         self.con.execute("BEGIN TRANSACTION")
         self._in_transaction = True
         try:

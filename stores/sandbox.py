@@ -45,7 +45,7 @@ CONNECT_CONFIG = {
 
 # statement types a read-only session may run (DuckDB's own classification of the parsed statement)
 READ_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
-ALLOWED_TEXT = "one SELECT (WITH, FROM, VALUES, SHOW, DESCRIBE, SUMMARIZE), EXPLAIN, PRAGMA or CALL statement per call"
+ALLOWED_TEXT = "one SELECT (WITH, FROM, VALUES, PIVOT, SHOW, DESCRIBE, SUMMARIZE), EXPLAIN, PRAGMA or CALL statement per call"
 
 
 class SqlRefused(Exception):
@@ -75,9 +75,9 @@ class ReadOnlyFS(AbstractFileSystem):
 
     @classmethod
     def _strip_protocol(cls, path):
-        path = os.fspath(path) if not isinstance(path, list) else path
         if isinstance(path, list):
             return [cls._strip_protocol(p) for p in path]
+        path = os.fspath(path)
         return path[len(PREFIX):] if path.startswith(PREFIX) else path
 
     def _checked(self, path) -> str:
@@ -158,6 +158,8 @@ def read_statement(con: duckdb.DuckDBPyConnection, sql: str):
         raise SqlRefused(f"pipeline sql runs {ALLOWED_TEXT}; got {len(statements)} statements (run them one by one).")
     st = statements[0]
     kind = st.type.name
+    if kind == "MULTI" and re.match(r"\s*(UN)?PIVOT\b", st.query or "", re.I):
+        kind = "SELECT"  # DuckDB runs a PIVOT as several statements of its own making
     if kind not in READ_STATEMENTS:
         verb = re.match(r"\s*(\w+(?:\s+DATABASE)?)", st.query or "", re.I)
         what = verb.group(1).upper() if verb else kind
@@ -173,7 +175,10 @@ _FILE_DENIED = re.compile(r'Cannot access (?:file|directory) "([^"]*)"')
 
 def explain_error(exc: duckdb.Error) -> str:
     """A one-line message for an error of a sandboxed statement, saying what is allowed."""
-    first = " ".join(str(exc).splitlines()[0].split()) if str(exc) else type(exc).__name__
+    text = str(exc)
+    if "pipeline sql never writes files" in text or "is not readable here" in text:  # ReadOnlyFS said no
+        return f"pipeline sql reads only the store and writes nothing; it runs {ALLOWED_TEXT}."
+    first = " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
     m = _FILE_DENIED.search(first)
     if isinstance(exc, duckdb.PermissionException) or m:
         if "extension" in first.lower():
