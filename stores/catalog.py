@@ -171,6 +171,7 @@ class Catalog:
             self.root.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root)
         self._lock.acquire(wait, on_wait)
+        adopted = work.exists()
         try:
             changed = self._prepare_working_copy(wait, on_wait)
             self.con = self._connect(work, read_only=False, wait=wait, on_wait=on_wait)
@@ -185,8 +186,14 @@ class Catalog:
                 self.con.execute("CHECKPOINT")
                 self._work_sig = file_signature(work)
                 self._last_publish = time.monotonic()
-        except BaseException:
+        except BaseException as exc:
             self._abandon()
+            if not adopted and main.exists():
+                work.unlink(missing_ok=True)  # only a copy of catalog.duckdb: the error is about that file
+            if isinstance(exc, duckdb.Error):
+                name = work if adopted else main
+                what = " (an interrupted writer's working copy)" if adopted else ""
+                raise StoreError(f"Cannot read {name}{what}: {' '.join(str(exc).splitlines()[0].split())}") from exc
             raise
 
     def _prepare_working_copy(self, wait, on_wait) -> bool:
@@ -210,8 +217,10 @@ class Catalog:
             con.close()
         self._hold_main(wait, on_wait)
         tmp = work.with_name(work.name + ".tmp")
+        t0 = time.perf_counter()
         copy_file(main, tmp)
         os.replace(tmp, work)
+        self._copy_seconds = time.perf_counter() - t0  # what a publish will cost: paces commit_point
         return False
 
     def _hold_main(self, wait, on_wait) -> None:
@@ -270,8 +279,10 @@ class Catalog:
             if self.sandbox is not None:
                 self._allow_read_views(allow_read)
                 self.sandbox.lock(self.con)
-        except BaseException:
+        except BaseException as exc:
             self._abandon()
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"Cannot read {main}: {' '.join(str(exc).splitlines()[0].split())}") from exc
             raise
 
     def _recover_interrupted_write(self) -> None:
@@ -289,8 +300,11 @@ class Catalog:
             for stale in (main.with_name(main.name + ".tmp"), work.with_name(work.name + ".tmp")):
                 stale.unlink(missing_ok=True)
             con = duckdb.connect(str(work))  # replays the WAL: every committed transaction
-            con.execute("CHECKPOINT")
-            con.close()
+            try:
+                con.execute("CHECKPOINT")
+                con.execute("SELECT count(*) FROM _migrations").fetchone()  # readable at all
+            finally:
+                con.close()
             os.replace(work, main)
             fsync_dir(self.root)
         except (OSError, duckdb.Error):

@@ -217,6 +217,10 @@ def test_readers_and_a_second_writer_during_a_running_index_images(tmp_path, man
         assert cli_json("sql", "select count(DISTINCT image_id) as n from regions", "--store", str(store)) == [{"n": n}]
         status = {r["table"]: r["rows"] for r in cli_json("catalog", "status", "--store", str(store))}
         assert status["images"] == n and status["attributes"] == 4
+        res = CliRunner().invoke(cli, ["export-attributes", "--schema", "dclip", "-o", str(tmp_path / "d.json"),
+                                       "--store", str(store)])
+        assert res.exit_code == 0 and json.loads((tmp_path / "d.json").read_text()) == json.loads(
+            (many_images / "attrs.json").read_text()), res.output
         assert time.monotonic() - t0 < 60
         # a second writer waits, then gives up with one line naming the writer
         res = CliRunner().invoke(cli, ["classify", "--wait", "1", "--store", str(store)])
