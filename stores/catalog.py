@@ -115,7 +115,6 @@ class Catalog:
         self.sandbox: sb.Sandbox | None = None
         self._lock: WriterLock | None = None
         self._hold: int | None = None  # fd with a shared lock on catalog.duckdb while writing
-        self._main_sig = None  # catalog.duckdb as this writer last published it
         self._work_sig = None  # the working copy as it was at the last publish
         self._last_publish = 0.0
         self._copy_seconds = 0.0
@@ -246,7 +245,6 @@ class Catalog:
                     told = True
                 time.sleep(0.1)
         self._hold = fd
-        self._main_sig = file_signature(self.db_file)
 
     def _release_main(self) -> None:
         if self._hold is not None:
@@ -322,7 +320,8 @@ class Catalog:
             reader = sb.reader_for(Path(path)) or "read_csv"
             literal = "'" + sb.sandbox_path(path).replace("'", "''") + "'"
             try:
-                self.con.execute(f'CREATE TEMP VIEW "{name}" AS SELECT * FROM {reader}({literal})')
+                quoted = '"' + name.replace('"', '""') + '"'
+                self.con.execute(f"CREATE TEMP VIEW {quoted} AS SELECT * FROM {reader}({literal})")
             except duckdb.Error as exc:
                 raise StoreError(f"--allow-read {path}: cannot read it: {str(exc).splitlines()[0]}") from None
             taken.add(name.lower())
