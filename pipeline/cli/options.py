@@ -164,7 +164,22 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+def _set_wait(ctx, param, value):
+    if value is not None:
+        ctx.meta["zsl_wait"] = value
+    return value
+
+
 def store_option(fn):
+    """``--store`` and ``--wait`` (how long to wait while another process writes the store)."""
+    from stores.locks import DEFAULT_WAIT
+
+    fn = click.option(
+        "--wait", type=Number(float, 0, 7 * 24 * 3600), default=None, expose_value=False, callback=_set_wait,
+        metavar="SECONDS",
+        help="Seconds to wait while another pipeline process writes the store (one writes at a time; readers "
+             f"never wait for it).  [default: {DEFAULT_WAIT:g}]",
+    )(fn)
     return click.option(
         "--store", "store", envvar="ZSL_STORE", default=None,
         help="Store folder (catalog.duckdb + Parquet shards + Faiss indexes).  [default: ./zsl-store, or env ZSL_STORE]",
@@ -252,10 +267,19 @@ def command(group, name: str):
     return wrap
 
 
+def _say_waiting(message: str) -> None:
+    click.echo(f"note: {message}", err=True)
+
+
 @contextmanager
-def open_store(store, *, read_only: bool = False, create: bool = True):
+def open_store(store, *, read_only: bool = False, create: bool = True, **catalog_options):
     """Open the store; if this command created it and fails before writing anything, remove it
-    (a failed command leaves no empty store behind). Ctrl-C keeps whatever was written."""
+    (a failed command leaves no empty store behind). Ctrl-C keeps (publishes) whatever was written.
+    ``--wait`` (from the command line) bounds the wait for another writer."""
+    from stores.locks import DEFAULT_WAIT
+
+    ctx = click.get_current_context(silent=True)
+    wait = ctx.meta.get("zsl_wait", DEFAULT_WAIT) if ctx is not None else DEFAULT_WAIT
     root = resolve_store_path(store)
     existed = root.exists()
     if existed and not root.is_dir():
@@ -263,14 +287,18 @@ def open_store(store, *, read_only: bool = False, create: bool = True):
     if not existed and create and not read_only and not root.parent.is_dir():
         raise InputError(f"--store {root}: the folder {root.parent} does not exist; create it first "
                          "(a store's parent folders are never created for you).")
-    cat = Catalog(root, read_only=read_only, create=create)
+    cat = Catalog(root, read_only=read_only, create=create, wait=wait, on_wait=_say_waiting, **catalog_options)
     try:
         yield cat
     except Exception:
         empty = not existed and cat.is_empty()
-        cat.close()
         if empty:
             cat.destroy()
+        else:
+            cat.close()
+        raise
+    except BaseException:  # Ctrl-C: what was committed is kept and published
+        cat.close()
         raise
     else:
         cat.close()
