@@ -29,14 +29,15 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
 
     t0 = time.perf_counter()
     out = Path(out).resolve()
-    out.mkdir(exist_ok=True)
     world_dir = out / "world"
-    click.echo(f"[1/5] make-toyworld: birds of parts, held-out classes, in {world_dir}")
-    world = make_toyworld(world_dir, n_per_class=n_per_class, seed=1, setting="parts")
     model = load_model(None, "toy-clip", device="cpu")
-    click.echo(f"      model: {model.fingerprint} (the tiny CLIP trained on this world; these classes were never seen)")
     preset = get_preset(DEMO_PRESET)
     with open_store(store) as cat:
+        cat.check_model(model.fingerprint)  # a store of another model fails here, before any work
+        out.mkdir(exist_ok=True)
+        click.echo(f"[1/5] make-toyworld: birds of parts, held-out classes, in {world_dir}")
+        world = make_toyworld(world_dir, n_per_class=n_per_class, seed=1, setting="parts")
+        click.echo(f"      model: {model.fingerprint} (the tiny CLIP trained on this world; these classes were never seen)")
         click.echo("[2/5] build-attributes")
         for line in import_attribute_file(cat, model, world_dir / "attributes.json", progress=progress).lines():
             click.echo("      " + line)

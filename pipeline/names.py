@@ -5,7 +5,8 @@ Control characters (C0 and C1, DEL, Unicode line/paragraph separators and bidire
 overrides, which can make a printed name lie about itself) are refused in class names,
 labels and attribute texts that come from a user's file, with a one-line error naming where
 they are; texts from an LLM have them replaced by spaces; what is printed has them escaped.
-A tab is whitespace: it collapses to one space like any other run of blanks.
+Whitespace is not refused where it is harmless: in attribute texts line breaks and tabs
+collapse to one space (:func:`clean_text`), in names a tab counts as a space.
 """
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def check_text(text: str, where: str | None = None, what: str = "text") -> str:
         raise InputError(f"{prefix}the {what} '{shown}' contains {', '.join(describe_char(c) for c in bad[:3])}; "
                          "control characters are not allowed, remove them.")
     return text
+
+
+def clean_text(text: str, where: str | None = None, what: str = "attribute text") -> str:
+    """An attribute text from a file: line breaks and tabs are blanks in prose (CuPL's sentences
+    hold them; CLIP's tokenizer collapses whitespace anyway), so runs of whitespace become one
+    space; any other control character is refused with one line naming ``where``."""
+    return check_text(_BLANKS_RE.sub(" ", str(text)).strip(), where, what)
 
 
 def _collapse(name: str) -> str:

@@ -22,7 +22,7 @@ from stores.faiss_index import build_flat_ip, write_index
 
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, load_json_file
-from ..names import check_text, clean_class_name, escape_controls, norm_class_name
+from ..names import check_text, clean_class_name, clean_text, escape_controls, norm_class_name
 
 STYLES = ("descriptors", "sentences")
 
@@ -103,8 +103,7 @@ def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTE
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InputError(f"{path}: the value of {escape_controls(repr(key))} must be a list of strings.")
         name = clean_class_name(key, where=f"{path}: key {escape_controls(repr(key))}")
-        for i, v in enumerate(value):
-            check_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}", "attribute text")
+        value = [clean_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}") for i, v in enumerate(value)]
         if not name:
             raise InputError(f"{path}: an empty class name; every key must name a class.")
         norm = name.lower()
@@ -163,7 +162,7 @@ def add_attributes(
     for cls, texts in mapping.items():  # the last door before the store: no control characters
         clean_class_name(cls, where="a class name")
         for text in texts:
-            check_text(text, f"class {escape_controls(repr(cls))}", "attribute text")
+            check_text(text, f"class {escape_controls(repr(cls))}", "attribute text")  # cleaned by the readers
     with cat.transaction():
         class_ids = upsert_classes(cat, list(mapping))
         names = tables.class_names(cat)
