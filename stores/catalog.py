@@ -9,9 +9,11 @@ Layout::
       regions/part-*.parquet  one row per region embedding  -> view ``regions``
       faiss/*.index + *.json  Faiss indexes with a provenance sidecar
 
-Shards are written atomically (temp file + rename); the ``images`` shard of a batch is
-renamed last and is the batch's commit marker, so a regions shard without its images shard
-is an interrupted write and is removed when the store is next opened for writing.
+Shards are written in pairs and committed by their record in the ``shards`` table
+(:mod:`stores.shards` explains the protocol); opening a store for writing settles what a killed
+writer left (:func:`stores.shards.recover`). A shard that cannot be read is left out of the
+views (``Catalog.unreadable_shards``) so the rest of the store stays usable and
+``pipeline verify`` can report it.
 """
 from __future__ import annotations
 
@@ -81,10 +83,18 @@ class Catalog:
             self.root.mkdir(parents=True, exist_ok=True)
         elif not db_file.is_file():
             raise StoreError(f"{db_file} is not a file; --store must be a store directory.")
+        self.unreadable_shards: list[Path] = []  # left out of the views (see refresh_views)
+        self.recovery = None  # what opening for writing settled (stores.shards.Recovery)
         try:
             self.con = duckdb.connect(str(db_file), read_only=read_only)
         except duckdb.IOException as exc:
-            raise StoreError(f"Cannot open {db_file}: {str(exc).splitlines()[0]} (is another pipeline process writing it?)") from exc
+            msg = str(exc).splitlines()[0]
+            if "lock" in msg.lower():
+                raise StoreError(f"Cannot open {db_file}: {msg} (is another pipeline process writing it?)") from exc
+            raise StoreError(f"Cannot open {db_file}: {msg}; the catalog is damaged: run `pipeline verify`.") from exc
+        except duckdb.Error as exc:
+            raise StoreError(f"Cannot open {db_file}: {str(exc).splitlines()[0]}; the catalog is damaged: "
+                             "run `pipeline verify`.") from exc
         if read_only:
             if pending_migrations(self.con):
                 self._check_newer()
@@ -205,27 +215,37 @@ class Catalog:
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
     def _remove_orphan_shards(self) -> None:
-        committed = {p.name for p in self.shard_files("images")}
-        for p in self.shard_files("regions"):
-            if p.name not in committed:
-                p.unlink()
-        for table in SHARD_TABLES:
-            d = self.shard_dir(table)
-            if d.is_dir():
-                for tmp in d.glob("*.tmp"):
-                    tmp.unlink()
+        """Settle what a killed writer left (stores.shards.recover); never touches a recorded shard."""
+        from .shards import recover
+
+        self.recovery = recover(self)
 
     def refresh_views(self) -> None:
         """(Re)point the shard views at this store's files (absolute paths, so the store may move)."""
         temp = "TEMP " if self.read_only else ""
+        bad = set(self.unreadable_shards)
         for name, (_, cols) in SHARD_TABLES.items():
-            files = self.shard_files(name)
-            if files:
-                lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
-                body = f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
-            else:
-                body = "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"
-            self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {body}")
+            files = [f for f in self.shard_files(name) if f not in bad]
+            try:
+                self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+            except duckdb.Error as exc:
+                # a damaged shard: leave it out so the rest stays usable; `pipeline verify` reports it
+                from .parquet import parquet_problem
+
+                unreadable = [f for f in files if parquet_problem(f) is not None]
+                if not unreadable:
+                    raise StoreError(f"Cannot read the {name} shards of {self.root}: {str(exc).splitlines()[0]}; "
+                                     "run `pipeline verify`.") from exc
+                self.unreadable_shards += unreadable
+                files = [f for f in files if f not in unreadable]
+                self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+
+    @staticmethod
+    def _view_body(files: list[Path], cols: list[tuple[str, str]]) -> str:
+        if files:
+            lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+            return f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
+        return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"
 
     # ---- convenience --------------------------------------------------------------------
     def table_counts(self) -> dict[str, int]:

@@ -201,8 +201,24 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except (InputError, StoreError, ModelLoadError) as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
+        except Exception as exc:
+            damaged = store_damage_message(exc)
+            if damaged is None:
+                raise
+            raise click.ClickException(damaged) from None
 
     return wrapper
+
+
+def store_damage_message(exc: BaseException) -> str | None:
+    """One line for an error that comes from a damaged store file (a shard DuckDB could not
+    read mid-query, a Faiss file); None for anything else (a bug keeps its traceback)."""
+    import duckdb
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, duckdb.Error) and (".parquet" in text or "Parquet" in text):
+        return f"A store file cannot be read: {text[:300]}; run `pipeline verify`."
+    return None
 
 
 def command(group, name: str):
@@ -213,13 +229,21 @@ def command(group, name: str):
 
 
 @contextmanager
-def open_store(store, *, read_only: bool = False, create: bool = True):
+def open_store(store, *, read_only: bool = False, create: bool = True, check: str | None = None):
     """Open the store; if this command created it and fails before writing anything, remove it
-    (a failed command leaves no empty store behind). Ctrl-C keeps whatever was written."""
+    (a failed command leaves no empty store behind). Ctrl-C keeps whatever was written.
+
+    ``check`` names the stage about to run: the store's quick check (``stores.verify``) must
+    find no problem that stage cannot live with, or the command stops with one line naming
+    ``pipeline verify``."""
     root = resolve_store_path(store)
     existed = root.exists()
     cat = Catalog(root, read_only=read_only, create=create)
     try:
+        if check is not None:
+            from stores.verify import require_usable
+
+            require_usable(cat, check)
         yield cat
     except Exception:
         empty = not existed and cat.is_empty()
