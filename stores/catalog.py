@@ -95,6 +95,14 @@ class Catalog:
         except duckdb.Error as exc:
             raise StoreError(f"Cannot open {db_file}: {str(exc).splitlines()[0]}; the catalog is damaged: "
                              "run `pipeline verify`.") from exc
+        try:
+            self._prepare(read_only)
+        except duckdb.Error as exc:  # DuckDB opens lazily: a damaged file fails at the first read
+            self.con.close()
+            raise StoreError(f"Cannot read {db_file}: {' '.join(str(exc).split())[:200]}; the catalog is damaged: "
+                             "run `pipeline verify`.") from exc
+
+    def _prepare(self, read_only: bool) -> None:
         if read_only:
             if pending_migrations(self.con):
                 self._check_newer()

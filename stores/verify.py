@@ -43,6 +43,7 @@ EXPLANATION_VIEWS = ("contributions", "top_attributes", "class_confusions", "att
 IMAGE_COLUMNS = ("image_id", "path", "sha256", "label", "index_run_id")
 REGION_COLUMNS = ("region_id", "image_id", "kind", "model", "embedding")
 QUARANTINE = "quarantine"
+TEMPLATE_ROWS = "starts_with(source, 'template:') OR style IS NULL OR style NOT IN ('descriptors', 'sentences')"
 
 # what a shard check says about its pair: damage means the pair leaves the live set on --repair
 PAIR_DAMAGE = {"shard-missing", "shard-unreadable", "shard-size", "shard-checksum", "shard-rows", "shard-schema",
@@ -231,14 +232,24 @@ def _attributes_quick(cat: Catalog, fp: str | None) -> list[Problem]:
     return out
 
 
+def _templates(cat: Catalog) -> list[Problem]:
+    n = cat.con.execute(f"SELECT count(*) FROM attributes WHERE {TEMPLATE_ROWS}").fetchone()[0]
+    if n:
+        return [Problem("templates-in-attributes", "attributes", f"{n} class-name template prompts are stored as user "
+                        "attributes (they belong in class_prompts; methods and prototypes would score them)", "texts", True)]
+    return []
+
+
 def quick_check(cat: Catalog) -> list[Problem]:
     """The checks that cost milliseconds: schema, shard records against files (existence,
     size, Parquet magic bytes, partners), unrecorded shards this store did not write,
-    attributes without embeddings, attribute and prototype indexes against their sidecars."""
+    attributes without embeddings, template prompts among attributes, attribute and
+    prototype indexes against their sidecars."""
     out = _schema(cat)
     live, present, staged = _shard_inventory(cat)
     out += _shards_quick(cat, live, present, staged, full=False)[0]
     out += _attributes_quick(cat, cat.model)
+    out += _templates(cat)
     return out
 
 
@@ -400,13 +411,7 @@ def _embedding_table(cat: Catalog, table: str, key: str) -> tuple[np.ndarray, li
 
 
 def _attributes_full(cat: Catalog, fp: str | None, dim: int | None) -> list[Problem]:
-    out: list[Problem] = []
-    n_templates = cat.con.execute(
-        "SELECT count(*) FROM attributes WHERE starts_with(source, 'template:') OR style NOT IN ('descriptors', 'sentences') "
-        "OR style IS NULL").fetchone()[0]
-    if n_templates:
-        out.append(Problem("templates-in-attributes", "attributes", f"{n_templates} class-name template prompts are "
-                           "stored as user attributes (they belong in class_prompts)", "attributes", True))
+    out: list[Problem] = _templates(cat)
     for table, key, owner, what in (("attribute_embeddings", "attr_id", "attributes", "attribute"),
                                     ("class_prompt_embeddings", "prompt_id", "class_prompts", "class prompt")):
         ids, models, emb = _embedding_table(cat, table, key)
@@ -606,7 +611,7 @@ def quarantine_pair(cat: Catalog, name: str, reason: str, report: RepairReport) 
 
 def _move_templates(cat: Catalog) -> int:
     """Template prompts stored as attributes go back to class_prompts, with their embeddings (as m006)."""
-    cond = "starts_with(source, 'template:') OR style NOT IN ('descriptors', 'sentences') OR style IS NULL"
+    cond = TEMPLATE_ROWS
     with cat.transaction():
         n = cat.con.execute(f"SELECT count(*) FROM attributes WHERE {cond}").fetchone()[0]
         start = tables.next_prompt_id(cat)
@@ -735,11 +740,11 @@ def repair(cat: Catalog, problems: list[Problem] | None = None, *, reencode: boo
         indexes.rebuild_image_index(cat, fp)
         report.add("index", "faiss/images.index", "rebuilt from the full-view embeddings")
     if "views" in checks:
-        from .migrations import m004_explanation_views
+        from .migrations import MIGRATIONS
 
         for v in EXPLANATION_VIEWS:
             cat.con.execute(f"DROP VIEW IF EXISTS {v}")
-        m004_explanation_views(cat.con)
+        next(m for m in MIGRATIONS if m.__name__ == "m004_explanation_views")(cat.con)
         cat.refresh_views()
         report.add("views", "catalog.duckdb", "re-created the views")
     return report
