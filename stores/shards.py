@@ -178,7 +178,8 @@ def recover(cat: Catalog) -> Recovery:
       (the crash came after the commit); any other ``*.tmp`` is removed (before the commit);
     * a file whose record is ``retired`` (remove-images committed its rewrite) is removed;
     * a regions shard with neither an images partner nor any record is an interrupted write of
-      a store written before shard records (regions were written first) and is removed.
+      a store written before shard records (regions were written first) and is removed;
+    * when shards were published or removed, ``faiss/images.index`` is rebuilt.
 
     A recorded shard whose file is missing is never acted on here: ``pipeline verify`` reports it.
     """
@@ -208,6 +209,10 @@ def recover(cat: Catalog) -> Recovery:
         if p.name not in committed and ("regions", p.name) not in rec and ("images", p.name) not in rec:
             p.unlink()
             out.removed_orphans.append(f"regions/{p.name}")
+    if (out.published or out.removed_retired) and cat.model is not None:
+        from .indexes import rebuild_image_index
+
+        rebuild_image_index(cat, cat.model)  # what the interrupted command would have done next
     if cat.get_meta(LEGACY_KEY) is None:
         # first write-open since m009: the shards already here were written without records
         legacy = sorted(f"{t}/{p.name}" for t in PAIR_TABLES for p in cat.shard_files(t) if (t, p.name) not in rec)
