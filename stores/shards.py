@@ -210,9 +210,13 @@ def recover(cat: Catalog) -> Recovery:
             p.unlink()
             out.removed_orphans.append(f"regions/{p.name}")
     if (out.published or out.removed_retired) and cat.model is not None:
+        from .errors import StoreError
         from .indexes import rebuild_image_index
 
-        rebuild_image_index(cat, cat.model)  # what the interrupted command would have done next
+        try:
+            rebuild_image_index(cat, cat.model)  # what the interrupted command would have done next
+        except StoreError:
+            pass  # a damaged shard: `pipeline verify` reports it and the stale index
     if cat.get_meta(LEGACY_KEY) is None:
         # first write-open since m009: the shards already here were written without records
         legacy = sorted(f"{t}/{p.name}" for t in PAIR_TABLES for p in cat.shard_files(t) if (t, p.name) not in rec)
