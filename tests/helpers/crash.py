@@ -51,6 +51,11 @@ def _main(args: list[str], log: str) -> None:
     sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
     torch.set_num_threads(1)
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())  # not tqdm's multiprocessing lock: a killed process would leak its semaphore
     from pipeline.cli import cli
 
     cli.main(args, prog_name="pipeline")  # exits with the command's status
@@ -60,3 +65,17 @@ def start(args: list[str], log: str) -> mp.Process:
     proc = context().Process(target=_main, args=([str(a) for a in args], str(log)), daemon=False)
     proc.start()
     return proc
+
+
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of every command process run so far: the forkserver reaps
+    them, so their times add up in its children's times (Linux /proc)."""
+    from multiprocessing import forkserver
+
+    pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except (OSError, TypeError):
+        return float("nan")
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / ticks  # utime stime cutime cstime

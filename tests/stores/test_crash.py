@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import time
 from collections import Counter
@@ -203,6 +204,7 @@ def test_fifty_kills_across_stages_leave_a_whole_store(tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     rng = random.Random(SEED)
     t_start = time.perf_counter()
+    cpu0 = sum(os.times()[:2])
     h = Harness(tmp_path, rng)
     # setup: one uninterrupted run of each stage, which also measures how long each takes
     args, apply = h.plan("build-attributes")
@@ -243,6 +245,10 @@ def test_fifty_kills_across_stages_leave_a_whole_store(tmp_path, monkeypatch):
         h.check(stage)
     elapsed = time.perf_counter() - t_start
     assert dict(kills) == KILLS
+    from tests.helpers.crash import cpu_seconds
+
+    own = os.times()
+    cpu = dict(commands=round(cpu_seconds(), 1), checks_and_harness=round(own.user + own.system - cpu0, 1))
     print(json.dumps(dict(seed=SEED, kills=dict(kills), finished_before_kill=dict(finished_first),
                           after_kill=dict(h.after_kill), stage_seconds={k: round(v, 2) for k, v in h.durations.items()},
-                          check_seconds=round(h.check_seconds, 1), seconds=round(elapsed, 1))))
+                          check_seconds=round(h.check_seconds, 1), cpu_seconds=cpu, seconds=round(elapsed, 1))))
