@@ -102,12 +102,16 @@ def phase_classify(a) -> dict:
     from stores.catalog import Catalog
 
     with Catalog(a.store) as cat:
+        if a.duckdb_memory_limit:
+            cat.query(f"SET memory_limit = '{a.duckdb_memory_limit}'")
+        limit = cat.query("SELECT current_setting('memory_limit')").fetchone()[0]
         t0 = time.perf_counter()
         rep = classify(cat, "lazsl", MethodConfig(top_k=a.top_k), progress=False)
         secs = time.perf_counter() - t0
         n_align = cat.query("SELECT count(*) FROM alignments WHERE run_id = ?", [rep.run_id]).fetchone()[0]
         n_pred = cat.query("SELECT count(*) FROM predictions WHERE run_id = ?", [rep.run_id]).fetchone()[0]
-    return dict(run_id=rep.run_id, images=rep.images, seconds=round(secs, 1), images_per_s=round(rep.images / secs),
+    return dict(run_id=rep.run_id, images=rep.images, duckdb_memory_limit=limit, seconds=round(secs, 1),
+                images_per_s=round(rep.images / secs),
                 predictions=n_pred, alignments=n_align, catalog_bytes=(Path(a.store) / "catalog.duckdb").stat().st_size,
                 peak_rss_mb=round(peak_rss_mb()))
 
@@ -175,6 +179,8 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=20)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--duckdb-memory-limit", default="", help="SET memory_limit for the classify phase (e.g. 1GB; "
+                   "default: DuckDB's, 80%% of RAM)")
     p.add_argument("--store", default=None, help="store folder (default: a temporary one, removed unless --keep)")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--phase", choices=["write", "classify", "sql"], default=None, help=argparse.SUPPRESS)
