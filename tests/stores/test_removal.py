@@ -1,7 +1,6 @@
 """remove-images: the images, their regions and results go; everything else stays bit for bit."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from stores import files, tables
@@ -53,7 +52,6 @@ def test_remove_by_each_criterion(how, base, tmp_path):
         }[how]
         want = {"label": {r[0] for r in dogs}, "path": {dogs[0][0], dogs[3][0]}, "folder": {r[0] for r in dogs},
                 "image_id": {rows[0][0]}, "index_run": {r[0] for r in rows}}[how]
-        old_names = {p.name for p in cat.shard_files("images")}
         plan = plan_removal(cat, **crit)
         assert set(plan.image_ids.tolist()) == want and plan.unmatched == []
         assert plan.results["predictions"] == sum(1 for r in before["predictions"] if r[1] in want)
@@ -123,4 +121,27 @@ def test_removing_every_image_empties_the_image_index(base, tmp_path):
         assert tables.image_count(cat) == 0
         assert cat.query("SELECT count(*) FROM predictions").fetchone()[0] == 0
         assert read_index(store / "faiss" / "images.index")[0].ntotal == 0
+        assert verify(cat) == []
+
+
+def test_a_mistaken_index_run_is_undone_and_can_be_redone(base, tmp_path, tiny_model):
+    """Index a folder by mistake (here: with too few crops), remove its index run, index it
+    again: the second indexing encodes every image again (it is no longer a no-op)."""
+    from pipeline.config import RegionConfig
+    from pipeline.stages.index_images import index_images
+    from tests.helpers import write_image
+
+    store = copy_store(base, tmp_path / "s")
+    for i in range(3):
+        write_image(tmp_path / "more" / "owl" / f"{i}.png", size=(70, 60), color=(90, 200, 90), seed=50 + i)
+    with Catalog(store) as cat:
+        before = snapshot(cat)
+        rep = index_images(cat, tiny_model, [str(tmp_path / "more")], RegionConfig(n_crops=1), progress=False, workers=0)
+        assert rep.indexed == 3
+        run = cat.query("SELECT max(index_run_id) FROM index_runs").fetchone()[0]
+        remove_images(cat, plan_removal(cat, index_runs=[run]))
+        assert snapshot(cat) == before
+        again = index_images(cat, tiny_model, [str(tmp_path / "more")], RegionConfig(n_crops=4), progress=False, workers=0)
+        assert (again.indexed, again.skipped) == (3, 0)
+        assert cat.query("SELECT count(*) FROM regions JOIN images USING (image_id) WHERE label = 'owl'").fetchone()[0] == 15
         assert verify(cat) == []

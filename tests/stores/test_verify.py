@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.stages.attributes import add_class_prompts, encode_attributes, encode_class_prompts
-from stores import files, indexes, tables
+from stores import indexes, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 from stores.faiss_index import build_flat_ip, read_sidecar, write_index
