@@ -9,9 +9,11 @@ Layout::
       regions/part-*.parquet  one row per region embedding  -> view ``regions``
       faiss/*.index + *.json  Faiss indexes with a provenance sidecar
 
-Shards are written atomically (temp file + rename); the ``images`` shard of a batch is
-renamed last and is the batch's commit marker, so a regions shard without its images shard
-is an interrupted write and is removed when the store is next opened for writing.
+Shards are written in pairs and committed by their record in the ``shards`` table
+(:mod:`stores.shards` explains the protocol); opening a store for writing settles what a killed
+writer left (:func:`stores.shards.recover`). A shard that cannot be read is left out of the
+views (``Catalog.unreadable_shards``) so the rest of the store stays usable and
+``pipeline verify`` can report it.
 
 Readers and writers (``docs/store.md``, "Readers, writers and the published catalog")::
 
@@ -120,6 +122,8 @@ class Catalog:
         self._copy_seconds = 0.0
         self._in_transaction = False
         self.publish_count = 0
+        self.unreadable_shards: list[Path] = []  # left out of the views (see refresh_views)
+        self.recovery = None  # what opening for writing settled (stores.shards.Recovery)
         if self.read_only:
             self._open_reader(wait, on_wait, sandbox, allow_read)
         else:
@@ -154,6 +158,7 @@ class Catalog:
                 if not locked or time.monotonic() >= deadline:
                     hint = (" (another program has it open for writing; close it, or open it read-only: "
                             "duckdb -readonly)") if locked else ""
+                    hint = hint or "; the catalog is damaged: run `pipeline verify`"
                     raise StoreError(f"Cannot open {file}: {msg}{hint}") from exc
                 if not told and on_wait is not None:
                     on_wait(f"waiting up to {wait:g} s: {file.name} is locked by another program")
@@ -192,7 +197,8 @@ class Catalog:
             if isinstance(exc, duckdb.Error):
                 name = work if adopted else main
                 what = " (an interrupted writer's working copy)" if adopted else ""
-                raise StoreError(f"Cannot read {name}{what}: {' '.join(str(exc).splitlines()[0].split())}") from exc
+                raise StoreError(f"Cannot read {name}{what}: {' '.join(str(exc).splitlines()[0].split())[:200]}; "
+                                 "the catalog is damaged: run `pipeline verify`.") from exc
             raise
 
     def _prepare_working_copy(self, wait, on_wait) -> bool:
@@ -265,6 +271,7 @@ class Catalog:
             config = self.sandbox.connect_config()
         try:
             self.con = self._connect(main, read_only=True, config=config, wait=wait, on_wait=on_wait)
+            self._check_complete(main)
             if pending_migrations(self.con):
                 self._check_newer()
                 raise StoreVersionError(
@@ -280,8 +287,20 @@ class Catalog:
         except BaseException as exc:
             self._abandon()
             if isinstance(exc, duckdb.Error):
-                raise StoreError(f"Cannot read {main}: {' '.join(str(exc).splitlines()[0].split())}") from exc
+                raise StoreError(f"Cannot read {main}: {' '.join(str(exc).splitlines()[0].split())[:200]}; "
+                                 "the catalog is damaged: run `pipeline verify`.") from exc
             raise
+
+    def _check_complete(self, file: Path) -> None:
+        """A truncated catalog can still answer a reader from the blocks it has left: a file smaller
+        than the blocks DuckDB says are in use (3 header pages + used blocks; free trailing blocks
+        may legitimately be cut off) is refused early."""
+        row = self.con.execute(
+            "SELECT block_size, used_blocks FROM pragma_database_size() WHERE database_name = current_database()"
+        ).fetchone()
+        if row and row[0] and file.stat().st_size < int(row[0]) * int(row[1]) + 3 * 4096:
+            raise StoreError(f"Cannot read {file}: the file is shorter than its header says (truncated); "
+                             "the catalog is damaged: run `pipeline verify`.")
 
     def _recover_interrupted_write(self) -> None:
         """A working copy with no writer running is an interrupted writer's committed work:
@@ -513,38 +532,54 @@ class Catalog:
         return sorted(d.glob("part-*.parquet")) if d.is_dir() else []
 
     def _remove_orphan_shards(self) -> None:
-        committed = {p.name for p in self.shard_files("images")}
-        for p in self.shard_files("regions"):
-            if p.name not in committed:
-                p.unlink()
-        for table in SHARD_TABLES:
-            d = self.shard_dir(table)
-            if d.is_dir():
-                for tmp in d.glob("*.tmp"):
-                    tmp.unlink()
+        """Settle what a killed writer left (stores.shards.recover); never touches a recorded shard."""
+        from .shards import recover
+
+        self.recovery = recover(self)
 
     def committed_shard_files(self, table: str) -> list[Path]:
-        """Shards of committed batches: every images shard, and the regions shards whose images
-        shard (the batch's commit marker) exists; a regions shard alone is a batch in flight."""
+        """Shards of committed batches: those with a live record in ``shards`` (the commit point,
+        :mod:`stores.shards`), and for shards written before records existed, every images shard and
+        the regions shards whose images shard exists (then the commit marker). A recorded regions
+        shard whose images partner is lost stays in: that is damage ``pipeline verify`` reports."""
         files = self.shard_files(table)
+        try:
+            live = {name for (t, name) in self.con.execute(
+                "SELECT table_name, name FROM shards WHERE state = 'live'").fetchall() if t == table}
+        except duckdb.Error:  # a store older than the shard records
+            live = set()
         if table == "regions":
             committed = {p.name for p in self.shard_files("images")}
-            files = [p for p in files if p.name in committed]
+            files = [p for p in files if p.name in live or p.name in committed]
         return files
 
     def refresh_views(self) -> None:
         """(Re)point the shard views at this store's committed shards (absolute paths, so the store
-        may move; ``zslro://`` paths in a sandbox, :mod:`stores.sandbox`)."""
+        may move; ``zslro://`` paths in a sandbox, :mod:`stores.sandbox`). A damaged shard is left
+        out, so the rest stays usable and ``pipeline verify`` reports it."""
         temp = "TEMP " if self.read_only else ""
+        bad = set(self.unreadable_shards)
         for name, (_, cols) in SHARD_TABLES.items():
-            files = self.committed_shard_files(name)
-            if files:
-                names = [sb.sandbox_path(f) if self.sandbox is not None else str(f) for f in files]
-                lst = ", ".join("'" + f.replace("'", "''") + "'" for f in names)
-                body = f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
-            else:
-                body = "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"
-            self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {body}")
+            files = [f for f in self.committed_shard_files(name) if f not in bad]
+            try:
+                self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+            except duckdb.Error as exc:
+                from .parquet import parquet_problem
+
+                unreadable = [f for f in files if parquet_problem(f) is not None]
+                if not unreadable:
+                    raise StoreError(f"Cannot read the {name} shards of {self.root}: {str(exc).splitlines()[0]}; "
+                                     "run `pipeline verify`.") from exc
+                self.unreadable_shards += unreadable
+                files = [f for f in files if f not in unreadable]
+                self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+
+    def _view_body(self, files: list[Path], cols: list[tuple[str, str]]) -> str:
+        if files:
+            names = [sb.sandbox_path(f) if self.sandbox is not None else str(f) for f in files]
+            lst = ", ".join("'" + f.replace("'", "''") + "'" for f in names)
+            return f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
+        return "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"
 
     # ---- convenience --------------------------------------------------------------------
     def table_counts(self) -> dict[str, int]:

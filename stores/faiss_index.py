@@ -23,25 +23,64 @@ def build_flat_ip(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
     return index
 
 
+def ids_digest(ids) -> str:
+    """A short fingerprint of a set of int64 ids (order-free): what an index was built from."""
+    import hashlib
+
+    arr = np.unique(np.asarray(ids, dtype=np.int64)).astype("<i8")
+    return hashlib.sha256(arr.tobytes()).hexdigest()[:32]
+
+
+def sidecar_path(path: str | Path) -> Path:
+    return Path(path).with_suffix(".json")
+
+
 def write_index(index: faiss.Index, path: str | Path, provenance: dict) -> None:
+    """Write an index and its sidecar: ``provenance`` plus ntotal, dim, the file's bytes and
+    ``ids_sha256`` (:func:`ids_digest` of its ids), which ``pipeline verify`` checks cheaply."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)  # the faiss/ folder belongs to the store
     with atomic_write(path) as tmp:
         faiss.write_index(index, str(tmp))
-    side = path.with_suffix(".json")
-    write_text(side, json.dumps({**provenance, "ntotal": int(index.ntotal), "dim": int(index.d)}, indent=2, sort_keys=True))
+        size = tmp.stat().st_size
+    ids = faiss.vector_to_array(index.id_map) if index.ntotal and hasattr(index, "id_map") else np.zeros(0, np.int64)
+    side = {**provenance, "ntotal": int(index.ntotal), "dim": int(index.d), "bytes": int(size), "ids_sha256": ids_digest(ids)}
+    write_text(sidecar_path(path), json.dumps(side, indent=2, sort_keys=True))
+
+
+def read_sidecar(path: str | Path) -> dict:
+    """An index's provenance sidecar ({} when there is none); a damaged one is a StoreError."""
+    side = sidecar_path(path)
+    if not side.exists():
+        return {}
+    try:
+        data = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise StoreError(f"{side}: unreadable Faiss sidecar ({type(exc).__name__}); run `pipeline verify`.") from None
+    if not isinstance(data, dict):
+        raise StoreError(f"{side}: not a Faiss sidecar (a JSON object); run `pipeline verify`.")
+    return data
 
 
 def read_index(path: str | Path, model: str | None = None) -> tuple[faiss.Index, dict]:
-    """Load an index; refuse it when it was built with another encoder than ``model``."""
+    """Load an index; refuse it when it was built with another encoder than ``model``.
+
+    A damaged index or sidecar is a one-line StoreError naming the file."""
     path = Path(path)
     if not path.exists():
         raise StoreError(f"No Faiss index at {path}; run the stage that builds it first.")
-    side = path.with_suffix(".json")
-    provenance = json.loads(side.read_text()) if side.exists() else {}
+    provenance = read_sidecar(path)
     if model is not None and provenance.get("model") not in (None, model):
         raise StoreError(f"{path.name} was built with {provenance.get('model')}, not {model}; rebuild it.")
-    return faiss.read_index(str(path)), provenance
+    try:
+        index = faiss.read_index(str(path))
+    except RuntimeError as exc:
+        why = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+        raise StoreError(f"{path}: unreadable Faiss index ({' '.join(why.split())[:200]}); run `pipeline verify`.") from None
+    if "bytes" in provenance and provenance["bytes"] != path.stat().st_size:
+        raise StoreError(f"{path}: {path.stat().st_size} bytes, its sidecar says {provenance['bytes']} (damaged or "
+                         "replaced); run `pipeline verify`.")
+    return index, provenance
 
 
 def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:

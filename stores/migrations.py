@@ -322,6 +322,35 @@ def m008_image_errors_key(con) -> None:
     )
 
 
+@migration
+def m009_shard_records(con) -> None:
+    """A record of every Parquet shard the store wrote: what it held and the bytes it was.
+
+    ``stores.shards`` stages a shard pair under temporary names, inserts its two records in one
+    transaction (the commit point), then renames the files. A file without a record is then an
+    interrupted write (or something the store never wrote), and a record without its file is
+    damage that ``pipeline verify`` reports; a lost shard is never "cleaned up" by deleting its
+    partner. Stores written before this migration have shards without records:
+    ``pipeline verify --repair`` records them.
+    """
+    con.execute(
+        """
+        CREATE TABLE shards(
+            name VARCHAR NOT NULL,            -- file name, part-RUN-SEQ.parquet
+            table_name VARCHAR NOT NULL,      -- images | regions (the folder and the view)
+            rows BIGINT NOT NULL,             -- rows in the file
+            bytes BIGINT NOT NULL,            -- file size
+            sha256 VARCHAR NOT NULL,          -- of the file's bytes
+            index_run_id BIGINT,              -- the index run that wrote its rows
+            created_at TIMESTAMP NOT NULL,
+            state VARCHAR NOT NULL,           -- live | retired (rewritten by remove-images) | quarantined | lost
+            note VARCHAR,                     -- why a shard left the live set
+            PRIMARY KEY (table_name, name)
+        );
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -8,7 +8,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .errors import StoreError
 from .files import atomic_write
+
+MAGIC = b"PAR1"
 
 
 def embedding_array(emb: np.ndarray, dtype: str = "float32") -> pa.Array:
@@ -40,7 +43,43 @@ def write_table_atomic(table: pa.Table, path: str | os.PathLike) -> Path:
     return path
 
 
+def has_magic(path: str | os.PathLike) -> bool:
+    """Cheap test for a whole Parquet file: ``PAR1`` at both ends (a truncated file loses its
+    footer). Reads 8 bytes."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(-4, os.SEEK_END)
+            return head == MAGIC and f.read(4) == MAGIC
+    except OSError:
+        return False
+
+
+def parquet_problem(path: str | os.PathLike) -> str | None:
+    """Why a Parquet file cannot be read (its footer), or None when it can."""
+    if not has_magic(path):
+        return "not a whole Parquet file (no PAR1 magic at its start or end: truncated or overwritten)"
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        return " ".join(str(exc).split()) or type(exc).__name__
+    return None
+
+
+def unreadable(path: str | os.PathLike, why: str) -> StoreError:
+    return StoreError(f"{path}: unreadable Parquet shard ({why}); run `pipeline verify`.")
+
+
 def read_tables(paths: list[Path], columns: list[str] | None = None, filters=None) -> pa.Table | None:
+    """Read shards into one table; a damaged shard raises a one-line StoreError naming it."""
     if not paths:
         return None
-    return pq.ParquetDataset([str(p) for p in paths], filters=filters).read(columns=columns)
+    try:
+        return pq.ParquetDataset([str(p) for p in paths], filters=filters).read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        for p in paths:
+            why = parquet_problem(p)
+            if why is not None:
+                raise unreadable(p, why) from None
+        where = paths[0] if len(paths) == 1 else f"{paths[0].parent} ({len(paths)} shards)"
+        raise unreadable(where, " ".join(str(exc).split())) from None

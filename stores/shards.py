@@ -1,21 +1,43 @@
-"""Writing indexed images as Parquet shard pairs, keyed by content hash.
+"""Writing indexed images as Parquet shard pairs, keyed by content hash, with a record of each.
 
-A batch of images becomes ``regions/part-R-S.parquet`` (one row per region embedding) and then
-``images/part-R-S.parquet`` (one row per image), both written atomically; the images shard is
-written last and is the batch's commit marker (``stores.catalog`` explains recovery). Ids come
-from the image's content hash, so re-indexing the same bytes gives the same ids.
+A batch of images becomes ``regions/part-R-S.parquet`` (one row per region embedding) and
+``images/part-R-S.parquet`` (one row per image). A pair is written in three steps:
+
+1. both files are written in full under temporary names (``*.parquet.tmp``) and flushed;
+2. their records (rows, bytes, sha256: table ``shards``, migration m009) are inserted in one
+   transaction, together with anything else that must change with them: the commit point;
+3. both files are renamed to their final names.
+
+A writer killed before step 2 leaves temporary files without records (the next writer removes
+them); killed after it, temporary files whose records exist (the next writer renames them:
+:func:`recover`). So a final file without a record is never a write of this store in progress:
+it is a shard of a store written before records existed (``pipeline verify --repair`` records
+it) or a file something else put there; and a record without its file is damage, which
+``pipeline verify`` reports and nothing "cleans up" by deleting the partner.
+
+Ids come from the image's content hash, so re-indexing the same bytes gives the same ids.
 """
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from . import files, tables
 from .catalog import Catalog
-from .parquet import embedding_array, write_table_atomic
+from .parquet import embedding_array
 from .tables import IMAGE_SHARD_SCHEMA
+
+PAIR_TABLES = ("regions", "images")  # staged and renamed in this order
+NAME_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 
 
 def content_id(sha256_hex: str) -> int:
@@ -26,6 +48,61 @@ def content_id(sha256_hex: str) -> int:
 def region_id(sha256_hex: str, index: int) -> int:
     """A stable int64 id of an image's ``index``-th region (0 = the full view)."""
     return int(hashlib.sha256(f"{sha256_hex}/{index}".encode()).hexdigest()[:15], 16)
+
+
+def shard_name(index_run_id: int, seq: int) -> str:
+    return f"part-{index_run_id:06d}-{seq:05d}.parquet"
+
+
+def next_seq(cat: Catalog, index_run_id: int) -> int:
+    """The first sequence number of ``index_run_id`` that no file and no record has used."""
+    names = {n for (_, n) in tables.shard_records(cat, states=None)}
+    for table in PAIR_TABLES:
+        d = cat.shard_dir(table)
+        if d.is_dir():
+            names |= {p.name.removesuffix(files.TMP_SUFFIX) for p in d.iterdir()}
+    used = [int(m.group(2)) for m in map(NAME_RE.match, names) if m and int(m.group(1)) == index_run_id]
+    return max(used) + 1 if used else 0
+
+
+@dataclass
+class ShardPair:
+    """The two tables of one shard pair, ready to be written under ``name``."""
+
+    name: str
+    index_run_id: int | None
+    regions: pa.Table
+    images: pa.Table
+
+
+def write_pairs(cat: Catalog, pairs: list[ShardPair], *, in_transaction: Callable[[], None] | None = None) -> list[str]:
+    """Stage every pair, record them (and run ``in_transaction``) in one transaction, then
+    publish the files. Returns the names written. Nothing is visible if this fails before the
+    commit; after it, a crash leaves staged files that :func:`recover` publishes."""
+    staged: list[tuple[str, ShardPair, int, files.Staged]] = []
+    committed = False
+    try:
+        for pair in pairs:
+            for table in PAIR_TABLES:
+                data: pa.Table = getattr(pair, table)
+                path = cat.shard_dir(table) / pair.name
+                path.parent.mkdir(parents=True, exist_ok=True)  # shard folders belong to the store
+                st = files.stage(path, lambda tmp, data=data: pq.write_table(data, tmp, compression="zstd"))
+                staged.append((table, pair, data.num_rows, st))
+        with cat.transaction():
+            tables.insert_shard_records(cat, [
+                dict(name=p.name, table_name=t, rows=n, bytes=st.size, sha256=st.sha256, index_run_id=p.index_run_id,
+                     state="live") for t, p, n, st in staged])
+            if in_transaction is not None:
+                in_transaction()
+        committed = True
+    finally:
+        if not committed:
+            for *_, st in staged:
+                st.discard()
+    for *_, st in staged:
+        st.publish()
+    return [p.name for p in pairs]
 
 
 @dataclass
@@ -48,7 +125,7 @@ class ShardWriter:
     def __init__(self, cat: Catalog, index_run_id: int, model: str, dtype: str, shard_size: int = 256):
         self.cat, self.run_id, self.model, self.dtype, self.shard_size = cat, index_run_id, model, dtype, shard_size
         self.pending: list[IndexedImage] = []
-        self.seq = 0
+        self.seq = next_seq(cat, index_run_id)
 
     def add(self, image: IndexedImage) -> None:
         self.pending.append(image)
@@ -58,11 +135,8 @@ class ShardWriter:
     def flush(self) -> None:
         if not self.pending:
             return
-        name = f"part-{self.run_id:06d}-{self.seq:05d}.parquet"
         regions, images = self._tables(self.pending)
-        # regions first, images last: the images shard commits the batch
-        write_table_atomic(regions, self.cat.shard_dir("regions") / name)
-        write_table_atomic(images, self.cat.shard_dir("images") / name)
+        write_pairs(self.cat, [ShardPair(shard_name(self.run_id, self.seq), self.run_id, regions, images)])
         self.pending = []
         self.seq += 1
         self.cat.commit_point()  # readers see the batch with the catalog rows written before it
@@ -84,3 +158,91 @@ class ShardWriter:
                  label=im.label, index_run_id=self.run_id) for im in batch
         ], schema=IMAGE_SHARD_SCHEMA)
         return regions, images
+
+
+# ---- recovery: what a killed writer left, settled by the next writer ----------------------
+@dataclass
+class Recovery:
+    published: list[str] = field(default_factory=list)  # committed pairs whose rename a crash interrupted
+    removed_tmp: list[str] = field(default_factory=list)  # uncommitted staged files
+    removed_retired: list[str] = field(default_factory=list)  # superseded by a committed rewrite
+    removed_orphans: list[str] = field(default_factory=list)  # pre-record interrupted writes (regions only)
+
+    def __bool__(self) -> bool:
+        return bool(self.published or self.removed_tmp or self.removed_retired or self.removed_orphans)
+
+
+def recover(cat: Catalog) -> Recovery:
+    """Settle interrupted writes; called when a store is opened for writing.
+
+    * a staged ``*.tmp`` whose live record matches it (size and sha256) is renamed into place
+      (the crash came after the commit); any other ``*.tmp`` is removed (before the commit);
+    * a file whose record is ``retired`` (remove-images committed its rewrite) is removed;
+    * a regions shard with neither an images partner nor any record is an interrupted write of
+      a store written before shard records (regions were written first) and is removed;
+    * when shards were published or removed, ``faiss/images.index`` is rebuilt.
+
+    A recorded shard whose file is missing is never acted on here: ``pipeline verify`` reports it.
+    """
+    rec = tables.shard_records(cat, states=None)
+    out = Recovery()
+    for table in PAIR_TABLES:
+        d = cat.shard_dir(table)
+        if not d.is_dir():
+            continue
+        for tmp in sorted(d.glob("*" + files.TMP_SUFFIX)):
+            final = tmp.with_name(tmp.name.removesuffix(files.TMP_SUFFIX))
+            r = rec.get((table, final.name))
+            if (r is not None and r["state"] == "live" and not final.exists() and tmp.stat().st_size == r["bytes"]
+                    and files.file_sha256(tmp) == r["sha256"]):
+                os.replace(tmp, final)
+                out.published.append(f"{table}/{final.name}")
+            else:
+                tmp.unlink(missing_ok=True)
+                out.removed_tmp.append(f"{table}/{tmp.name}")
+    for (table, name), r in rec.items():
+        p = cat.shard_dir(table) / name
+        if r["state"] == "retired" and p.exists():
+            p.unlink()
+            out.removed_retired.append(f"{table}/{name}")
+    committed = {p.name for p in cat.shard_files("images")}
+    for p in cat.shard_files("regions"):
+        if p.name not in committed and ("regions", p.name) not in rec and ("images", p.name) not in rec:
+            p.unlink()
+            out.removed_orphans.append(f"regions/{p.name}")
+    if (out.published or out.removed_retired) and cat.model is not None:
+        from .errors import StoreError
+        from .indexes import rebuild_image_index
+
+        try:
+            rebuild_image_index(cat, cat.model)  # what the interrupted command would have done next
+        except StoreError:
+            pass  # a damaged shard: `pipeline verify` reports it and the stale index
+    if cat.get_meta(LEGACY_KEY) is None:
+        # first write-open since m009: the shards already here were written without records
+        legacy = sorted(f"{t}/{p.name}" for t in PAIR_TABLES for p in cat.shard_files(t) if (t, p.name) not in rec)
+        cat.set_meta(LEGACY_KEY, json.dumps(legacy))
+    return out
+
+
+LEGACY_KEY = "legacy_shards"  # meta: shards present when records began (written without one)
+
+
+def legacy_shards(cat: Catalog) -> set[str]:
+    """``table/name`` of the shards written before this store kept records (may lack one)."""
+    raw = cat.get_meta(LEGACY_KEY)
+    try:
+        return set(json.loads(raw)) if raw else set()
+    except ValueError:
+        return set()
+
+
+def describe_file(path: Path) -> dict:
+    """rows, bytes and sha256 of an existing Parquet file (raises on an unreadable one)."""
+    rows = pq.read_metadata(path).num_rows
+    return dict(rows=int(rows), bytes=path.stat().st_size, sha256=files.file_sha256(path))
+
+
+def run_id_of(name: str) -> int | None:
+    m = NAME_RE.match(name)
+    return int(m.group(1)) if m else None

@@ -2,7 +2,7 @@
 
 Each command parses options (:mod:`.options` defines the shared ones), calls one stage
 function, and prints (:mod:`.output`). Commands live in one module per group:
-:mod:`.attributes`, :mod:`.images`, :mod:`.runs`, :mod:`.explain`, :mod:`.store`, :mod:`.demo`.
+:mod:`.attributes`, :mod:`.images`, :mod:`.runs`, :mod:`.explain`, :mod:`.store`, :mod:`.demo`, :mod:`.verify`.
 ``docs/cli.md`` is generated from ``--help`` (``python -m pipeline.cli.docs``) and a test
 keeps it up to date.
 """
@@ -58,7 +58,7 @@ def cli():
 
 
 def _register() -> None:
-    from . import attributes, demo, explain, images, runs, store  # noqa: F401  (each adds its commands)
+    from . import attributes, demo, explain, images, runs, store, verify  # noqa: F401  (each adds its commands)
 
 
 _register()

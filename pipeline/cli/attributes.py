@@ -86,7 +86,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
         raise click.UsageError("Give a class list (CLASSES with --llm-model) or --from-json FILE (a DCLIP or CuPL JSON).")
     progress = show_progress()
     if from_json or (classes.lower().endswith(".json") and not llm_model):
-        with open_store(store) as cat:
+        with open_store(store, check="build-attributes") as cat:
             model = load_store_model(cat, model_name, pretrained, device)
             report = import_attribute_file(cat, model, from_json or classes, style=style, after_text=after_text,
                                            progress=progress, max_bytes=max_file_bytes)
@@ -108,7 +108,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
     names, creport = read_class_list(classes, duplicates=duplicates, max_bytes=max_file_bytes)
     for line in creport.lines():
         click.echo(line)
-    with open_store(store) as cat:
+    with open_store(store, check="build-attributes") as cat:
         model = load_store_model(cat, model_name, pretrained, device)  # fail on weights before spending tokens
         report = generate_attributes(
             cat, names, llm_model=llm_model, base_url=base_url, api_key=api_key, style=style or "descriptors",

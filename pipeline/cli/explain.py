@@ -45,7 +45,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store)
     from ..explain.explain import explain_image
 
     out_dir = check_output_folder(output)
-    with open_store(store, read_only=True) as cat:
+    with open_store(store, read_only=True, check="explain") as cat:
         res = explain_image(cat, image, run_id=run_id, class_name=class_name, attribute=attribute, out_dir=out_dir)
     if fmt == "table":
         for line in res.summary_lines(top=limit or None):
@@ -82,7 +82,7 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
     out = check_output_file(output)
     if plots_dir:
         check_output_folder(plots_dir)
-    with open_store(store, read_only=True) as cat:
+    with open_store(store, read_only=True, check="report") as cat:
         res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir)
     click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
     for p in res.plots:
@@ -116,7 +116,7 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
     """
     from ..explain.faithfulness import faithfulness
 
-    with open_store(store) as cat:
+    with open_store(store, check="faithfulness") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
         rep = faithfulness(cat, model, run_id, steps=steps, limit=limit or None, boxes_file=boxes_file, seed=seed,
                            baseline=baseline, n_random=n_random, tolerance=tolerance, progress=show_progress(),

@@ -53,7 +53,7 @@ def index_images_cmd(inputs, preset, source, n_crops, crop_min, seed, batch_size
     resolved = resolve_region_config(dict(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed), preset)
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
-    with open_store(store) as cat:
+    with open_store(store, check="index-images") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
         report = index_images(cat, model, list(inputs), resolved.config, preset=preset, batch_size=batch_size,
                               workers=workers, dtype=dtype, shard_size=shard_size, max_images=limit or None,

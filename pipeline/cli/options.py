@@ -251,8 +251,24 @@ def friendly_errors(fn):
         except OSError as exc:  # a full disk, a permission, a path that vanished: what and where
             where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f)
             raise click.ClickException(f"{exc.strerror or exc}" + (f": {where}" if where else "")) from None
+        except Exception as exc:
+            damaged = store_damage_message(exc)
+            if damaged is None:
+                raise
+            raise click.ClickException(damaged) from None
 
     return wrapper
+
+
+def store_damage_message(exc: BaseException) -> str | None:
+    """One line for an error that comes from a damaged store file (a shard DuckDB could not
+    read mid-query, a Faiss file); None for anything else (a bug keeps its traceback)."""
+    import duckdb
+
+    text = " ".join(str(exc).split())
+    if isinstance(exc, duckdb.Error) and (".parquet" in text or "Parquet" in text):
+        return f"A store file cannot be read: {text[:300]}; run `pipeline verify`."
+    return None
 
 
 def command(group, name: str):
@@ -272,10 +288,14 @@ def _say_waiting(message: str) -> None:
 
 
 @contextmanager
-def open_store(store, *, read_only: bool = False, create: bool = True, **catalog_options):
+def open_store(store, *, read_only: bool = False, create: bool = True, check: str | None = None, **catalog_options):
     """Open the store; if this command created it and fails before writing anything, remove it
     (a failed command leaves no empty store behind). Ctrl-C keeps (publishes) whatever was written.
-    ``--wait`` (from the command line) bounds the wait for another writer."""
+    ``--wait`` (from the command line) bounds the wait for another writer.
+
+    ``check`` names the stage about to run: the store's quick check (``stores.verify``) must
+    find no problem that stage cannot live with, or the command stops with one line naming
+    ``pipeline verify``."""
     from stores.locks import DEFAULT_WAIT
 
     ctx = click.get_current_context(silent=True)
@@ -289,6 +309,10 @@ def open_store(store, *, read_only: bool = False, create: bool = True, **catalog
                          "(a store's parent folders are never created for you).")
     cat = Catalog(root, read_only=read_only, create=create, wait=wait, on_wait=_say_waiting, **catalog_options)
     try:
+        if check is not None:
+            from stores.verify import require_usable
+
+            require_usable(cat, check)
         yield cat
     except Exception:
         empty = not existed and cat.is_empty()

@@ -71,7 +71,7 @@ def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_s
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
                    seed=seed, templates=templates, alignments_top=alignments_top)
     rows = []
-    with open_store(store) as cat:
+    with open_store(store, check="classify") as cat:
         for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
             click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
                        err=fmt != "table")
@@ -121,7 +121,7 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     out_dir = check_output_folder(output) if output else None
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
                    seed=seed, templates=templates, alignments_top=alignments_top)
-    with open_store(store, read_only=not names) as cat:
+    with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))
         evals = [evaluate_run(cat, r) for r in (runs or latest_runs(cat))]

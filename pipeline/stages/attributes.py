@@ -14,11 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from queries.shortlist import class_prototypes
-from stores import tables
+from stores import indexes, tables
 from stores.catalog import Catalog
-from stores.errors import StoreError
-from stores.faiss_index import build_flat_ip, write_index
 
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, load_json_file
@@ -239,20 +236,12 @@ def claim_model(cat: Catalog, model) -> None:
 
 def prototype_attributes(cat: Catalog, model: str) -> tables.TextMatrix:
     """The attributes the class prototypes are made of: descriptors, else CuPL sentences."""
-    attrs = tables.attribute_matrix(cat, model, style="descriptors")
-    return attrs if len(attrs) else tables.attribute_matrix(cat, model)
+    return indexes.prototype_attributes(cat, model)
 
 
 def rebuild_attribute_indexes(cat: Catalog, model: str) -> None:
-    """faiss/attributes.index (every encoded attribute) and faiss/class_prototypes.index."""
-    attrs = prototype_attributes(cat, model)
-    if len(attrs) == 0:
-        raise StoreError("No attribute embeddings to index; import or generate attributes first.")
-    prov = {"model": model, "metric": "inner_product", "normalised": True}
-    write_index(build_flat_ip(attrs.embeddings, attrs.ids), cat.root / "faiss" / "attributes.index", {**prov, "ids": "attr_id"})
-    classes = np.unique(attrs.class_ids)
-    proto = class_prototypes(attrs.embeddings, np.searchsorted(classes, attrs.class_ids), len(classes))
-    write_index(build_flat_ip(proto, classes), cat.root / "faiss" / "class_prototypes.index", {**prov, "ids": "class_id"})
+    """faiss/attributes.index and faiss/class_prototypes.index (:mod:`stores.indexes`)."""
+    indexes.rebuild_attribute_indexes(cat, model)
 
 
 def import_attribute_file(

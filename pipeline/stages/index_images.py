@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from queries.regions import region_boxes
-from stores import tables
+from stores import indexes, tables
 from stores.catalog import Catalog
-from stores.faiss_index import build_flat_ip, write_index
 from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
@@ -224,8 +223,5 @@ def encode_records(model, records: list[dict], source: str, batch_size: int) -> 
 
 
 def rebuild_image_index(cat: Catalog, model: str) -> None:
-    """Global (full-image) embeddings of every indexed image -> faiss/images.index."""
-    ids, emb = tables.full_view_embeddings(cat)
-    if len(ids) == 0:
-        return
-    write_index(build_flat_ip(emb, ids), cat.root / "faiss" / "images.index", {"model": model, "ids": "image_id"})
+    """Global (full-image) embeddings of every indexed image -> faiss/images.index (:mod:`stores.indexes`)."""
+    indexes.rebuild_image_index(cat, model)
