@@ -43,7 +43,7 @@ def write_index(index: faiss.Index, path: str | Path, provenance: dict) -> None:
     with atomic_write(path) as tmp:
         faiss.write_index(index, str(tmp))
         size = tmp.stat().st_size
-    ids = faiss.vector_to_array(index.id_map) if index.ntotal and hasattr(index, "id_map") else np.zeros(0, np.int64)
+    ids = index_ids(index)
     side = {**provenance, "ntotal": int(index.ntotal), "dim": int(index.d), "bytes": int(size), "ids_sha256": ids_digest(ids)}
     write_text(sidecar_path(path), json.dumps(side, indent=2, sort_keys=True))
 
@@ -81,6 +81,32 @@ def read_index(path: str | Path, model: str | None = None) -> tuple[faiss.Index,
         raise StoreError(f"{path}: {path.stat().st_size} bytes, its sidecar says {provenance['bytes']} (damaged or "
                          "replaced); run `pipeline verify`.")
     return index, provenance
+
+
+def index_ids(index: faiss.Index) -> np.ndarray:
+    """The int64 ids an index returns, in storage order, whatever its type: an ``IndexIDMap``/
+    ``IndexIDMap2`` (Flat, HNSW, PQ, ...; :mod:`stores.faiss_factory`) or an IVF index that keeps
+    the ids in its inverted lists (``IVF...``, also behind a transform such as ``OPQ``)."""
+    index = faiss.downcast_index(index)
+    if not index.ntotal:
+        return np.zeros(0, np.int64)
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return np.arange(index.ntotal, dtype=np.int64)  # a bare index: ids are positions
+    invlists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(invlists.get_ids(i), invlists.list_size(i)).copy()
+             for i in range(ivf.nlist) if invlists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def is_flat(index: faiss.Index) -> bool:
+    """True for ``IndexIDMap2(IndexFlat)``: the one type whose stored vectors are exact (readable
+    back with :func:`index_vectors`)."""
+    index = faiss.downcast_index(index)
+    return hasattr(index, "id_map") and isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
 
 
 def index_vectors(index: faiss.Index) -> tuple[np.ndarray, np.ndarray]:

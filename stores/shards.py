@@ -16,6 +16,11 @@ it) or a file something else put there; and a record without its file is damage,
 ``pipeline verify`` reports and nothing "cleans up" by deleting the partner.
 
 Ids come from the image's content hash, so re-indexing the same bytes gives the same ids.
+
+A regions shard is written in row groups of ``IMAGES_PER_ROW_GROUP`` whole images, in the order
+of its images partner, and says so in its metadata (``zsl.images_per_row_group``): a reader that
+needs a few images finds their pair and rows in the images shards and reads only those row
+groups (:func:`stores.tables.region_shard_plan`). Shards without the key are read whole.
 """
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -37,6 +43,7 @@ from .parquet import embedding_array
 from .tables import IMAGE_SHARD_SCHEMA
 
 PAIR_TABLES = ("regions", "images")  # staged and renamed in this order
+IMAGES_PER_ROW_GROUP = 16  # ~1.5 MB a row group at 91 float16 regions of D = 512
 NAME_RE = re.compile(r"^part-(\d+)-(\d+)\.parquet$")
 
 
@@ -87,7 +94,11 @@ def write_pairs(cat: Catalog, pairs: list[ShardPair], *, in_transaction: Callabl
                 data: pa.Table = getattr(pair, table)
                 path = cat.shard_dir(table) / pair.name
                 path.parent.mkdir(parents=True, exist_ok=True)  # shard folders belong to the store
-                st = files.stage(path, lambda tmp, data=data: pq.write_table(data, tmp, compression="zstd"))
+                if table == "regions":
+                    write = partial(write_regions_table, data, images=pair.images)
+                else:
+                    write = partial(pq.write_table, data, compression="zstd")
+                st = files.stage(path, write)
                 staged.append((table, pair, data.num_rows, st))
         with cat.transaction():
             tables.insert_shard_records(cat, [
@@ -103,6 +114,32 @@ def write_pairs(cat: Catalog, pairs: list[ShardPair], *, in_transaction: Callabl
     for *_, st in staged:
         st.publish()
     return [p.name for p in pairs]
+
+
+def write_regions_table(regions: pa.Table, where, *, images: pa.Table | None = None,
+                        images_per_row_group: int = IMAGES_PER_ROW_GROUP) -> None:
+    """A regions table as Parquet (zstd) in row groups of ``images_per_row_group`` whole images.
+
+    When ``images`` (the partner) lists the same images in the same order, the file's metadata
+    records ``zsl.images_per_row_group``: image ``i`` of the images shard is then in row group
+    ``i // images_per_row_group``. Otherwise (never, for the stages' writers) one row group and no key."""
+    from .tables import IMAGES_PER_ROW_GROUP_KEY
+
+    img = regions["image_id"].to_numpy() if regions.num_rows else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if len(img) else np.zeros(0, np.int64)
+    aligned = images is not None and np.array_equal(img[starts], images["image_id"].to_numpy())
+    if not aligned or len(starts) <= images_per_row_group:
+        meta = {IMAGES_PER_ROW_GROUP_KEY: str(images_per_row_group).encode()} if aligned else {}
+        pq.write_table(regions.replace_schema_metadata({**(regions.schema.metadata or {}), **meta}), where,
+                       compression="zstd", row_group_size=max(1, regions.num_rows))
+        return
+    schema = regions.schema.with_metadata({**(regions.schema.metadata or {}),
+                                           IMAGES_PER_ROW_GROUP_KEY: str(images_per_row_group).encode()})
+    bounds = np.append(starts[::images_per_row_group], len(img))
+    with pq.ParquetWriter(where, schema, compression="zstd") as w:
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            w.write_table(regions.slice(int(a), int(b - a)).replace_schema_metadata(schema.metadata),
+                          row_group_size=int(b - a))
 
 
 @dataclass

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from .catalog import Catalog, dumps, now_utc
 from .errors import StoreError
@@ -251,17 +253,6 @@ def find_images(cat: Catalog, *, image_id: int | None = None, paths: Sequence[st
     raise ValueError("find_images needs one criterion")
 
 
-def image_regions(cat: Catalog, image_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    """(region_ids, kinds, boxes (R, 4)) of an image's regions other than the full view."""
-    rows = cat.con.execute(
-        "SELECT region_id, kind, x0, y0, x1, y1 FROM regions WHERE image_id = ? AND kind <> 'full' ORDER BY region_id",
-        [image_id],
-    ).fetchall()
-    ids = np.array([r[0] for r in rows], np.int64)
-    boxes = np.array([r[2:] for r in rows], np.float64).reshape(-1, 4)
-    return ids, [r[1] for r in rows], boxes
-
-
 @dataclass
 class RegionBatch:
     """Images with the same number of regions: row 0 of each is the full view."""
@@ -279,30 +270,121 @@ class RegionBatch:
         return self.embeddings[:, 1:]
 
 
-def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) -> Iterator[RegionBatch]:
-    """Region embeddings shard by shard, grouped by region count (one shard in memory at a time)."""
-    files = cat.shard_files("regions")
-    if not files:
-        raise StoreError(f"No indexed images in {cat.root}; run `pipeline index-images PATH` first.")
-    wanted = np.asarray(sorted(set(image_ids)), np.int64) if image_ids is not None else None
-    for f in files:
-        t = read_tables([f], columns=["region_id", "image_id", "kind", "embedding"])
-        img = t["image_id"].to_numpy()
-        if wanted is not None:
-            keep = np.isin(img, wanted)
-            if not keep.any():
-                continue
+def image_regions(cat: Catalog, image_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """(region_ids, kinds, boxes (R, 4)) of an image's regions other than the full view.
+
+    Reads only the row group of the one regions shard that holds the image
+    (:func:`region_shard_plan`), not the ``regions`` view over every shard."""
+    parts = [t for path, pos in region_shard_plan(cat, [image_id])
+             if (t := read_region_rows(path, [image_id], pos, ["region_id", "image_id", "kind", "x0", "y0", "x1", "y1"]))
+             is not None]
+    if not parts:
+        return np.zeros(0, np.int64), [], np.zeros((0, 4), np.float64)
+    t = pa.concat_tables(parts)
+    t = t.filter(pa.compute.not_equal(t["kind"], "full")).sort_by("region_id")
+    boxes = np.stack([t[c].to_numpy().astype(np.float64) for c in ("x0", "y0", "x1", "y1")], axis=1).reshape(-1, 4)
+    return t["region_id"].to_numpy().astype(np.int64), t["kind"].to_pylist(), boxes
+
+
+def region_count(cat: Catalog, *, exclude_kind: str | None = None) -> int:
+    """Rows of the ``regions`` view (from the Parquet footers); ``exclude_kind="full"``: every
+    region but the full views (one per image)."""
+    n = int(cat.con.execute("SELECT count(*) FROM regions").fetchone()[0])
+    if exclude_kind == "full":
+        n -= image_count(cat)
+    return n
+
+
+# ---- reading regions by image: only the shards (and row groups) that hold them ------------
+IMAGES_PER_ROW_GROUP_KEY = b"zsl.images_per_row_group"  # regions shard metadata (stores.shards.write_pairs)
+
+
+def region_shard_plan(cat: Catalog, image_ids: Sequence[int] | None = None) -> list[tuple[Path, np.ndarray | None]]:
+    """Which regions shards a reader of ``image_ids`` must open, and where the images sit in them.
+
+    ``image_ids`` None: every committed regions shard (positions None: read it whole). Else the
+    images shards (one small row per image: ``image_id`` is all that is read) say which pair holds
+    each image and at which row; returns ``(regions shard, rows of the wanted images in its images
+    partner)`` for those pairs only, in shard order, so :func:`read_region_rows` can read just
+    their row groups."""
+    bad = set(cat.unreadable_shards)
+    regions = [p for p in cat.committed_shard_files("regions") if p not in bad]
+    if image_ids is None:
+        return [(p, None) for p in regions]
+    by_name = {p.name: p for p in regions}
+    images = [p for p in cat.committed_shard_files("images") if p not in bad and p.name in by_name]
+    wanted_ids = pa.table({"image_id": pa.array(sorted({int(i) for i in image_ids}), pa.int64())})  # noqa: F841
+    if not images or wanted_ids.num_rows == 0:
+        return []
+    lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in images)
+    rows = cat.con.execute(
+        f"SELECT filename, file_row_number FROM read_parquet([{lst}], filename = true, file_row_number = true) "
+        "WHERE image_id IN (SELECT image_id FROM wanted_ids) ORDER BY filename, file_row_number").fetchall()
+    plan: dict[str, list[int]] = {}
+    for filename, row in rows:
+        plan.setdefault(Path(filename).name, []).append(int(row))
+    return [(by_name[name], np.asarray(pos, np.int64)) for name, pos in sorted(plan.items())]
+
+
+def read_region_rows(path: Path, image_ids: Sequence[int] | None, positions: np.ndarray | None,
+                     columns: list[str]) -> pa.Table | None:
+    """The rows of ``image_ids`` (None: all) in one regions shard, reading only the row groups
+    that hold them when the shard records how many images each row group holds and ``positions``
+    (the images' rows in the images partner) are known; else the whole shard. A damaged shard is
+    a one-line StoreError naming it. ``columns`` must include ``image_id`` when filtering."""
+    import pyarrow.parquet as pq
+
+    from .parquet import parquet_problem, unreadable
+
+    try:
+        pf = pq.ParquetFile(path)
+        per = (pf.metadata.metadata or {}).get(IMAGES_PER_ROW_GROUP_KEY)
+        if positions is not None and per is not None and pf.num_row_groups > 1:
+            groups = sorted({int(p) // int(per) for p in positions if int(p) // int(per) < pf.num_row_groups})
+            t = pf.read_row_groups(groups, columns=columns)
+        else:
+            t = pf.read(columns=columns)
+    except (OSError, pa.ArrowException) as exc:
+        raise unreadable(path, parquet_problem(path) or " ".join(str(exc).split())) from None
+    if image_ids is not None:
+        keep = np.isin(t["image_id"].to_numpy(), np.asarray(list(image_ids), np.int64))
+        if not keep.any():
+            return None
+        if not keep.all():
             t = t.filter(pa.array(keep))
-            img = t["image_id"].to_numpy()
-        emb = embeddings_to_numpy(t["embedding"])
-        rid = t["region_id"].to_numpy()
-        is_full = np.array([k == "full" for k in t["kind"].to_pylist()])
-        starts = np.flatnonzero(is_full)  # each image's rows are contiguous, full first
-        sizes = np.append(starts[1:], len(img)) - starts
-        for r in np.unique(sizes):
-            sel = np.flatnonzero(sizes == r)
-            rows = starts[sel, None] + np.arange(r)[None, :]
-            yield RegionBatch(img[starts[sel]], rid[rows], emb[rows])
+    return t
+
+
+def region_batches_of(t: pa.Table) -> Iterator[RegionBatch]:
+    """A shard's rows (``region_id``, ``image_id``, ``kind``, ``embedding``; each image's rows
+    contiguous, full view first) -> :class:`RegionBatch` es grouped by region count, in order of
+    first appearance of each count. The one grouping rule of every reader (both engines of classify)."""
+    img = t["image_id"].to_numpy()
+    emb = embeddings_to_numpy(t["embedding"])
+    rid = t["region_id"].to_numpy()
+    is_full = np.array([k == "full" for k in t["kind"].to_pylist()])
+    starts = np.flatnonzero(is_full)  # each image's rows are contiguous, full first
+    sizes = np.append(starts[1:], len(img)) - starts
+    for r in np.unique(sizes):
+        sel = np.flatnonzero(sizes == r)
+        rows = starts[sel, None] + np.arange(r)[None, :]
+        yield RegionBatch(img[starts[sel]], rid[rows], emb[rows])
+
+
+REGION_BATCH_COLUMNS = ["region_id", "image_id", "kind", "embedding"]
+
+
+def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) -> Iterator[RegionBatch]:
+    """Region embeddings shard by shard, grouped by region count (one shard in memory at a time).
+
+    With ``image_ids`` only the shards that hold them are opened, and of those only the row
+    groups that hold them (:func:`region_shard_plan`)."""
+    if not cat.shard_files("regions"):
+        raise StoreError(f"No indexed images in {cat.root}; run `pipeline index-images PATH` first.")
+    for path, positions in region_shard_plan(cat, image_ids):
+        t = read_region_rows(path, image_ids, positions, REGION_BATCH_COLUMNS)
+        if t is not None and t.num_rows:
+            yield from region_batches_of(t)
 
 
 def full_view_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:

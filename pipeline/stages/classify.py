@@ -123,6 +123,140 @@ def method_texts(cat: Catalog, method: str, config: MethodConfig, model=None) ->
 
 
 # ---- the stage ----------------------------------------------------------------------------
+@dataclass
+class ScoreContext:
+    """Everything a method needs to score region batches, and nothing from the store: the texts
+    (and their classes), the shortlist size, the config and the run id the rows carry. Picklable
+    (the shortlist's Faiss index is rebuilt where it is used), so a Ray actor can hold one."""
+
+    method: str
+    run_id: int
+    texts: MethodTexts
+    classes: np.ndarray  # column order of every score matrix
+    cls_index: np.ndarray  # each text's position in ``classes``
+    k: int
+    config: MethodConfig
+    _shortlist: Shortlist | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def shortlist(self) -> Shortlist | None:
+        """LaZSL shortlists by the normalised mean of the very texts it transports to."""
+        if self.method == "lazsl" and self._shortlist is None:
+            self._shortlist = Shortlist(class_prototypes(self.texts.attrs.embeddings, self.cls_index, len(self.classes)))
+        return self._shortlist
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("method", "run_id", "texts", "classes", "cls_index", "k", "config")}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ScoreContext":
+        return cls(**d)
+
+
+@dataclass
+class ScoredRows:
+    """What scoring region batches produced, as columns per table (``predictions``,
+    ``alignments``, ``sample_predictions``), ready for :func:`write_scored`."""
+
+    parts: dict[str, list[dict]] = field(default_factory=dict)
+    images: int = 0
+
+    def add(self, table: str, columns: dict) -> None:
+        self.parts.setdefault(table, []).append(columns)
+
+    def extend(self, other: "ScoredRows") -> None:
+        for table, cols in other.parts.items():
+            self.parts.setdefault(table, []).extend(cols)
+        self.images += other.images
+
+    def tables(self) -> dict[str, pa.Table]:
+        return {t: pa.concat_tables([pa.table(c) for c in cols]) for t, cols in self.parts.items() if cols}
+
+    def to_bytes(self) -> bytes:
+        """Arrow IPC (one stream per table, named in the schema metadata): how a Ray actor ships rows."""
+        import io
+
+        buf = io.BytesIO()
+        for name, t in self.tables().items():
+            t = t.replace_schema_metadata({b"table": name.encode(), b"images": str(self.images).encode()})
+            with pa.ipc.new_stream(buf, t.schema) as w:
+                w.write_table(t)
+        return buf.getvalue() or b"images=" + str(self.images).encode()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "ScoredRows":
+        out = cls()
+        if data.startswith(b"images="):
+            out.images = int(data[7:])
+            return out
+        reader = pa.BufferReader(data)
+        while reader.tell() < reader.size():
+            t = pa.ipc.open_stream(reader).read_all()
+            meta = t.schema.metadata
+            out.parts.setdefault(meta[b"table"].decode(), []).append({c: t[c] for c in t.column_names})
+            out.images = int(meta[b"images"])
+        return out
+
+
+def score_region_batch(ctx: ScoreContext, batch: tables.RegionBatch) -> ScoredRows:
+    """One batch of images (same region count) -> their predictions, alignments and WCA draws.
+
+    Pure: arrays in, rows out, no store access; the local engine calls it shard by shard, a Ray
+    actor on the shards it is given (:func:`score_shard`)."""
+    out = ScoredRows(images=len(batch.image_ids))
+    if ctx.method == "lazsl":
+        _run_lazsl(out, ctx.run_id, batch, ctx.texts, ctx.cls_index, ctx.classes, ctx.shortlist, ctx.k, ctx.config)
+    else:
+        _run_baseline(out, ctx.run_id, ctx.method, batch, ctx.texts, ctx.cls_index, ctx.classes, ctx.k, ctx.config)
+    return out
+
+
+def score_shard(ctx: ScoreContext, path, image_ids=None, positions=None) -> ScoredRows:
+    """Every batch of one regions shard (only ``image_ids`` when given; ``positions``: their rows
+    in the images partner, :func:`stores.tables.region_shard_plan`) through :func:`score_region_batch`."""
+    out = ScoredRows()
+    t = tables.read_region_rows(Path(path), image_ids, positions, tables.REGION_BATCH_COLUMNS)
+    if t is not None and t.num_rows:
+        for batch in tables.region_batches_of(t):
+            out.extend(score_region_batch(ctx, batch))
+    return out
+
+
+def write_scored(cat: Catalog, rows: ScoredRows) -> None:
+    """Insert scored rows through :mod:`stores.tables` (the caller holds the transaction)."""
+    writers = {"predictions": tables.insert_predictions, "alignments": tables.insert_alignments,
+               "sample_predictions": tables.insert_sample_predictions}
+    for table, t in rows.tables().items():
+        writers[table](cat, {c: t[c] for c in t.column_names})
+
+
+@dataclass
+class PreparedRun:
+    report: ClassifyReport
+    context: ScoreContext
+
+
+def prepare_run(cat: Catalog, method: str, config: MethodConfig, *, model=None, image_ids=None,
+                provenance: dict | None = None, engine: dict | None = None) -> PreparedRun:
+    """The texts a method scores against (class prompts encoded on demand), the run id and the
+    params it records (``engine``: which engine ran it); the same for both engines."""
+    if method not in METHODS:
+        raise InputError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    fp = cat.model
+    if fp is None:
+        raise StoreError(f"Store {cat.root} is empty; run build-attributes and index-images first.")
+    texts = method_texts(cat, method, config, model)
+    classes = np.unique(texts.attrs.class_ids)  # column order of every score matrix
+    cls_index = np.searchsorted(classes, texts.attrs.class_ids)
+    k = config.top_k if 0 < config.top_k < len(classes) else len(classes)
+    run_id = tables.next_run_id(cat)
+    params = {"method": method, "config": config.to_dict(), **(provenance or {}), "model": fp,
+              "texts": texts.describe(), "n_classes": len(classes), "index_runs": tables.index_run_params(cat),
+              **({"engine": engine} if engine else {})}
+    report = ClassifyReport(run_id=run_id, method=method, params=params)
+    return PreparedRun(report, ScoreContext(method, run_id, texts, classes, cls_index, k, config))
+
+
 def classify(
     cat: Catalog,
     method: str,
@@ -136,35 +270,19 @@ def classify(
     """Score every indexed image (or ``image_ids``) with ``method`` and store one run.
 
     ``provenance`` (the preset and where each value came from) is stored with the config.
+    Each batch goes through :func:`score_region_batch`; the run and its rows are one transaction.
     """
     from tqdm import tqdm
 
-    if method not in METHODS:
-        raise InputError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
-    fp = cat.model
-    if fp is None:
-        raise StoreError(f"Store {cat.root} is empty; run build-attributes and index-images first.")
     t0 = time.perf_counter()
-    texts = method_texts(cat, method, config, model)
-    classes = np.unique(texts.attrs.class_ids)  # column order of every score matrix
-    cls_index = np.searchsorted(classes, texts.attrs.class_ids)
-    k = config.top_k if 0 < config.top_k < len(classes) else len(classes)
-    # LaZSL shortlists by the normalised mean of the very texts it transports to
-    shortlist = Shortlist(class_prototypes(texts.attrs.embeddings, cls_index, len(classes))) if method == "lazsl" else None
-
-    run_id = tables.next_run_id(cat)
-    params = {"method": method, "config": config.to_dict(), **(provenance or {}), "model": fp,
-              "texts": texts.describe(), "n_classes": len(classes), "index_runs": tables.index_run_params(cat)}
-    report = ClassifyReport(run_id=run_id, method=method, params=params)
+    run = prepare_run(cat, method, config, model=model, image_ids=image_ids, provenance=provenance)
+    report, ctx = run.report, run.context
     n_total = tables.image_count(cat) if image_ids is None else len(image_ids)
     bar = tqdm(total=n_total, desc=f"classify {method}", unit="img", disable=not progress)
     with cat.transaction():
-        tables.insert_run(cat, tables.RunRecord(run_id, method, params, fp))
+        tables.insert_run(cat, tables.RunRecord(report.run_id, method, report.params, cat.model))
         for batch in tables.iter_region_batches(cat, image_ids):
-            if method == "lazsl":
-                _run_lazsl(cat, run_id, batch, texts, cls_index, classes, shortlist, k, config)
-            else:
-                _run_baseline(cat, run_id, method, batch, texts, cls_index, classes, k, config)
+            write_scored(cat, score_region_batch(ctx, batch))
             report.images += len(batch.image_ids)
             bar.update(len(batch.image_ids))
     bar.close()
@@ -172,7 +290,7 @@ def classify(
     return report
 
 
-def _run_lazsl(cat, run_id, batch: tables.RegionBatch, texts: MethodTexts, cls_index, classes, shortlist, k,
+def _run_lazsl(out: ScoredRows, run_id, batch: tables.RegionBatch, texts: MethodTexts, cls_index, classes, shortlist, k,
                config: MethodConfig) -> None:
     if batch.regions.shape[1] == 0:
         raise StoreError("LaZSL needs regions besides the full view; index images with --regions crops|grid|patches.")
@@ -181,11 +299,11 @@ def _run_lazsl(cat, run_id, batch: tables.RegionBatch, texts: MethodTexts, cls_i
         batch.full, batch.regions, texts.attrs.embeddings, cls_index, cand,
         theta=config.theta, eps=config.eps, gamma=config.gamma, max_iter=config.max_iter, tol=config.tol,
     )
-    _write_predictions(cat, run_id, batch.image_ids, classes[cand], res.scores, res.global_scores, res.local_scores)
-    _write_alignments(cat, run_id, batch, classes[cand], res, texts.attrs.ids, config.alignments_top)
+    _write_predictions(out, run_id, batch.image_ids, classes[cand], res.scores, res.global_scores, res.local_scores)
+    _write_alignments(out, run_id, batch, classes[cand], res, texts.attrs.ids, config.alignments_top)
 
 
-def _run_baseline(cat, run_id, method, batch: tables.RegionBatch, texts: MethodTexts, cls_index, classes, k,
+def _run_baseline(out: ScoredRows, run_id, method, batch: tables.RegionBatch, texts: MethodTexts, cls_index, classes, k,
                   config: MethodConfig) -> None:
     full, emb, n = batch.full, texts.attrs.embeddings, len(classes)
     if method in ("clip", "clip-e"):
@@ -205,15 +323,15 @@ def _run_baseline(cat, run_id, method, batch: tables.RegionBatch, texts: MethodT
         )
         scores = res.scores
         b, r = res.run_top1.shape
-        tables.insert_sample_predictions(cat, {
+        out.add("sample_predictions", {
             "run_id": np.full(b * r, run_id, np.int64), "image_id": np.repeat(batch.image_ids, r).astype(np.int64),
             "sample": np.tile(np.arange(r, dtype=np.int32), b), "class_id": classes[res.run_top1].reshape(-1),
         })
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-    _write_predictions(cat, run_id, batch.image_ids, classes[order], np.take_along_axis(scores, order, 1))
+    _write_predictions(out, run_id, batch.image_ids, classes[order], np.take_along_axis(scores, order, 1))
 
 
-def _write_predictions(cat, run_id, img_ids, class_ids, scores, global_scores=None, local_scores=None) -> None:
+def _write_predictions(out: ScoredRows, run_id, img_ids, class_ids, scores, global_scores=None, local_scores=None) -> None:
     b, k = class_ids.shape
     order = np.argsort(-scores, axis=1, kind="stable")
 
@@ -222,7 +340,7 @@ def _write_predictions(cat, run_id, img_ids, class_ids, scores, global_scores=No
             return pa.nulls(b * k, pa.float64())
         return np.take_along_axis(values, order, 1).reshape(-1).astype(np.float64)
 
-    tables.insert_predictions(cat, {
+    out.add("predictions", {
         "run_id": np.full(b * k, run_id, np.int64),
         "image_id": np.repeat(img_ids, k).astype(np.int64),
         "class_id": np.take_along_axis(class_ids, order, 1).reshape(-1).astype(np.int64),
@@ -233,7 +351,7 @@ def _write_predictions(cat, run_id, img_ids, class_ids, scores, global_scores=No
     })
 
 
-def _write_alignments(cat, run_id, batch: tables.RegionBatch, class_ids, res: lazsl.LazslResult, attr_ids,
+def _write_alignments(out: ScoredRows, run_id, batch: tables.RegionBatch, class_ids, res: lazsl.LazslResult, attr_ids,
                       alignments_top: int) -> None:
     """Store the non-zero OT plan entries with the fused similarity they were paid for."""
     plan = res.plan  # (B, K, M, N)
@@ -243,7 +361,7 @@ def _write_alignments(cat, run_id, batch: tables.RegionBatch, class_ids, res: la
     b, k, m, n = np.nonzero(plan > 0)
     if len(b) == 0:
         return
-    tables.insert_alignments(cat, {
+    out.add("alignments", {
         "run_id": np.full(len(b), run_id, np.int64),
         "image_id": batch.image_ids[b].astype(np.int64),
         "class_id": class_ids[b, k].astype(np.int64),

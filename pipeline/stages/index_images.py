@@ -1,13 +1,16 @@
 """Stage 2: encode each image's regions once and stream them into Parquet shards.
 
-Decoding and cropping run in DataLoader worker processes (``workers``) while the main
-process encodes batches of regions gathered across images. Every ``shard_size`` images a
-regions shard and then an images shard are written atomically; the images shard is the
-commit marker, so a killed run resumes at the first image that has none.
+One path, two engines. The work on images is the pure batch function of
+:mod:`pipeline.engines.region_batches` (paths in, region rows out: decode, boxes, encode with
+chunks padded to >= 8 rows so a row never depends on its batch); the rows go through one writer,
+:func:`store_rows` (:class:`stores.shards.ShardWriter`: a shard pair every ``shard_size`` images,
+committed by its record). ``index_images`` runs the batch function here, decoding in DataLoader
+worker processes (``workers``); ``pipeline.engines.ray_engine.index_images_ray`` runs it on a
+Ray cluster. Same files in, same store out; a killed run of either resumes at the images that
+no committed shard holds (images are skipped by content hash).
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 
@@ -19,8 +22,16 @@ from stores.catalog import Catalog
 from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
+from ..engines.region_batches import (  # noqa: F401  (RegionDataset, encode_*: re-exported for callers)
+    RegionBatchFn,
+    RegionDataset,
+    encode_patch_tokens,
+    encode_records,
+    patch_grid_size,
+    records_from_rows,
+)
 from ..errors import InputError
-from ..imaging import ImageItem, discover_images, open_image, read_image_file
+from ..imaging import ImageItem, discover_images
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from ..names import escape_controls
 from .attributes import claim_model
@@ -46,74 +57,38 @@ class IndexReport:
         return out
 
 
-# ---- worker side ------------------------------------------------------------------------
-class RegionDataset:
-    """Map-style dataset: image i -> its region tensors (runs in DataLoader workers)."""
-
-    def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int,
-                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
-        self.items, self.cfg, self.preprocess, self.known, self.patch_grid = items, cfg, preprocess, known_sha, patch_grid
-        self.max_image_bytes = max_image_bytes
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> dict:
-        import torch
-
-        item = self.items[i]
-        try:
-            data = read_image_file(item.path, self.max_image_bytes)  # size checked before reading
-        except ValueError as exc:  # too large, not a regular file
-            return {"item": item, "error": str(exc)}
-        except OSError as exc:
-            return {"item": item, "error": f"unreadable ({exc.strerror or exc})"}
-        sha = hashlib.sha256(data).hexdigest()
-        if sha in self.known:
-            return {"item": item, "sha": sha, "skip": True}
-        try:
-            img = open_image(data)
-        except ValueError as exc:
-            return {"item": item, "sha": sha, "error": str(exc)}
-        w, h = img.size
-        kinds, boxes = region_boxes(w, h, sha, patch_grid=self.patch_grid, **self.cfg.geometry())
-        if self.cfg.source == "patches":
-            tensors = self.preprocess(img).unsqueeze(0)  # one pass; tokens are the regions
-        else:
-            views = [img] + [img.crop(tuple(int(v) for v in b)) for b in boxes[1:]]
-            tensors = torch.stack([self.preprocess(v) for v in views])
-        return {"item": item, "sha": sha, "size": (w, h), "kinds": kinds, "boxes": boxes, "pixels": tensors}
-
-
 def _identity(x):
     return x
 
 
-# ---- main side --------------------------------------------------------------------------
-def encode_patch_tokens(model, pixels):
-    """One forward pass -> (full [B, D], patch tokens [B, L, D]), both L2-normalised, in the joint space."""
-    import torch
+@dataclass
+class IndexRun:
+    """What an index run needs before any image is read (the same for both engines)."""
 
-    visual = model.model.visual
-    prev = getattr(visual, "output_tokens", False)
-    visual.output_tokens = True
-    try:
-        with torch.inference_mode():
-            pooled, tokens = visual(pixels.to(model.device, model.dtype))
-            tokens = tokens @ visual.proj  # tokens come out before the projection (ecosystem-notes §1)
-    finally:
-        visual.output_tokens = prev
-    pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
-    tokens = torch.nn.functional.normalize(tokens.float(), dim=-1)
-    return pooled.cpu(), tokens.cpu()
+    run_id: int
+    items: list[ImageItem]
+    known: set[str]
+    params: dict
 
 
-def patch_grid_size(model) -> int:
-    """Patch tokens per side of the model's input (ViTs); 0 for models without patches."""
-    ps = getattr(model.model.visual, "patch_size", None)
-    if ps is None:
-        return 0
-    return model.image_size // int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *, preset: str | None, batch_size: int,
+                    dtype: str, max_images: int | None, faiss_index: str | None, engine: dict) -> IndexRun:
+    """List the inputs, claim the model, check ``--regions`` and ``--faiss-index`` before any
+    work, and record the index run (``index_runs.params``: settings, engine, Faiss factory)."""
+    items = discover_images(inputs)[:max_images]
+    claim_model(cat, model)
+    if cfg.source == "patches" and not patch_grid_size(model):
+        raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
+    known = tables.known_image_hashes(cat)
+    if faiss_index is not None:
+        check_faiss_index(faiss_index, model, cfg, images_at_most=len(known) + len(items),
+                          regions_at_most=tables.region_count(cat, exclude_kind="full")
+                          + len(items) * regions_per_image(model, cfg))
+    run_id = tables.next_index_run_id(cat)
+    params = {"preset": preset, "regions": cfg.to_dict(), "model": model.describe(), "batch_size": batch_size,
+              "dtype": dtype, "inputs": inputs, "engine": engine, "faiss_index": faiss_index}
+    tables.insert_index_run(cat, run_id, params, model.fingerprint)
+    return IndexRun(run_id, items, known, params)
 
 
 def index_images(
@@ -130,96 +105,129 @@ def index_images(
     progress: bool = True,
     max_images: int | None = None,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
+    faiss_index: str | None = None,
 ) -> IndexReport:
     """Index images into the store; images already there (same content) are skipped.
 
-    The resolved settings (``cfg``, the ``preset`` they came from, batch size, dtype) are
-    stored in ``index_runs.params``; a later ``classify`` uses the preset's method values.
-    Files over ``max_image_bytes`` are recorded in ``image_errors`` without being read.
+    The resolved settings (``cfg``, the ``preset`` they came from, batch size, dtype, the
+    engine, ``faiss_index``) are stored in ``index_runs.params``; a later ``classify`` uses the
+    preset's method values. Files over ``max_image_bytes`` are recorded in ``image_errors``
+    without being read. ``faiss_index``: a Faiss factory string for faiss/images.index and
+    faiss/regions.index (None keeps what the store has: ``Flat`` images.index, no regions.index).
     """
-    import torch
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    items = discover_images(inputs)[:max_images]
-    claim_model(cat, model)
-    known = tables.known_image_hashes(cat)
-    patch_grid = patch_grid_size(model) if cfg.source == "patches" else 0
-    if cfg.source == "patches" and not patch_grid:
-        raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
-    run_id = tables.next_index_run_id(cat)
-    params = {"preset": preset, "regions": cfg.to_dict(), "model": model.describe(), "batch_size": batch_size,
-              "dtype": dtype, "inputs": inputs}
-    tables.insert_index_run(cat, run_id, params, model.fingerprint)
-
-    report = IndexReport(seen=len(items))
+    run = start_index_run(cat, model, inputs, cfg, preset=preset, batch_size=batch_size, dtype=dtype,
+                          max_images=max_images, faiss_index=faiss_index, engine={"name": "local", "workers": workers})
     t0 = time.perf_counter()
-    loader = DataLoader(
-        RegionDataset(items, cfg, model.preprocess, known, patch_grid, max_image_bytes),
-        batch_size=None,
-        num_workers=workers,
-        collate_fn=_identity,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-    writer = ShardWriter(cat, run_id, model.fingerprint, dtype, shard_size)
-    pending: list[dict] = []  # images whose regions wait for the next encoder batch
-    pending_regions = 0
-    bar = tqdm(total=len(items), desc="index images", unit="img", disable=not progress)
-    in_run: set[str] = set()
-    ok_paths: list[str] = []  # indexed or already in the store: earlier failures of these paths are void
+    fn = RegionBatchFn(model, cfg, dtype=dtype, batch_size=batch_size, known_sha=run.known,
+                       max_image_bytes=max_image_bytes)
+    loader = DataLoader(fn.dataset(run.items), batch_size=None, num_workers=workers, collate_fn=_identity,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
 
-    def encode_pending() -> None:
-        nonlocal pending, pending_regions
-        for rec, emb in zip(pending, encode_records(model, pending, cfg.source, batch_size)):
-            writer.add(IndexedImage(rec["sha"], rec["item"].path, rec["item"].label, *rec["size"], rec["kinds"],
-                                    rec["boxes"], emb))
-            report.indexed += 1
-            report.regions += len(emb)
-        pending, pending_regions = [], 0
-
-    try:
+    def row_batches():
+        """Decoded images gathered until they hold ``batch_size`` regions, then encoded (rows)."""
+        pending, n_regions, in_run = [], 0, set()
         for rec in loader:
-            bar.update(1)
-            if "error" in rec:
-                report.failed += 1
-                report.errors.append((rec["item"].path, rec["error"]))
-                tables.insert_image_error(cat, rec["item"].path, rec.get("sha"), rec["error"], run_id)
-                continue
-            ok_paths.append(rec["item"].path)
-            if rec.get("skip") or rec["sha"] in in_run:
-                report.skipped += 1
-                continue
-            in_run.add(rec["sha"])
+            if "error" not in rec and not rec.get("skip"):
+                if rec["sha"] in in_run:  # the same bytes twice in one run: encoded once
+                    rec = {"item": rec["item"], "sha": rec["sha"], "skip": True}
+                else:
+                    in_run.add(rec["sha"])
+                    n_regions += len(rec["pixels"])
             pending.append(rec)
-            pending_regions += len(rec["pixels"])
-            if pending_regions >= batch_size:
-                encode_pending()
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(regions_per_s=f"{report.regions / max(elapsed, 1e-9):.0f}", refresh=False)
-        encode_pending()
-        writer.flush()
-        tables.clear_image_errors(cat, ok_paths)
+            if n_regions >= batch_size:
+                yield fn.encode(pending)
+                pending, n_regions = [], 0
+        if pending:
+            yield fn.encode(pending)
+
+    bar = tqdm(total=len(run.items), desc="index images", unit="img", disable=not progress)
+    try:
+        report = store_rows(cat, run.run_id, model.fingerprint, row_batches(), dtype=dtype, shard_size=shard_size,
+                            progress=bar.update)
     finally:
         bar.close()
-    cat.refresh_views()
-    rebuild_image_index(cat, model.fingerprint)
+    finish_index_run(cat, model.fingerprint, report, faiss_index, cfg.seed)
     report.seconds = time.perf_counter() - t0
     return report
 
 
-def encode_records(model, records: list[dict], source: str, batch_size: int) -> list[np.ndarray]:
-    """Region embeddings (R_i, D) of each decoded record, row 0 the full view."""
-    import torch
+def store_rows(cat: Catalog, run_id: int, model: str, row_batches, *, dtype: str = "float16", shard_size: int = 256,
+               report: IndexReport | None = None, progress=None) -> IndexReport:
+    """The one writer of both engines: region-row batches (in input order,
+    :mod:`pipeline.engines.region_batches`) -> shard pairs of ``shard_size`` images
+    (:class:`stores.shards.ShardWriter`: named ``part-RUN-SEQ``, committed by their records),
+    ``image_errors`` for files that failed, in-run duplicates of the same bytes skipped, and the
+    failures of files now indexed forgotten. ``progress``: called with 1 per image."""
+    report = report or IndexReport()
+    writer = ShardWriter(cat, run_id, model, dtype, shard_size)
+    in_run: set[str] = set()
+    ok_paths: list[str] = []  # indexed or already in the store: earlier failures of these paths are void
+    for rows in row_batches:
+        for rec in records_from_rows(rows):
+            report.seen += 1
+            if progress is not None:
+                progress(1)
+            item = rec["item"]
+            if "error" in rec:
+                report.failed += 1
+                report.errors.append((item.path, rec["error"]))
+                tables.insert_image_error(cat, item.path, rec.get("sha"), rec["error"], run_id)
+                continue
+            ok_paths.append(item.path)
+            if rec.get("skip") or rec["sha"] in in_run:
+                report.skipped += 1
+                continue
+            in_run.add(rec["sha"])
+            writer.add(IndexedImage(rec["sha"], item.path, item.label, *rec["size"], rec["kinds"], rec["boxes"],
+                                    rec["emb"]))
+            report.indexed += 1
+            report.regions += len(rec["emb"])
+    writer.flush()
+    tables.clear_image_errors(cat, ok_paths)
+    return report
 
-    if not records:
-        return []
-    pixels = torch.cat([r["pixels"] for r in records])
-    if source == "patches":
-        full, tokens = encode_patch_tokens(model, pixels)
-        return [torch.cat([full[i : i + 1], tokens[i]]).numpy() for i in range(len(records))]
-    feats = torch.cat([model.encode_images(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)]).numpy()
-    return np.split(feats, np.cumsum([len(r["kinds"]) for r in records])[:-1])
+
+def finish_index_run(cat: Catalog, model: str, report: IndexReport, faiss_index: str | None, seed: int = 0) -> None:
+    """Views over the new shards, then the search indexes: faiss/images.index (and
+    faiss/regions.index when asked for or already there) with ``faiss_index`` or the type they
+    were built with. A factory that cannot be trained on what is there stops with one line that
+    says the images were indexed; the indexes are then rebuilt with their previous type."""
+    from stores.faiss_factory import FactoryIndexError
+
+    cat.refresh_views()
+    if faiss_index is None:
+        indexes.rebuild_image_index(cat, model)
+        return
+    try:
+        indexes.rebuild_image_index(cat, model, faiss_index, seed=seed)
+        indexes.rebuild_region_index(cat, model, faiss_index, seed=seed)
+    except FactoryIndexError as exc:
+        indexes.rebuild_image_index(cat, model)  # the images just indexed, in the index type kept so far
+        raise FactoryIndexError(f"{report.indexed} images indexed, but --faiss-index {faiss_index}: {exc} "
+                                "The indexes keep their previous type.") from None
+
+
+def regions_per_image(model, cfg: RegionConfig) -> int:
+    """Regions besides the full view that ``cfg`` cuts from every image."""
+    pg = patch_grid_size(model) if cfg.source == "patches" else 0
+    return len(region_boxes(64, 64, "0" * 64, patch_grid=pg, **cfg.geometry())[0]) - 1
+
+
+def check_faiss_index(factory: str, model, cfg: RegionConfig, *, images_at_most: int, regions_at_most: int) -> None:
+    """Refuse, before any image is read, a factory string Faiss cannot build at the model's
+    dimension, or one that needs more training vectors than the store can hold after this run
+    (one line, :class:`stores.faiss_factory.FactoryIndexError`)."""
+    from stores.faiss_factory import FactoryIndexError, train_plan
+
+    plan = train_plan(factory, model.embed_dim)
+    for what, n in (("images (faiss/images.index)", images_at_most), ("regions (faiss/regions.index)", regions_at_most)):
+        if plan.needs_training and n < plan.minimum:
+            raise FactoryIndexError(
+                f"--faiss-index {factory} needs at least {plan.minimum:,} vectors to train ({plan.what}); this store "
+                f"will hold at most {n:,} {what}: use Flat or HNSW32, or a smaller IVF (nlist <= n / 39).")
 
 
 def rebuild_image_index(cat: Catalog, model: str) -> None:
