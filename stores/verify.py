@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from . import files, indexes, tables
 from .catalog import Catalog
 from .errors import StoreError
-from .faiss_index import ids_digest, index_vectors, read_sidecar
+from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_sidecar
 from .migrations import SCHEMA_VERSION
 from .parquet import embeddings_to_numpy, has_magic, parquet_problem
 from .shards import PAIR_TABLES, describe_file, legacy_shards, run_id_of
@@ -277,6 +277,7 @@ def require_usable(cat: Catalog, stage: str) -> None:
 class _ShardScan:
     image_ids: list = field(default_factory=list)
     region_ids: list = field(default_factory=list)
+    crop_ids: list = field(default_factory=list)  # every region but the full views: faiss/regions.index
     image_owner: list = field(default_factory=list)  # (name, n) per images shard, for duplicate reports
     full_ids: list = field(default_factory=list)
     full_vecs: list = field(default_factory=list)
@@ -357,6 +358,7 @@ def _scan_pair(cat: Catalog, name: str, live: dict, present: dict, fp: str | Non
                            hint="remove those images (remove-images --index-run) and index them again"))
     scan.image_ids.append(img_ids)
     scan.region_ids.append(reg["region_id"].to_numpy())
+    scan.crop_ids.append(reg["region_id"].to_numpy()[~full])
     if full.any() and emb.ndim == 2:
         scan.full_ids.append(reg_img[full])
         scan.full_vecs.append(emb[full])
@@ -452,7 +454,8 @@ def _index_problems(cat: Catalog, which: str, fp: str | None, want_ids: np.ndarr
         out.append(Problem("index-sidecar", _rel(cat, path.with_suffix(".json")), "missing sidecar", scope, True))
     try:
         index, _ = read_index(path)
-        ids, vecs = index_vectors(index)
+        ids = index_ids(index)  # any factory type (stores.faiss_factory); vectors only where exact (Flat)
+        vecs = index_vectors(index)[1] if is_flat(index) else None
     except StoreError as exc:
         return out + [Problem("index-unreadable", where, str(exc).split(": ", 1)[-1].removesuffix("; run `pipeline verify`."),
                               scope, True)]
@@ -470,11 +473,11 @@ def _index_problems(cat: Catalog, which: str, fp: str | None, want_ids: np.ndarr
     lacking = np.setdiff1d(want_ids, ids)
     if len(extra) or len(lacking) or len(ids) != len(np.unique(ids)):
         check = "prototypes-stale" if which == "class_prototypes" else "index-stale"
-        unit = {"attributes": "attributes", "class_prototypes": "classes", "images": "images"}[which]
+        unit = {"attributes": "attributes", "class_prototypes": "classes", "images": "images", "regions": "regions"}[which]
         out.append(Problem(check, where, f"{len(lacking)} {unit} missing from the index, {len(extra)} in it that the "
                            f"tables do not have" + (", duplicate ids" if len(ids) != len(np.unique(ids)) else ""),
                            scope, True))
-    elif want_vecs is not None and len(ids):
+    elif want_vecs is not None and vecs is not None and len(ids):
         order = np.argsort(want_ids)
         pos = order[np.searchsorted(want_ids[order], ids)]
         diff = np.abs(vecs - want_vecs[pos]).max() if vecs.shape == want_vecs[pos].shape else np.inf
@@ -537,6 +540,9 @@ def verify(cat: Catalog, *, quick: bool = False) -> list[Problem]:
     full_vecs = np.concatenate(scan.full_vecs) if scan.full_vecs else None
     damaged = any(p.scope == "shards" and p.check in PAIR_DAMAGE for p in out)
     out += _index_problems(cat, "images", fp, full_ids, None if damaged else full_vecs, "images-index")
+    if indexes.index_path(cat, "regions").exists():  # asked for by index-images --faiss-index; ids and counts
+        crop_ids = np.concatenate(scan.crop_ids) if scan.crop_ids else np.zeros(0, np.int64)
+        out += _index_problems(cat, "regions", fp, crop_ids, None, "images-index")
     out += _views(cat)
     return _dedupe(out)
 

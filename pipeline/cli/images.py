@@ -10,7 +10,9 @@ from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from . import cli
 from .options import (
     byte_size_option,
+    check_engine,
     command,
+    engine_options,
     limit_option,
     load_store_model,
     model_options,
@@ -35,29 +37,49 @@ from .options import (
 @limit_option("Index at most this many images (a quick look).")
 @byte_size_option("--max-image-bytes", DEFAULT_MAX_IMAGE_BYTES,
                   "Image files larger than this are recorded as failed without being read.")
+@click.option("--faiss-index", "faiss_index", default=None, metavar="FACTORY",
+              help="Faiss factory string for faiss/images.index and faiss/regions.index (Flat, HNSW32, IVF4096,PQ64, "
+                   "...; trained on a seeded sample). Default: keep the store's (Flat images.index, no regions.index).")
+@engine_options()
 @model_options
 @store_option
 def index_images_cmd(inputs, preset, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, limit,
-                     max_image_bytes, model_name, pretrained, device, store):
+                     max_image_bytes, faiss_index, engine, address, ray_concurrency, actors_per_gpu, model_name,
+                     pretrained, device, store):
     """Encode each image's full view and regions once, into the store.
 
     \b
     pipeline index-images photos/                    # one sub-folder per class gives labels
     pipeline index-images photos/ --preset cub-b32   # LaZSL's CUB crops; classify then uses θ 0.95
     pipeline index-images manifest.csv               # columns: path[, label]
+    pipeline index-images /shared/imgs --engine ray --address auto --faiss-index IVF4096,PQ64
 
     The resolved settings (and the preset) are stored with the index run; later stages use them.
+    With --engine ray the images are decoded and encoded by Ray actors (one model each) and this
+    process writes the same shards the local engine would (docs/scale.md).
     """
     from ..stages.index_images import index_images
 
+    check_engine(engine, address, ray_concurrency=ray_concurrency, actors_per_gpu=None if actors_per_gpu == 1 else actors_per_gpu)
+    faiss_index = faiss_index.strip() if faiss_index is not None else None
     resolved = resolve_region_config(dict(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed), preset)
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
     with open_store(store, check="index-images") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
-        report = index_images(cat, model, list(inputs), resolved.config, preset=preset, batch_size=batch_size,
-                              workers=workers, dtype=dtype, shard_size=shard_size, max_images=limit or None,
-                              max_image_bytes=max_image_bytes, progress=show_progress())
+        if faiss_index is not None:
+            from stores.faiss_factory import train_plan
+
+            train_plan(faiss_index, model.embed_dim)  # one line for a string Faiss cannot build, before any work
+        common = dict(preset=preset, batch_size=batch_size, dtype=dtype, shard_size=shard_size, max_images=limit or None,
+                      max_image_bytes=max_image_bytes, faiss_index=faiss_index, progress=show_progress())
+        if engine == "ray":
+            from ..engines.ray_engine import index_images_ray
+
+            report = index_images_ray(cat, model, list(inputs), resolved.config, address=address,
+                                      concurrency=ray_concurrency, actors_per_gpu=actors_per_gpu, **common)
+        else:
+            report = index_images(cat, model, list(inputs), resolved.config, workers=workers, **common)
     for line in report.lines():
         click.echo(line)
     if report.failed:

@@ -220,6 +220,36 @@ def preset_option(fn):
                              "per-dataset values.")(fn)
 
 
+def engine_options(*, gpu: bool = True):
+    """``--engine local|ray`` and the Ray settings (``--address``, ``--ray-concurrency`` and, for
+    stages that encode images, ``--actors-per-gpu``): docs/scale.md."""
+    opts = [
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="Where the work runs: in this process, or on a Ray cluster (pip install 'zsl-pipeline[ray]')."),
+        click.option("--address", default=None, metavar="ADDRESS",
+                     help="--engine ray: the cluster to join (auto = the running one; default: start a local one)."),
+        number_option("--ray-concurrency", kind=int, lo=1, hi=100_000, default=None,
+                      help="--engine ray: actors in the pool (default: one per GPU, else one per CPU but one)."),
+    ]
+    if gpu:
+        opts.append(number_option("--actors-per-gpu", kind=int, lo=1, hi=64, default=1, show_default=True,
+                                  help="--engine ray: model copies sharing one GPU (each decodes its own images)."))
+    return stack(*opts)
+
+
+def check_engine(engine: str, address: str | None, **ray_settings) -> None:
+    """Ray settings without ``--engine ray`` are a usage error; ``--engine ray`` without Ray installed
+    is one line saying how to install it (before the store is opened)."""
+    if engine != "ray":
+        given = [f"--{k.replace('_', '-')}" for k, v in {"address": address, **ray_settings}.items() if v is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} need --engine ray")
+        return
+    from ..engines.ray_engine import require_ray
+
+    require_ray()
+
+
 def format_option(default: str = "table"):
     return click.option("--format", "fmt", type=click.Choice(FORMATS), default=default, show_default=True,
                         help="How results are printed: an aligned table, CSV, a JSON array, or JSON lines.")

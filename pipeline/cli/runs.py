@@ -8,8 +8,10 @@ from ..names import check_text
 from . import cli
 from .options import (
     RUN_ID,
+    check_engine,
     check_output_folder,
     command,
+    engine_options,
     format_option,
     limit_option,
     load_store_model,
@@ -28,9 +30,11 @@ from .output import emit, format_records
 CONFIG_KEYS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates", "alignments_top")
 
 
-def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device) -> list:
+def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
+                engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
-    say where values came from, and run each method. Returns the ClassifyReports."""
+    say where values came from, and run each method. Returns the ClassifyReports.
+    ``engine``: ``{"engine": "ray", "address": ..., "concurrency": ...}`` runs them on Ray."""
     from stores import tables
 
     from ..config import recorded_preset
@@ -42,6 +46,11 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
+    if engine and engine.get("engine") == "ray":
+        from ..engines.ray_engine import classify_ray
+
+        return [classify_ray(cat, m, resolved.config, model=model, provenance=provenance, address=engine.get("address"),
+                             concurrency=engine.get("concurrency"), progress=show_progress()) for m in methods]
     return [classify(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress())
             for m in methods]
 
@@ -52,27 +61,33 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @method_config_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
+@engine_options(gpu=False)
 @model_options
 @store_option
 def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates, alignments_top,
-                 limit, fmt, model_name, pretrained, device, store):
+                 limit, fmt, engine, address, ray_concurrency, model_name, pretrained, device, store):
     """Score indexed images; one run per method (no image is decoded).
 
     \b
     pipeline classify --method lazsl --top-k 50 --theta 0.8
     pipeline classify --method clip,dclip,wca,lazsl
     pipeline classify --preset imagenet-b32 --format jsonl --limit 0
+    pipeline classify --method lazsl --engine ray --address auto
 
     Settings come from the options, else --preset, else the preset recorded when the images
-    were indexed, else the defaults; every run stores what it used (runs.params).
+    were indexed, else the defaults; every run stores what it used (runs.params). With
+    --engine ray, Ray actors score the regions shards and this process writes the run.
     """
     from stores import tables
+
+    check_engine(engine, address, ray_concurrency=ray_concurrency)
 
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
                    seed=seed, templates=templates, alignments_top=alignments_top)
     rows = []
     with open_store(store, check="classify") as cat:
-        for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
+        ray = {"engine": engine, "address": address, "concurrency": ray_concurrency}
+        for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device, ray):
             click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
                        err=fmt != "table")
             rows += _prediction_rows(report, tables.top_attributes(cat, report.run_id), limit)

@@ -59,7 +59,11 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         if address is None and num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         if quiet:
-            kwargs.update(log_to_driver=False, logging_level="warning")
+            import logging
+
+            kwargs.update(log_to_driver=False, logging_level="error")
+            for name in ("ray", "ray.data"):  # Ray Data's INFO/WARNING lines (progress, auth token notes)
+                logging.getLogger(name).setLevel(logging.ERROR)
         # actors import this project: make the driver's source visible to them (local clusters;
         # on a real cluster every node has the package installed, docs/scale.md)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -108,6 +112,8 @@ def map_batches_ordered(fn_cls, rows: list[dict], *, fn_constructor_kwargs: dict
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = progress
+    if hasattr(ctx, "print_on_execution_start"):
+        ctx.print_on_execution_start = False
     if not rows:
         return
     ds = ray.data.from_items(rows, override_num_blocks=max(1, -(-len(rows) // batch_size)))
