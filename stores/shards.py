@@ -122,21 +122,26 @@ def write_regions_table(regions: pa.Table, where, *, images: pa.Table | None = N
 
     When ``images`` (the partner) lists the same images in the same order, the file's metadata
     records ``zsl.images_per_row_group``: image ``i`` of the images shard is then in row group
-    ``i // images_per_row_group``. Otherwise (never, for the stages' writers) one row group and no key."""
+    ``i // images_per_row_group``. Otherwise (never, for the stages' writers) one row group and no key.
+
+    The embedding column is written without dictionary encoding: its values are all distinct,
+    and a dictionary that each row group restarts (and abandons at 1 MB) made float32 shards 20%
+    bigger (2,327 against 1,905 bytes a region, D = 512; float16 1,000 against 951)."""
     from .tables import IMAGES_PER_ROW_GROUP_KEY
 
+    opts = dict(compression="zstd", use_dictionary=[c for c in regions.column_names if c != "embedding"])
     img = regions["image_id"].to_numpy() if regions.num_rows else np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if len(img) else np.zeros(0, np.int64)
     aligned = images is not None and np.array_equal(img[starts], images["image_id"].to_numpy())
     if not aligned or len(starts) <= images_per_row_group:
         meta = {IMAGES_PER_ROW_GROUP_KEY: str(images_per_row_group).encode()} if aligned else {}
         pq.write_table(regions.replace_schema_metadata({**(regions.schema.metadata or {}), **meta}), where,
-                       compression="zstd", row_group_size=max(1, regions.num_rows))
+                       row_group_size=max(1, regions.num_rows), **opts)
         return
     schema = regions.schema.with_metadata({**(regions.schema.metadata or {}),
                                            IMAGES_PER_ROW_GROUP_KEY: str(images_per_row_group).encode()})
     bounds = np.append(starts[::images_per_row_group], len(img))
-    with pq.ParquetWriter(where, schema, compression="zstd") as w:
+    with pq.ParquetWriter(where, schema, **opts) as w:
         for a, b in zip(bounds[:-1], bounds[1:]):
             w.write_table(regions.slice(int(a), int(b - a)).replace_schema_metadata(schema.metadata),
                           row_group_size=int(b - a))
