@@ -158,7 +158,7 @@ def test_sigkilled_ray_driver_resumes_without_duplicates(ray_cluster, tmp_path, 
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert running, "the run finished before it could be killed"
-    with Catalog(store, read_only=True) as cat:
+    with Catalog(store) as cat:  # opened for writing: a pair committed but not yet renamed is finished first
         killed_at = tables.image_count(cat)
     assert 1 <= killed_at < 40
     res = CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
