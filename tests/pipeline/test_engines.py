@@ -163,3 +163,43 @@ def test_score_region_batch_rows_round_trip_and_equal_the_stage(tmp_path, tiny_m
                 assert a == b, (method, t)
                 produces = {"predictions", "alignments" if method == "lazsl" else "sample_predictions"}
                 assert (len(a) > 0) == (t in produces), (method, t)
+
+
+def test_shard_scorer_reads_only_the_row_groups_of_its_images(tmp_path, tiny_model, attr_file, monkeypatch):
+    """The Ray actor of classify, called as Ray Data calls it (a pyarrow batch of shard rows with
+    the images' positions), on a shard of 2 row groups: the rows of classify on those images."""
+    import pyarrow.parquet as pq
+
+    from pipeline.config import MethodConfig
+    from pipeline.engines.ray_engine import ShardScorer
+    from pipeline.stages.attributes import import_attribute_file
+    from pipeline.stages.classify import ScoredRows, classify, prepare_run, write_scored
+    from tests.helpers import write_image
+
+    for i in range(20):
+        write_image(tmp_path / "imgs" / f"c{i % 2}" / f"{i:02d}.png", size=(64 + i, 60), color=(i * 9, 80, 140), seed=i)
+    with Catalog(tmp_path / "s") as cat:
+        import_attribute_file(cat, tiny_model, attr_file, progress=False)
+        index_images(cat, tiny_model, [str(tmp_path / "imgs")], RegionConfig(n_crops=3), progress=False, shard_size=20)
+        assert pq.ParquetFile(cat.shard_files("regions")[0]).num_row_groups == 2
+        last = [r[0] for r in cat.query("select image_id from images order by image_id desc limit 2").fetchall()]
+        ref = classify(cat, "lazsl", MethodConfig(top_k=0), image_ids=last, progress=False)
+        run = prepare_run(cat, "lazsl", MethodConfig(top_k=0), image_ids=last)
+        plan = tables.region_shard_plan(cat, last)
+        batch = pa.Table.from_pylist([{"path": str(p), "seq": i, "positions": [int(x) for x in pos]}
+                                      for i, (p, pos) in enumerate(plan)])
+        groups = []
+        real = pq.ParquetFile.read_row_groups
+        monkeypatch.setattr(pq.ParquetFile, "read_row_groups",
+                            lambda self, g, **kw: groups.append(list(g)) or real(self, g, **kw))
+        out = ShardScorer(run.context.to_dict(), image_ids=last)(batch)
+        monkeypatch.undo()
+        want_groups = sorted({int(x) // 16 for _, pos in plan for x in pos})
+        assert groups == [want_groups] and out["images"].tolist() == [2]
+        with cat.transaction():
+            tables.insert_run(cat, tables.RunRecord(run.report.run_id, "lazsl", run.report.params, cat.model))
+            write_scored(cat, ScoredRows.from_bytes(out["rows"][0]))
+        for t in ("predictions", "alignments"):
+            q = f"select * exclude (run_id) from {t} where run_id = ? order by all"
+            a = cat.query(q, [ref.run_id]).fetchall()
+            assert a == cat.query(q, [run.report.run_id]).fetchall() and len(a) > 0
