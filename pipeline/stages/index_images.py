@@ -22,7 +22,7 @@ from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
 from ..errors import InputError
-from ..imaging import ImageItem, discover_images, open_image
+from ..imaging import ImageItem, discover_images, open_image, region_image
 from .attributes import claim_model
 
 
@@ -50,8 +50,10 @@ class IndexReport:
 class RegionDataset:
     """Map-style dataset: image i -> its region tensors (runs in DataLoader workers)."""
 
-    def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int):
+    def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int,
+                 view_size: int = 224):
         self.items, self.cfg, self.preprocess, self.known, self.patch_grid = items, cfg, preprocess, known_sha, patch_grid
+        self.view_size = view_size  # AWT's views are stretched to the model's square input
 
     def __len__(self) -> int:
         return len(self.items)
@@ -76,7 +78,7 @@ class RegionDataset:
         if self.cfg.source == "patches":
             tensors = self.preprocess(img).unsqueeze(0)  # one pass; tokens are the regions
         else:
-            views = [img] + [img.crop(tuple(int(v) for v in b)) for b in boxes[1:]]
+            views = [region_image(img, k, b, self.view_size) for k, b in zip(kinds, boxes)]
             tensors = torch.stack([self.preprocess(v) for v in views])
         return {"item": item, "sha": sha, "size": (w, h), "kinds": kinds, "boxes": boxes, "pixels": tensors}
 
@@ -149,7 +151,7 @@ def index_images(
     report = IndexReport(seen=len(items))
     t0 = time.perf_counter()
     loader = DataLoader(
-        RegionDataset(items, cfg, model.preprocess, known, patch_grid),
+        RegionDataset(items, cfg, model.preprocess, known, patch_grid, model.image_size),
         batch_size=None,
         num_workers=workers,
         collate_fn=_identity,
