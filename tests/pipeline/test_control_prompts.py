@@ -111,3 +111,11 @@ def test_scores_match_a_plain_loop(kind):
             rows = [i for i in range(len(prompts)) if cls[i] == c]
             ref = sum(float(np.dot(img[b].astype(np.float64), T[i].astype(np.float64))) for i in rows) / len(rows)
             assert abs(got[b, c] - ref) < 1e-6
+
+
+def test_doctests():
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module("pipeline.stages.control_prompts"), raise_on_error=False)
+    assert res.attempted > 0 and res.failed == 0

@@ -193,3 +193,11 @@ def test_awt_rejects_bad_input():
         awt_scores(views, texts, tc, stop="batch")
     with pytest.raises(ValueError, match="class_prompts"):
         awt_scores(views, texts, tc, prompts[:-1])
+
+
+def test_doctests():
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module("queries.awt"), raise_on_error=False)
+    assert res.attempted > 0 and res.failed == 0

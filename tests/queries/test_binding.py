@@ -178,3 +178,11 @@ def test_part_structure_and_errors():
         object_bound_scores(regions, boxes, attr, ac, min_parts=50)
     with pytest.raises(ValueError, match="boxes"):
         object_bound_scores(regions, boxes[:, :-1], attr, ac)
+
+
+def test_doctests():
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module("queries.binding"), raise_on_error=False)
+    assert res.attempted > 0 and res.failed == 0

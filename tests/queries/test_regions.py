@@ -68,3 +68,11 @@ def test_parts_and_views_leave_the_crops_unchanged():
     assert np.array_equal(b1[8:13], want)
     boxes, flips = augmented_view_boxes(200, 150, sha, 4)
     assert np.array_equal(b1[13:], boxes) and k1[13:] == ["view-flip" if f else "view" for f in flips]
+
+
+def test_doctests():
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module("queries.regions"), raise_on_error=False)
+    assert res.attempted > 0 and res.failed == 0
