@@ -118,6 +118,22 @@ def test_awt_matches_the_pure_function(store, tiny_model):
     assert regions == view_ids
 
 
+def test_awt_stores_the_top_k_classes(store, tiny_model):
+    """AWT scores every class (its weights are entropies over them) and stores the top-k."""
+    run = classify(store, "awt", MethodConfig(top_k=1, awt_texts="descriptors"), model=tiny_model, progress=False)
+    _, cls, attr, classes = descriptors(store)
+    scale = float(tiny_model.model.logit_scale.detach().exp())
+    rows = store.query("select image_id, class_id, score, global_score from predictions where run_id = ?", [run.run_id]).fetchall()
+    assert len(rows) == len(image_ids(store))
+    for iid, cid, score, prompt_part in rows:
+        _, views, _ = regions_of(store, iid, ["full", "view", "view-flip"])
+        res = awt_scores(views[None], attr, cls, logit_scale=scale)
+        assert cid == classes[int(np.argmax(res.scores[0]))] and abs(score - res.scores[0].max()) < 1e-5
+        assert prompt_part == 0.0  # no class prompt among the texts
+    aligned = store.query("select distinct image_id, class_id from alignments where run_id = ?", [run.run_id]).fetchall()
+    assert sorted(aligned) == sorted((i, c) for i, c, _, _ in rows)
+
+
 def test_awt_without_views_is_a_clear_error(tmp_path, tiny_model, image_folder, attr_file):
     cat = Catalog(tmp_path / "s")
     import_attribute_file(cat, tiny_model, attr_file, progress=False)
