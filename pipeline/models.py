@@ -250,7 +250,11 @@ def load_model(
 
     seed = None
     if pretrained_arg and pretrained_arg.startswith("random"):
-        seed = int(pretrained_arg.split(":", 1)[1]) if ":" in pretrained_arg else 0
+        tail = pretrained_arg.split(":", 1)[1] if ":" in pretrained_arg else "0"
+        if pretrained_arg.split(":", 1)[0] != "random" or not tail.isdigit() or int(tail) >= 2**63:
+            raise ModelLoadError(f"--pretrained {pretrained_arg!r}: use random or random:SEED with SEED an integer "
+                                 "in [0, 2**63).")
+        seed = int(tail)
         pretrained_arg = None
     elif pretrained_arg and not is_scheme and not os.path.isfile(pretrained_arg):
         known = {tag for arch, tag in open_clip.list_pretrained() if arch == name}

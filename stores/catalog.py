@@ -12,23 +12,53 @@ Layout::
 Shards are written atomically (temp file + rename); the ``images`` shard of a batch is
 renamed last and is the batch's commit marker, so a regions shard without its images shard
 is an interrupted write and is removed when the store is next opened for writing.
+
+Readers and writers (``docs/store.md``, "Readers, writers and the published catalog")::
+
+    STORE/
+      catalog.duckdb          the published catalog: the last committed state, always complete;
+                              readers open it read-only and are never blocked by a writer
+      catalog.writing.duckdb  the one writer's working copy (exists while a writer runs)
+      .writer.lock            flock held by the one writing process (``--wait`` for a second one)
+
+A writer copies ``catalog.duckdb`` to its working copy, writes there, and publishes: at commit
+points (checkpoint, copy, atomic rename over ``catalog.duckdb``; at most as often as keeps the
+copies under ~5% of its time) and when it closes (a rename, no copy). A writer killed mid-run
+leaves its working copy, with all it committed; the next writer adopts it, and a reader that
+finds it with no writer running publishes it first, so no committed work is lost. While it
+runs a writer holds a shared lock on ``catalog.duckdb``, so other programs (the DuckDB CLI) can
+read it but not write it. ``sandbox=True`` (``pipeline sql``) opens the published catalog with
+DuckDB's external access off and its configuration locked (:mod:`stores.sandbox`).
 """
 from __future__ import annotations
 
 import json
 import os
+import time
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import duckdb
 
+from . import sandbox as sb
 from .errors import ModelMismatchError, StoreError, StoreVersionError
+from .locks import DEFAULT_WAIT, WriterLock, copy_file, file_signature, fsync_dir
 from .migrations import SCHEMA_VERSION, migrate, pending_migrations
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None
 
 DEFAULT_STORE = "./zsl-store"
 CATALOG_FILE = "catalog.duckdb"
+WORKING_FILE = "catalog.writing.duckdb"
+# a commit publishes if the last copy was cheap (a catalog up to tens of MB), or if it took at
+# most this share of the time since the previous one (copies stay under ~5% of a writer's time)
+PUBLISH_ALWAYS_BELOW_S = 0.05
+PUBLISH_COST_SHARE = 0.05
 
 # Shard-backed tables: name -> (directory, DuckDB column types of an empty placeholder)
 SHARD_TABLES: dict[str, tuple[str, list[tuple[str, str]]]] = {
@@ -66,38 +96,288 @@ def resolve_store_path(path: str | os.PathLike | None) -> Path:
 
 
 class Catalog:
-    """An open store. ``Catalog(path)`` creates and migrates it; ``read_only=True`` never writes."""
+    """An open store. ``Catalog(path)`` creates and migrates it; ``read_only=True`` never writes.
 
-    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False, create: bool = True):
+    A writer (``read_only=False``) holds the store's writer lock and writes a working copy of the
+    catalog that it publishes as ``catalog.duckdb`` (module docstring); a second writer waits up to
+    ``wait`` seconds (``on_wait`` receives a one-line message when it starts waiting), then fails
+    with one line. A reader opens the published catalog and never waits for a writer.
+    ``sandbox=True`` (implies read-only) locks the connection down for user SQL; ``allow_read``
+    ((view name, file) pairs) makes files of the user's readable there as views.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False, create: bool = True, *,
+                 wait: float = DEFAULT_WAIT, on_wait: Callable[[str], None] | None = None, sandbox: bool = False,
+                 allow_read: Sequence[tuple[str, Path]] = ()):
         self.root = resolve_store_path(path)
-        self.read_only = read_only
-        db_file = self.root / CATALOG_FILE
-        if not db_file.exists():
-            if read_only or not create:
-                raise StoreError(
-                    f"No store at {self.root} (no {CATALOG_FILE}); create one with `pipeline build-attributes` "
-                    "or `pipeline index-images`, or point --store / ZSL_STORE at an existing store."
-                )
+        self.read_only = read_only or sandbox
+        self.con = None
+        self.sandbox: sb.Sandbox | None = None
+        self._lock: WriterLock | None = None
+        self._hold: int | None = None  # fd with a shared lock on catalog.duckdb while writing
+        self._work_sig = None  # the working copy as it was at the last publish
+        self._last_publish = 0.0
+        self._copy_seconds = 0.0
+        self._in_transaction = False
+        self.publish_count = 0
+        if self.read_only:
+            self._open_reader(wait, on_wait, sandbox, allow_read)
+        else:
+            self._open_writer(wait, on_wait, create)
+
+    @property
+    def db_file(self) -> Path:
+        return self.root / CATALOG_FILE
+
+    @property
+    def work_file(self) -> Path:
+        return self.root / WORKING_FILE
+
+    def _no_store(self) -> StoreError:
+        return StoreError(
+            f"No store at {self.root} (no {CATALOG_FILE}); create one with `pipeline build-attributes` "
+            "or `pipeline index-images`, or point --store / ZSL_STORE at an existing store."
+        )
+
+    # ---- opening --------------------------------------------------------------------------
+    def _connect(self, file: Path, *, read_only: bool, config: dict | None = None, wait: float = DEFAULT_WAIT,
+                 on_wait: Callable[[str], None] | None = None):
+        """duckdb.connect, retrying while another program holds a conflicting lock on ``file``."""
+        deadline = time.monotonic() + max(0.0, wait)
+        told = False
+        while True:
+            try:
+                return duckdb.connect(str(file), read_only=read_only, config=config or {})
+            except duckdb.IOException as exc:
+                msg = str(exc).splitlines()[0]
+                locked = "lock" in msg.lower()
+                if not locked or time.monotonic() >= deadline:
+                    hint = (" (another program has it open for writing; close it, or open it read-only: "
+                            "duckdb -readonly)") if locked else ""
+                    raise StoreError(f"Cannot open {file}: {msg}{hint}") from exc
+                if not told and on_wait is not None:
+                    on_wait(f"waiting up to {wait:g} s: {file.name} is locked by another program")
+                    told = True
+                time.sleep(0.1)
+
+    def _open_writer(self, wait, on_wait, create: bool) -> None:
+        main, work = self.db_file, self.work_file
+        if main.exists() and not main.is_file():
+            raise StoreError(f"{main} is not a file; --store must be a store directory.")
+        if not main.exists() and not work.exists():
+            if not create:
+                raise self._no_store()
             self.root.mkdir(parents=True, exist_ok=True)
-        elif not db_file.is_file():
-            raise StoreError(f"{db_file} is not a file; --store must be a store directory.")
+        self._lock = WriterLock(self.root)
+        self._lock.acquire(wait, on_wait)
+        adopted = work.exists()
         try:
-            self.con = duckdb.connect(str(db_file), read_only=read_only)
-        except duckdb.IOException as exc:
-            raise StoreError(f"Cannot open {db_file}: {str(exc).splitlines()[0]} (is another pipeline process writing it?)") from exc
-        if read_only:
+            changed = self._prepare_working_copy(wait, on_wait)
+            self.con = self._connect(work, read_only=False, wait=wait, on_wait=on_wait)
+            self.refresh_views()  # views created by migrations may select from the shard views
+            applied = migrate(self.con)
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+            self._remove_orphan_shards()
+            self.refresh_views()
+            if changed or applied or not main.exists():
+                self.publish()
+            else:
+                self.con.execute("CHECKPOINT")
+                self._work_sig = file_signature(work)
+                self._last_publish = time.monotonic()
+        except BaseException as exc:
+            self._abandon()
+            if not adopted and main.exists():
+                work.unlink(missing_ok=True)  # only a copy of catalog.duckdb: the error is about that file
+            if isinstance(exc, duckdb.Error):
+                name = work if adopted else main
+                what = " (an interrupted writer's working copy)" if adopted else ""
+                raise StoreError(f"Cannot read {name}{what}: {' '.join(str(exc).splitlines()[0].split())}") from exc
+            raise
+
+    def _prepare_working_copy(self, wait, on_wait) -> bool:
+        """Make ``catalog.writing.duckdb`` hold the last committed state. True if it differs from
+        ``catalog.duckdb`` (an interrupted writer's work adopted, or a new store)."""
+        main, work = self.db_file, self.work_file
+        for stale in (main.with_name(main.name + ".tmp"), work.with_name(work.name + ".tmp")):
+            stale.unlink(missing_ok=True)
+        if work.exists():
+            # a writer was interrupted: its working copy holds everything it committed (DuckDB
+            # replays its WAL); adopt it, hold catalog.duckdb and publish it once migrated
+            if main.exists():
+                self._hold_main(wait, on_wait)
+            return True
+        if not main.exists():
+            return True
+        wal = main.with_name(main.name + ".wal")
+        if wal.exists():  # written in place (an older version, or DuckDB itself): fold its WAL in first
+            con = self._connect(main, read_only=False, wait=wait, on_wait=on_wait)
+            con.execute("CHECKPOINT")
+            con.close()
+        self._hold_main(wait, on_wait)
+        tmp = work.with_name(work.name + ".tmp")
+        t0 = time.perf_counter()
+        copy_file(main, tmp)
+        os.replace(tmp, work)
+        self._copy_seconds = time.perf_counter() - t0  # what a publish will cost: paces commit_point
+        return False
+
+    def _hold_main(self, wait, on_wait) -> None:
+        """A shared lock on catalog.duckdb, the kind DuckDB's readers take: other programs may read
+        it but not open it for writing while this writer runs (their writes would be lost)."""
+        self._release_main()
+        if fcntl is None:  # pragma: no cover
+            return
+        deadline = time.monotonic() + max(0.0, wait)
+        told = False
+        fd = os.open(self.db_file, os.O_RDONLY)
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise StoreError(f"Cannot write {self.root}: {CATALOG_FILE} is open for writing in another "
+                                     f"program; close it (or open it read-only: duckdb -readonly) and retry.") from None
+                if not told and on_wait is not None:
+                    on_wait(f"waiting up to {wait:g} s: {CATALOG_FILE} is open for writing in another program")
+                    told = True
+                time.sleep(0.1)
+        self._hold = fd
+
+    def _release_main(self) -> None:
+        if self._hold is not None:
+            os.close(self._hold)
+            self._hold = None
+
+    def _open_reader(self, wait, on_wait, sandbox: bool, allow_read: Sequence[tuple[str, Path]]) -> None:
+        main = self.db_file
+        if self.work_file.exists():
+            self._recover_interrupted_write()
+        if not main.exists():
+            raise self._no_store()
+        if not main.is_file():
+            raise StoreError(f"{main} is not a file; --store must be a store directory.")
+        config = None
+        if sandbox:
+            self.sandbox = sb.Sandbox([self.shard_dir(t) for t in SHARD_TABLES], [f for _, f in allow_read])
+            config = self.sandbox.connect_config()
+        try:
+            self.con = self._connect(main, read_only=True, config=config, wait=wait, on_wait=on_wait)
             if pending_migrations(self.con):
                 self._check_newer()
                 raise StoreVersionError(
                     f"Store {self.root} has an older schema; open it once for writing (e.g. `pipeline catalog migrate`)."
                 )
             self._check_newer()
-        else:
-            self.refresh_views()  # views created by migrations may select from the shard views
-            migrate(self.con)
-            self.set_meta("schema_version", str(SCHEMA_VERSION))
-            self._remove_orphan_shards()
-        self.refresh_views()
+            if self.sandbox is not None:
+                self.sandbox.prepare(self.con)
+            self.refresh_views()
+            if self.sandbox is not None:
+                self._allow_read_views(allow_read)
+                self.sandbox.lock(self.con)
+        except BaseException as exc:
+            self._abandon()
+            if isinstance(exc, duckdb.Error):
+                raise StoreError(f"Cannot read {main}: {' '.join(str(exc).splitlines()[0].split())}") from exc
+            raise
+
+    def _recover_interrupted_write(self) -> None:
+        """A working copy with no writer running is an interrupted writer's committed work:
+        publish it (as the next writer would) so that readers see it. Best effort: a store that
+        cannot be written (read-only media) is read as last published."""
+        lock = WriterLock(self.root)
+        if not lock.try_acquire():
+            return  # a writer is running (or the store is read-only): read what it published
+        try:
+            work = self.work_file
+            if not work.exists():
+                return
+            main = self.db_file
+            for stale in (main.with_name(main.name + ".tmp"), work.with_name(work.name + ".tmp")):
+                stale.unlink(missing_ok=True)
+            con = duckdb.connect(str(work))  # replays the WAL: every committed transaction
+            try:
+                con.execute("CHECKPOINT")
+                con.execute("SELECT count(*) FROM _migrations").fetchone()  # readable at all
+            finally:
+                con.close()
+            os.replace(work, main)
+            fsync_dir(self.root)
+        except (OSError, duckdb.Error):
+            pass
+        finally:
+            lock.release()
+
+    def _allow_read_views(self, allow_read: Sequence[tuple[str, Path]]) -> None:
+        taken = {r[0].lower() for r in self.con.execute(
+            "SELECT table_name FROM information_schema.tables").fetchall()}
+        for name, path in allow_read:
+            if name.lower() in taken:
+                raise StoreError(f"--allow-read {path}: the store already has a table or view named {name!r}; "
+                                 f"pass NAME=FILE to name the view otherwise.")
+            reader = sb.reader_for(Path(path)) or "read_csv"
+            literal = "'" + sb.sandbox_path(path).replace("'", "''") + "'"
+            try:
+                quoted = '"' + name.replace('"', '""') + '"'
+                self.con.execute(f"CREATE TEMP VIEW {quoted} AS SELECT * FROM {reader}({literal})")
+            except duckdb.Error as exc:
+                raise StoreError(f"--allow-read {path}: cannot read it: {str(exc).splitlines()[0]}") from None
+            taken.add(name.lower())
+
+    def _abandon(self) -> None:
+        """Undo a half-done open: close what was opened, release the locks (publish nothing)."""
+        if self.con is not None:
+            try:
+                self.con.close()
+            except duckdb.Error:
+                pass
+            self.con = None
+        if self.sandbox is not None:
+            self.sandbox.close()
+        self._release_main()
+        if self._lock is not None:
+            self._lock.release()
+
+    # ---- publishing -------------------------------------------------------------------------
+    def publish(self, *, if_changed: bool = False) -> bool:
+        """Make everything committed so far visible to readers: checkpoint the working copy and
+        copy it over ``catalog.duckdb`` in one rename. Returns whether it published."""
+        if self.read_only or self.con is None or self._in_transaction:
+            return False
+        self.con.execute("CHECKPOINT")
+        work, main = self.work_file, self.db_file
+        sig = file_signature(work)
+        if if_changed and sig == self._work_sig:
+            self._last_publish = time.monotonic()
+            return False
+        t0 = time.perf_counter()
+        tmp = main.with_name(main.name + ".tmp")
+        copy_file(work, tmp)
+        os.replace(tmp, main)
+        fsync_dir(self.root)
+        self._copy_seconds = time.perf_counter() - t0
+        self._last_publish = time.monotonic()
+        self._work_sig = sig
+        self.publish_count += 1
+        try:
+            self._hold_main(0, None)
+        except StoreError:  # another program opened the new file for writing in the instant since
+            pass
+        return True
+
+    def commit_point(self) -> bool:
+        """Called around commits (``transaction()`` calls it before and after; so do shard writers):
+        publish if anything changed, unless copying is dear and the last copy was recent (copies stay
+        under ~5% of the writer's time; what waits is published at the next commit point or when the
+        catalog closes)."""
+        if self.read_only or self.con is None or self._in_transaction:
+            return False
+        if (self._copy_seconds > PUBLISH_ALWAYS_BELOW_S
+                and time.monotonic() - self._last_publish < self._copy_seconds / PUBLISH_COST_SHARE):
+            return False
+        return self.publish(if_changed=True)
 
     def _check_newer(self) -> None:
         # migrate() raises on unknown migrations; in read-only mode do the same check by hand.
@@ -112,7 +392,31 @@ class Catalog:
 
     # ---- basics -------------------------------------------------------------------------
     def close(self) -> None:
+        """Close; a writer's working copy becomes ``catalog.duckdb`` (a rename, no copy)."""
+        if self.con is None:
+            return
+        if self.read_only:
+            self.con.close()
+            self.con = None
+            if self.sandbox is not None:
+                self.sandbox.close()
+            return
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.Error:
+            pass
         self.con.close()
+        self.con = None
+        work = self.work_file
+        try:
+            if work.exists() and not work.with_name(work.name + ".wal").exists():
+                os.replace(work, self.db_file)
+                fsync_dir(self.root)
+            # else: the working copy still has a WAL; the next writer (or reader) publishes it
+        finally:
+            self._release_main()
+            if self._lock is not None:
+                self._lock.release()
 
     def is_empty(self) -> bool:
         """Nothing a user would miss: no classes, no indexed images, no runs."""
@@ -126,10 +430,7 @@ class Catalog:
         """Remove the whole store folder (for a store a failed command had just created)."""
         import shutil
 
-        try:
-            self.con.close()
-        except duckdb.Error:
-            pass
+        self._abandon()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> "Catalog":
@@ -140,13 +441,20 @@ class Catalog:
 
     @contextmanager
     def transaction(self):
+        """One atomic commit; afterwards readers see it as soon as it is published (commit_point)."""
+        if not self.read_only:
+            self.commit_point()  # what earlier autocommitted statements wrote
         self.con.execute("BEGIN TRANSACTION")
+        self._in_transaction = True
         try:
             yield self.con
             self.con.execute("COMMIT")
         except BaseException:
             self.con.execute("ROLLBACK")
             raise
+        finally:
+            self._in_transaction = False
+        self.commit_point()
 
     def query(self, sql: str, params: Iterable[Any] | None = None):
         return self.con.execute(sql, list(params) if params is not None else None)
@@ -215,13 +523,24 @@ class Catalog:
                 for tmp in d.glob("*.tmp"):
                     tmp.unlink()
 
+    def committed_shard_files(self, table: str) -> list[Path]:
+        """Shards of committed batches: every images shard, and the regions shards whose images
+        shard (the batch's commit marker) exists; a regions shard alone is a batch in flight."""
+        files = self.shard_files(table)
+        if table == "regions":
+            committed = {p.name for p in self.shard_files("images")}
+            files = [p for p in files if p.name in committed]
+        return files
+
     def refresh_views(self) -> None:
-        """(Re)point the shard views at this store's files (absolute paths, so the store may move)."""
+        """(Re)point the shard views at this store's committed shards (absolute paths, so the store
+        may move; ``zslro://`` paths in a sandbox, :mod:`stores.sandbox`)."""
         temp = "TEMP " if self.read_only else ""
         for name, (_, cols) in SHARD_TABLES.items():
-            files = self.shard_files(name)
+            files = self.committed_shard_files(name)
             if files:
-                lst = ", ".join("'" + str(f).replace("'", "''") + "'" for f in files)
+                names = [sb.sandbox_path(f) if self.sandbox is not None else str(f) for f in files]
+                lst = ", ".join("'" + f.replace("'", "''") + "'" for f in names)
                 body = f"SELECT * FROM read_parquet([{lst}], union_by_name = true)"
             else:
                 body = "SELECT " + ", ".join(f"NULL::{t} AS {c}" for c, t in cols) + " WHERE false"

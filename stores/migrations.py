@@ -298,6 +298,31 @@ def m007_sample_predictions(con) -> None:
 
 
 @migration
+def m008_image_errors_key(con) -> None:
+    """One row per (path, content, reason) in ``image_errors``: re-running index-images on the
+    same broken files used to add the same rows again. Existing duplicates are folded into
+    one row (the latest run and time); the key is a unique index, NULL sha256 (the file was
+    never read: missing, too large, not a regular file) counting as one value."""
+    con.execute(
+        """
+        CREATE TABLE image_errors_folded(
+            path VARCHAR NOT NULL,
+            sha256 VARCHAR,               -- NULL: the file was never read (missing, too large, not a file)
+            reason VARCHAR NOT NULL,
+            index_run_id BIGINT,          -- the latest run that saw it
+            created_at TIMESTAMP NOT NULL -- when that run saw it
+        );
+        INSERT INTO image_errors_folded
+        SELECT path, sha256, reason, max(index_run_id), max(created_at)
+        FROM image_errors GROUP BY path, sha256, reason;
+        DROP TABLE image_errors;
+        ALTER TABLE image_errors_folded RENAME TO image_errors;
+        CREATE UNIQUE INDEX image_errors_key ON image_errors (path, coalesce(sha256, ''), reason);
+        """
+    )
+
+
+@migration
 def m010_object_bindings(con) -> None:
     """The object-bound method's answer to "which object carried the class": per (run, image,
     candidate class), the region whose box framed the winning object and how many parts it had.

@@ -65,6 +65,7 @@ class ShardWriter:
         write_table_atomic(images, self.cat.shard_dir("images") / name)
         self.pending = []
         self.seq += 1
+        self.cat.commit_point()  # readers see the batch with the catalog rows written before it
 
     def _tables(self, batch: list[IndexedImage]) -> tuple[pa.Table, pa.Table]:
         n = [len(im.kinds) for im in batch]

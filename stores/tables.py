@@ -339,11 +339,28 @@ IMAGE_SHARD_SCHEMA = pa.schema([
 
 
 def insert_image_error(cat: Catalog, path: str, sha256: str | None, reason: str, index_run_id: int) -> None:
+    """Record a failed image; the same (path, content, reason) again only moves its run and time
+    (one row per key: the unique index ``image_errors_key``)."""
+    updated = cat.con.execute(
+        "UPDATE image_errors SET index_run_id = ?, created_at = ? "
+        "WHERE path = ? AND sha256 IS NOT DISTINCT FROM ? AND reason = ? RETURNING 1",
+        [index_run_id, now_utc(), path, sha256, reason],
+    ).fetchall()
+    if updated:
+        return
     insert_columns(cat, "image_errors", {
         "path": pa.array([path], pa.string()), "sha256": pa.array([sha256], pa.string()),
         "reason": pa.array([reason], pa.string()), "index_run_id": pa.array([index_run_id], pa.int64()),
         "created_at": pa.array([now_utc()], pa.timestamp("us")),
     })
+
+
+def clear_image_errors(cat: Catalog, paths: Sequence[str]) -> int:
+    """Forget the failures of files that are now indexed (or found in the store by content)."""
+    if not paths:
+        return 0
+    return len(cat.con.execute("DELETE FROM image_errors WHERE path IN (SELECT unnest(?)) RETURNING 1",
+                               [list(paths)]).fetchall())
 
 
 # ---- index runs -------------------------------------------------------------------------

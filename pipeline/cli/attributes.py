@@ -6,8 +6,11 @@ import sys
 
 import click
 
+from ..inputs import DEFAULT_MAX_FILE_BYTES
+from ..names import check_text
 from . import cli
 from .options import (
+    byte_size_option,
     check_output_file,
     command,
     load_store_model,
@@ -60,10 +63,11 @@ def _json_value(text: str):
 @click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None,
               help="descriptors (DCLIP) or sentences (CuPL); default: guessed from a file, descriptors for an LLM.")
 @click.option("--after-text", default="", help="Appended to each DCLIP sentence ('.' for ImageNet, as DCLIP does).")
+@byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "Larger class lists and attribute files are refused unread.")
 @llm_options
 @model_options
 @store_option
-def build_attributes_cmd(classes, from_json, style, after_text, llm_model, base_url, api_key, n_samples, prompt_version,
+def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, llm_model, base_url, api_key, n_samples, prompt_version,
                          concurrency, refresh, retry_failed, timeout, max_retries, max_reasks, duplicates, llm_option,
                          model_name, pretrained, device, store):
     """Store class attributes and encode them (Faiss + DuckDB): from a file, or written by an LLM.
@@ -85,16 +89,23 @@ def build_attributes_cmd(classes, from_json, style, after_text, llm_model, base_
         with open_store(store) as cat:
             model = load_store_model(cat, model_name, pretrained, device)
             report = import_attribute_file(cat, model, from_json or classes, style=style, after_text=after_text,
-                                           progress=progress)
+                                           progress=progress, max_bytes=max_file_bytes)
             for line in report.lines():
                 click.echo(line)
             click.echo(f"store: {cat.root}")
         return
     if not llm_model:
         raise click.UsageError("--llm-model is required to write attributes with an LLM (or import a file with --from-json).")
+    check_text(llm_model, "--llm-model", "model name")
     from ..stages.llm import generate_attributes, read_class_list
+    from ..stages.llm.calls import check_base_url
 
-    names, creport = read_class_list(classes, duplicates=duplicates)
+    check_base_url(base_url)  # before reading anything (the message never quotes the URL)
+    if prompt_version:
+        from ..stages.llm import get_prompt_set
+
+        get_prompt_set(prompt_version)  # a shipped name, refused before any work
+    names, creport = read_class_list(classes, duplicates=duplicates, max_bytes=max_file_bytes)
     for line in creport.lines():
         click.echo(line)
     with open_store(store) as cat:

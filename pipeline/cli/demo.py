@@ -15,9 +15,16 @@ def demo_cmd(output, store):
 
     The store is --store / ZSL_STORE (default ./zsl-store), so `pipeline sql` finds it next.
     """
-    from ..demo import run_demo
+    from stores.catalog import resolve_store_path
 
-    run_demo(check_output_folder(output), store=store, progress=show_progress())
+    from ..demo import run_demo
+    from ..errors import InputError
+
+    out = check_output_folder(output)
+    root = resolve_store_path(store)
+    if not root.parent.is_dir() or (root.exists() and not root.is_dir()):  # checked before any work
+        raise InputError(f"--store {root}: give a folder whose parent exists (none is created for you).")
+    run_demo(out, store=store, progress=show_progress())
 
 
 @command(cli, "make-toyworld")

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import click
 
+from ..inputs import DEFAULT_MAX_FILE_BYTES
 from . import cli
 from .options import (
+    RUN_ID,
+    byte_size_option,
     check_output_file,
     check_output_folder,
     command,
@@ -25,7 +28,7 @@ from .output import emit, format_records
 @click.argument("image")
 @click.option("--class", "class_name", default=None, help="Explain this class's score (default: the prediction, rank 1).")
 @click.option("--attribute", default=None, help="Only this attribute's overlay (text, part of it, or attr_id).")
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
 @output_option("folder", "the PNG overlays.", default="explanations")
 @limit_option("Attributes listed.", default=10)
 @format_option()
@@ -60,7 +63,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store)
 
 
 @command(cli, "report")
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
 @output_option("file", "the HTML page.", default="report.html")
 @limit_option("Images on the page; wrong predictions first.", default=50)
 @number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
@@ -87,7 +90,7 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
 
 
 @command(cli, "faithfulness")
-@click.option("--run", "run_id", type=int, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
 @number_option("--steps", kind=int, lo=1, hi=200, default=10, show_default=True, help="Deletion/insertion steps (equal shares of the pixels).")
 @limit_option("Images to score, by image_id.", default=0)
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
@@ -97,11 +100,12 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
 @number_option("--random-maps", "n_random", kind=int, lo=1, hi=100, default=1, show_default=True, help="Random maps per image (curves averaged).")
 @number_option("--tolerance", lo=0, hi=10_000, default=0.0, show_default=True, help="Pointing game: pixels the box is grown by.")
 @number_option("--seed", kind=int, lo=0, hi=2**63 - 1, default=0, show_default=True, help="Seed of the random maps and tie order.")
+@byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "A larger --boxes file is refused unread.")
 @format_option()
 @model_options
 @store_option
-def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, fmt, model_name, pretrained,
-                     device, store):
+def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, max_file_bytes, fmt, model_name,
+                     pretrained, device, store):
     """Deletion/insertion AUC of the run's maps against random maps (re-encoding the
     perturbed images), and the pointing game where ground-truth boxes exist. Results go to
     the tables faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game.
@@ -115,7 +119,8 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
     with open_store(store) as cat:
         model = load_store_model(cat, model_name, pretrained, device)
         rep = faithfulness(cat, model, run_id, steps=steps, limit=limit or None, boxes_file=boxes_file, seed=seed,
-                           baseline=baseline, n_random=n_random, tolerance=tolerance, progress=show_progress())
+                           baseline=baseline, n_random=n_random, tolerance=tolerance, progress=show_progress(),
+                           max_file_bytes=max_file_bytes)
     if fmt == "table":
         for line in rep.lines():
             click.echo(line)

@@ -6,8 +6,10 @@ import sys
 import click
 
 from ..config import resolve_region_config
+from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from . import cli
 from .options import (
+    byte_size_option,
     command,
     limit_option,
     load_store_model,
@@ -32,10 +34,12 @@ from .options import (
               help="How region embeddings are stored.")
 @number_option("--shard-size", kind=int, lo=1, hi=1_000_000, default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
 @limit_option("Index at most this many images (a quick look).")
+@byte_size_option("--max-image-bytes", DEFAULT_MAX_IMAGE_BYTES,
+                  "Image files larger than this are recorded as failed without being read.")
 @model_options
 @store_option
-def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, limit, model_name, pretrained, device,
-                     store, **regions):
+def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, limit, max_image_bytes, model_name,
+                     pretrained, device, store, **regions):
     """Encode each image's full view and regions once, into the store.
 
     \b
@@ -56,7 +60,7 @@ def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, lim
         model = load_store_model(cat, model_name, pretrained, device)
         report = index_images(cat, model, list(inputs), resolved.config, preset=preset, batch_size=batch_size,
                               workers=workers, dtype=dtype, shard_size=shard_size, max_images=limit or None,
-                              progress=show_progress())
+                              max_image_bytes=max_image_bytes, progress=show_progress())
     for line in report.lines():
         click.echo(line)
     if report.failed:

@@ -67,6 +67,37 @@ def number_option(*decls, kind: type = float, lo=None, hi=None, lo_open: bool = 
     return click.option(*decls, type=Number(kind, lo, hi, lo_open), **kw)
 
 
+class ByteSize(Number):
+    """A size in bytes: ``256M``, ``4G``, ``1.5GiB`` or a plain integer (binary units)."""
+
+    def __init__(self, lo: int = 1, hi: int = 2**50):
+        super().__init__(int, lo, hi)
+        self.name = "size"
+
+    def get_metavar(self, param, ctx=None):
+        return "SIZE"
+
+    def convert(self, value, param, ctx):
+        from ..inputs import parse_byte_size
+
+        if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
+            n = parse_byte_size(value)
+            if n is None:
+                self.fail(f"{value!r} is not a size (e.g. 512M, 4G, or a number of bytes)", param, ctx)
+            value = n
+        return super().convert(value, param, ctx)
+
+
+def byte_size_option(flag: str, default: int, help: str):
+    from ..inputs import human_bytes
+
+    return click.option(flag, type=ByteSize(), default=default, show_default=human_bytes(default).replace(".0 ", " "),
+                        help=help + " Units K, M, G (binary) or bytes.")
+
+
+RUN_ID = Number(int, 1, 2**63 - 1)  # run ids start at 1
+
+
 def config_option(config_cls, name: str, *extra_decls: str, default_from_config: bool = False):
     """An option for one field of a frozen config: its flag, help, type and bounds come from
     the field's metadata. The default is None ("not given"), so the config's resolution can
@@ -135,7 +166,22 @@ def show_progress() -> bool:
     return sys.stderr.isatty()
 
 
+def _set_wait(ctx, param, value):
+    if value is not None:
+        ctx.meta["zsl_wait"] = value
+    return value
+
+
 def store_option(fn):
+    """``--store`` and ``--wait`` (how long to wait while another process writes the store)."""
+    from stores.locks import DEFAULT_WAIT
+
+    fn = click.option(
+        "--wait", type=Number(float, 0, 7 * 24 * 3600), default=None, expose_value=False, callback=_set_wait,
+        metavar="SECONDS",
+        help="Seconds to wait while another pipeline process writes the store (one writes at a time; readers "
+             f"never wait for it).  [default: {DEFAULT_WAIT:g}]",
+    )(fn)
     return click.option(
         "--store", "store", envvar="ZSL_STORE", default=None,
         help="Store folder (catalog.duckdb + Parquet shards + Faiss indexes).  [default: ./zsl-store, or env ZSL_STORE]",
@@ -204,6 +250,9 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except (InputError, StoreError, ModelLoadError) as exc:
             raise click.ClickException(" ".join(str(exc).split())) from None
+        except OSError as exc:  # a full disk, a permission, a path that vanished: what and where
+            where = " ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+            raise click.ClickException(f"{exc.strerror or exc}" + (f": {where}" if where else "")) from None
 
     return wrapper
 
@@ -220,20 +269,38 @@ def command(group, name: str):
     return wrap
 
 
+def _say_waiting(message: str) -> None:
+    click.echo(f"note: {message}", err=True)
+
+
 @contextmanager
-def open_store(store, *, read_only: bool = False, create: bool = True):
+def open_store(store, *, read_only: bool = False, create: bool = True, **catalog_options):
     """Open the store; if this command created it and fails before writing anything, remove it
-    (a failed command leaves no empty store behind). Ctrl-C keeps whatever was written."""
+    (a failed command leaves no empty store behind). Ctrl-C keeps (publishes) whatever was written.
+    ``--wait`` (from the command line) bounds the wait for another writer."""
+    from stores.locks import DEFAULT_WAIT
+
+    ctx = click.get_current_context(silent=True)
+    wait = ctx.meta.get("zsl_wait", DEFAULT_WAIT) if ctx is not None else DEFAULT_WAIT
     root = resolve_store_path(store)
     existed = root.exists()
-    cat = Catalog(root, read_only=read_only, create=create)
+    if existed and not root.is_dir():
+        raise InputError(f"--store {root} is a file; a store is a folder (catalog.duckdb, Parquet shards, Faiss indexes).")
+    if not existed and create and not read_only and not root.parent.is_dir():
+        raise InputError(f"--store {root}: the folder {root.parent} does not exist; create it first "
+                         "(a store's parent folders are never created for you).")
+    cat = Catalog(root, read_only=read_only, create=create, wait=wait, on_wait=_say_waiting, **catalog_options)
     try:
         yield cat
     except Exception:
         empty = not existed and cat.is_empty()
-        cat.close()
         if empty:
             cat.destroy()
+        else:
+            cat.close()
+        raise
+    except BaseException:  # Ctrl-C: what was committed is kept and published
+        cat.close()
         raise
     else:
         cat.close()

@@ -11,6 +11,8 @@ import click
 
 from stores import files
 
+from ..names import escape_controls
+
 
 def _json_value(v):
     if isinstance(v, float) and not math.isfinite(v):
@@ -27,7 +29,7 @@ def _cell(v, max_width: int) -> str:
         s = "[" + ", ".join(f"{x:.4g}" if isinstance(x, float) else str(x) for x in v[:8]) + (", ...]" if len(v) > 8 else "]")
     else:
         s = "NULL" if v is None else str(v)
-    s = s.replace("\n", "\\n").replace("\r", "\\r").replace("\t", " ")
+    s = escape_controls(s.replace("\t", " "))  # newlines, NUL, escape sequences, bidi overrides: shown as escapes
     if len(s) <= max_width:
         return s
     keep = max_width - 1  # cut the middle: paths and texts keep their start and their end

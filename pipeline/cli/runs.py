@@ -4,8 +4,10 @@ from __future__ import annotations
 import click
 
 from ..config import resolve_method_config
+from ..names import check_text
 from . import cli
 from .options import (
+    RUN_ID,
     check_output_folder,
     command,
     format_option,
@@ -92,7 +94,7 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 
 @command(cli, "evaluate")
 @method_option(default=None, help_extra=" Runs them first, on the same regions, with the settings below.")
-@click.option("--run", "runs", type=int, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
+@click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
@@ -114,6 +116,7 @@ def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretra
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)
+    check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
     options = {k: config[k] for k in METHOD_CONFIG_FIELDS}
     with open_store(store, read_only=not names) as cat:

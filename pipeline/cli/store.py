@@ -14,21 +14,30 @@ from .output import emit, format_records, format_rows
 @command(cli, "sql")
 @click.argument("query")
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, help="Named parameter: -p name value ($name in SQL).")
+@click.option("--allow-read", "allow_read", multiple=True, metavar="[NAME=]FILE",
+              help="Make a CSV/TSV/Parquet/JSON file of yours readable, as the view NAME (default: the file name "
+                   "without its suffix: labels.csv -> labels). Repeatable; never makes anything writable.")
 @limit_option("Rows printed at most.", default=0)
 @format_option()
 @output_option("file", "the formatted rows instead of printing them.")
 @store_option
-def sql_cmd(query, params, limit, fmt, output, store):
-    """Run read-only SQL on the store.
+def sql_cmd(query, params, allow_read, limit, fmt, output, store):
+    """Run one read-only SQL statement on the store.
 
     \b
     pipeline sql "select method, count(*) from runs join predictions using (run_id) group by method"
     pipeline sql "select * from images where label = \\$l" -p l cat --format csv
+    pipeline sql "select i.path, l.truth from images i join labels l using (path)" --allow-read labels.csv
+
+    Every table and view of the store can be read; nothing can be written (no COPY, ATTACH,
+    EXPORT, INSTALL/LOAD or SET) and no other file read unless named with --allow-read.
+    A writer running meanwhile is not disturbed: this reads the last state it published.
     """
-    from ..sql import run_sql
+    from ..sql import parse_allow_read, run_sql
 
     out = check_output_file(output)
-    with open_store(store, read_only=True) as cat:
+    allowed = parse_allow_read(allow_read)
+    with open_store(store, read_only=True, sandbox=True, allow_read=allowed) as cat:
         cols, rows = run_sql(cat, query, dict(params), limit=limit or None)
     emit(format_rows(cols, rows, fmt), out)
 

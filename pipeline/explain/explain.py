@@ -31,7 +31,7 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 
 from ..errors import InputError
-from ..imaging import open_image
+from ..imaging import open_image, read_image_file
 from ..names import norm_class_name
 
 MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
@@ -140,7 +140,12 @@ def resolve_image(cat: Catalog, image: str | int | Path) -> dict:
     if not rows and Path(s).is_file():
         import hashlib
 
-        rows = tables.find_images(cat, sha256=hashlib.sha256(Path(s).read_bytes()).hexdigest())
+        try:
+            data = read_image_file(s)  # bounded like index-images: a huge file is no indexed image
+        except (ValueError, OSError):
+            data = None
+        if data is not None:
+            rows = tables.find_images(cat, sha256=hashlib.sha256(data).hexdigest())
     if not rows:
         rows = tables.find_images(cat, path_suffix="/" + s.lstrip("./"))
         if len(rows) > 1:
@@ -169,9 +174,11 @@ def load_image(path: str, size: tuple[int, int] | None = None) -> Image.Image:
     if not p.is_file():
         raise InputError(f"{path}: the indexed image file is gone; overlays need the pixels (the maps are in the store).")
     try:
-        img = open_image(p.read_bytes())
+        img = open_image(read_image_file(p))
     except ValueError as exc:
         raise InputError(f"{path}: {exc}") from None
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc}).") from None
     if size is not None and img.size != tuple(size):
         img = img.resize(size, Image.Resampling.BILINEAR)
     return img
@@ -222,6 +229,14 @@ def _slug(text: str, n: int = 40) -> str:
     return (s[:n].rstrip("-") or "x")
 
 
+def file_slug(text: str, n: int = 40) -> str:
+    """A file-name part for ``text`` that never collides: a readable slug plus a short hash of
+    the exact text ("C++" and "C#" both slug to "c"; their files must not overwrite each other)."""
+    import hashlib
+
+    return f"{_slug(text, n)}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
 def explain_image(
     cat: Catalog,
     image: str | int | Path,
@@ -233,8 +248,10 @@ def explain_image(
 ) -> ExplainResult:
     """Explain one image's prediction (or ``class_name``'s score) in a run; write PNG overlays.
 
-    Overlays: ``OUT/<stem>.<class>.png`` (class map) and ``OUT/<stem>.<class>.attr<id>-<text>.png``
-    per attribute (only ``attribute`` when given).
+    Overlays: ``OUT/<stem>-<image_id>.<class>-<hash>.png`` (class map) and
+    ``OUT/<stem>-<image_id>.<class>-<hash>.attr<id>-<text>.png`` per attribute (only ``attribute``
+    when given); ``<hash>`` is a short hash of the exact class name, so names that slug alike
+    never share a file.
     """
     from .plots import draw_box, overlay, png_bytes
 
@@ -275,8 +292,8 @@ def explain_image(
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents
         base = load_image(img["path"], (w, h))
-        stem = f"{_slug(Path(img['path']).stem)}-{img['image_id'] % 100000:05d}"
-        cslug = _slug(pred["name"])
+        stem = f"{_slug(Path(img['path']).stem)}-{img['image_id']}"  # the image id alone is unique
+        cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"
         class_img = overlay(base, ce.map, ce.mask)
         if ce.object is not None:

@@ -37,6 +37,7 @@ Also stored: the share of the map's positive mass inside the box (SCH).
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,12 +60,14 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 
 from ..errors import InputError
+from ..inputs import DEFAULT_MAX_FILE_BYTES, JSONTooDeep, loads_json, read_text_bounded
 from ..names import norm_class_name
 from .explain import load_image, prepare_image, resolve_image, resolve_run
 
 BASELINES = ("blur", "mean", "black")
 KINDS = ("deletion", "insertion", "random_deletion", "random_insertion")
 WORK_SHORT_SIDE = 256
+MAX_STEPS = 200
 POINTING_MAX_SIDE = 1024
 
 
@@ -228,30 +231,40 @@ class FaithReport:
 
 
 # ---- ground-truth boxes -----------------------------------------------------------------
-def read_boxes(path: str | Path) -> list[dict]:
+def _finite_coordinate(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and abs(v) < 1e9 and math.isfinite(v)
+
+
+def read_boxes(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> list[dict]:
     """Rows ``{image, class, attribute, box}`` from JSON (a list, or {"boxes": [...]}) or JSONL.
 
     Accepted keys: image | path | image_path | file; class | label | class_name; attribute |
     attr | descriptor | text; and either x0, y0, x1, y1 or box | bbox = [x0, y0, x1, y1]
     (pixels of the original image). Relative image paths are relative to the file's folder.
+    The file is at most ``max_bytes`` (checked before reading), nested a few levels at most,
+    and every box value a finite number.
     """
     p = Path(path)
     if not p.is_file():
         raise InputError(f"--boxes {path}: no such file (JSON or JSONL with image, x0, y0, x1, y1).")
-    text = p.read_text(encoding="utf-8")
+    text = read_text_bounded(p, max_bytes, what="--boxes")
     try:
-        data = json.loads(text)
+        data = loads_json(text)
         rows = data.get("boxes", data) if isinstance(data, dict) else data
         if isinstance(rows, dict):
             rows = [rows]
+    except JSONTooDeep as exc:
+        raise InputError(f"{p}: JSON {exc}; expected rows of boxes.") from None
     except json.JSONDecodeError:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
             if line.strip():
                 try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise InputError(f"{p}:{n}: not JSON ({exc.msg}).") from None
+                    rows.append(loads_json(line))
+                except (json.JSONDecodeError, JSONTooDeep) as exc:
+                    raise InputError(f"{p}:{n}: not a JSON row ({getattr(exc, 'msg', exc)}).") from None
+    if not isinstance(rows, list):
+        raise InputError(f"{p}: expected a list of box rows (or JSON lines), not a JSON {type(rows).__name__}.")
     out = []
     for n, r in enumerate(rows, 1):
         if not isinstance(r, dict):
@@ -265,8 +278,11 @@ def read_boxes(path: str | Path) -> list[dict]:
                 box = [r["x0"], r["y0"], r["x1"], r["y1"]]
             except KeyError:
                 raise InputError(f"{p}: row {n} has no box (x0, y0, x1, y1 or box: [x0, y0, x1, y1]).") from None
-        if len(box) != 4:
-            raise InputError(f"{p}: row {n}: a box is [x0, y0, x1, y1].")
+        if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(
+                _finite_coordinate(v) for v in box):
+            raise InputError(f"{p}: row {n}: a box is [x0, y0, x1, y1], four finite numbers.")
+        if image is None and not (isinstance(r["image_id"], int) and 0 <= r["image_id"] < 2**63):
+            raise InputError(f"{p}: row {n}: image_id must be a non-negative integer.")
         if image is not None and not Path(str(image)).is_absolute():
             image = str((p.parent / str(image)).resolve())
         out.append(dict(
@@ -311,12 +327,13 @@ def faithfulness(
     scorer: Scorer | None = None,
     scorer_name: str | None = None,
     progress: bool = True,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> FaithReport:
     """Score the run's attribution maps; store faithfulness_runs/curves/scores and pointing_game rows."""
     from tqdm import tqdm
 
-    if steps < 1:
-        raise InputError("--steps must be at least 1.")
+    if not 1 <= steps <= MAX_STEPS:  # memory grows with steps: 201 perturbed copies of each image at most
+        raise InputError(f"--steps must be in [1, {MAX_STEPS}] (got {steps}).")
     if baseline not in BASELINES:
         raise InputError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
     if cat.read_only:
@@ -337,7 +354,7 @@ def faithfulness(
         params.update(scorer.params)
     else:
         params["scorer"] = scorer_name or getattr(scorer, "name", "custom")
-    boxes = read_boxes(boxes_file) if boxes_file else []
+    boxes = read_boxes(boxes_file, max_file_bytes) if boxes_file else []
     fid = tables.next_faithfulness_run_id(cat)
     rep = FaithReport(fid, run_id, method, params)
     rows = tables.FaithfulnessRows(fid, run_id, params, getattr(model, "fingerprint", None))

@@ -9,7 +9,6 @@ table, so exports, prototypes and evaluate's ``templates`` see exactly the user'
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,8 @@ from stores.errors import StoreError
 from stores.faiss_index import build_flat_ip, write_index
 
 from ..errors import InputError
-from ..names import clean_class_name, norm_class_name
+from ..inputs import DEFAULT_MAX_FILE_BYTES, load_json_file
+from ..names import check_text, clean_class_name, escape_controls, norm_class_name
 
 STYLES = ("descriptors", "sentences")
 
@@ -82,17 +82,16 @@ def guess_style(mapping: dict[str, list[str]]) -> str:
     return "sentences" if words >= 7 or periods > 0.5 else "descriptors"
 
 
-def read_attribute_json(path: str | Path) -> tuple[dict[str, list[str]], ImportReport]:
-    """Read a DCLIP/CuPL JSON; merge names equal after normalisation and report them."""
+def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[dict[str, list[str]], ImportReport]:
+    """Read a DCLIP/CuPL JSON; merge names equal after normalisation and report them.
+
+    Bounded: at most ``max_bytes`` (checked before reading) and nested at most a few levels
+    (checked before parsing); class names and texts with control characters are refused,
+    naming the key."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: no such file; pass a JSON file of {{class: [descriptor, ...]}}.")
-    try:
-        pairs = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=list)
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); re-save it as UTF-8.") from exc
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}).") from exc
+    pairs = load_json_file(path, max_bytes, object_pairs_hook=list)
     if not isinstance(pairs, list) or not all(isinstance(p, tuple) or isinstance(p, list) for p in pairs):
         raise InputError(f"{path}: expected a JSON object mapping class names to lists of strings.")
     report = ImportReport()
@@ -102,8 +101,10 @@ def read_attribute_json(path: str | Path) -> tuple[dict[str, list[str]], ImportR
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise InputError(f"{path}: the value of {key!r} must be a list of strings.")
-        name = clean_class_name(key)
+            raise InputError(f"{path}: the value of {escape_controls(repr(key))} must be a list of strings.")
+        name = clean_class_name(key, where=f"{path}: key {escape_controls(repr(key))}")
+        for i, v in enumerate(value):
+            check_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}", "attribute text")
         if not name:
             raise InputError(f"{path}: an empty class name; every key must name a class.")
         norm = name.lower()
@@ -158,6 +159,11 @@ def add_attributes(
     """Insert the attributes not already stored (same class, text, style). Returns how many."""
     if style not in STYLES:
         raise InputError(f"Unknown style {style!r}; use one of {', '.join(STYLES)}.")
+    check_text(after_text, "--after-text", "text")
+    for cls, texts in mapping.items():  # the last door before the store: no control characters
+        clean_class_name(cls, where="a class name")
+        for text in texts:
+            check_text(text, f"class {escape_controls(repr(cls))}", "attribute text")
     with cat.transaction():
         class_ids = upsert_classes(cat, list(mapping))
         names = tables.class_names(cat)
@@ -186,7 +192,7 @@ def add_class_prompts(cat: Catalog, templates: list[str], template_set: str) -> 
         rows = []
         for cid, name in tables.class_names(cat).items():
             for t in templates:
-                prompt = t.format(name)
+                prompt = t.replace("{}", name)  # never str.format: a template is text, not code
                 if (cid, prompt) in have:
                     continue
                 have.add((cid, prompt))
@@ -271,10 +277,11 @@ def rebuild_attribute_indexes(cat: Catalog, model: str) -> None:
 
 
 def import_attribute_file(
-    cat: Catalog, model, path: str | Path, *, style: str | None = None, after_text: str = "", progress: bool = True
+    cat: Catalog, model, path: str | Path, *, style: str | None = None, after_text: str = "", progress: bool = True,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> ImportReport:
     """``build-attributes --from-json``: read, store and encode a DCLIP/CuPL file."""
-    mapping, report = read_attribute_json(path)
+    mapping, report = read_attribute_json(path, max_bytes)
     report.style = style or guess_style(mapping)
     claim_model(cat, model)
     report.attributes = add_attributes(

@@ -44,6 +44,8 @@ from stores.errors import StoreError
 
 from ..config import MethodConfig
 from ..errors import InputError
+from ..inputs import read_text_bounded
+from ..names import check_text
 from .attributes import add_class_prompts, add_class_texts, dclip_sentence, encode_class_prompts
 from .control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
 
@@ -95,7 +97,10 @@ def load_templates(spec: str) -> list[str]:
     p = Path(spec)
     if not p.is_file():
         raise InputError(f"--templates {spec!r}: use openai, simple, or a text file with one template per line containing {{}}.")
-    lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    lines = []
+    for n, ln in enumerate(read_text_bounded(p, what="--templates").splitlines(), 1):
+        if ln.strip():
+            lines.append(check_text(ln.strip(), f"{p}: line {n}", "template"))
     if not lines or not all("{}" in ln or "{c}" in ln for ln in lines):
         raise InputError(f"{p}: every template line needs a {{}} (or {{c}}) where the class name goes.")
     return [ln.replace("{c}", "{}") for ln in lines]

@@ -169,11 +169,14 @@ def write_results(cat: Catalog, evals: list[RunEval], out_dir: str | Path, datas
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"-o {out_dir} is a file; evaluate writes one JSON per method into a folder.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir.mkdir(exist_ok=True)  # the folder the user named (-o); its parent must exist, never created
+    recs = [clip_benchmark_record(cat, ev, dataset) for ev in evals]
+    names = [result_file_name(dataset, rec) for rec in recs]
     paths = []
-    for ev in evals:
-        rec = clip_benchmark_record(cat, ev, dataset)
-        paths.append(files.write_text(out_dir / result_file_name(dataset, rec), json.dumps(rec, indent=2)))
+    for rec, name in zip(recs, names):
+        if names.count(name) > 1:  # two runs of one method in one call: one file each, never overwritten
+            name = name.removesuffix(".json") + f"_run{rec['run_id']}.json"
+        paths.append(files.write_text(out_dir / name, json.dumps(rec, indent=2)))
     return paths
 
 

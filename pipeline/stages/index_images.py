@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -22,7 +21,9 @@ from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
 from ..errors import InputError
-from ..imaging import ImageItem, discover_images, open_image, region_image
+from ..imaging import ImageItem, discover_images, open_image, read_image_file, region_image
+from ..inputs import DEFAULT_MAX_IMAGE_BYTES
+from ..names import escape_controls
 from .attributes import claim_model
 
 
@@ -42,7 +43,7 @@ class IndexReport:
             f"{self.indexed} images indexed ({self.regions} regions), {self.skipped} already in the store, "
             f"{self.failed} failed, {self.seconds:.1f} s ({rate:.1f} images/s)"
         ]
-        out += [f"  failed: {p}: {r}" for p, r in self.errors[:10]]
+        out += [f"  failed: {escape_controls(p)}: {r}" for p, r in self.errors[:10]]
         return out
 
 
@@ -51,8 +52,9 @@ class RegionDataset:
     """Map-style dataset: image i -> its region tensors (runs in DataLoader workers)."""
 
     def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int,
-                 view_size: int = 224):
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, view_size: int = 224):
         self.items, self.cfg, self.preprocess, self.known, self.patch_grid = items, cfg, preprocess, known_sha, patch_grid
+        self.max_image_bytes = max_image_bytes
         self.view_size = view_size  # AWT's views are stretched to the model's square input
 
     def __len__(self) -> int:
@@ -63,7 +65,9 @@ class RegionDataset:
 
         item = self.items[i]
         try:
-            data = Path(item.path).read_bytes()
+            data = read_image_file(item.path, self.max_image_bytes)  # size checked before reading
+        except ValueError as exc:  # too large, not a regular file
+            return {"item": item, "error": str(exc)}
         except OSError as exc:
             return {"item": item, "error": f"unreadable ({exc.strerror or exc})"}
         sha = hashlib.sha256(data).hexdigest()
@@ -127,11 +131,13 @@ def index_images(
     dtype: str = "float16",
     progress: bool = True,
     max_images: int | None = None,
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
 ) -> IndexReport:
     """Index images into the store; images already there (same content) are skipped.
 
     The resolved settings (``cfg``, the ``preset`` they came from, batch size, dtype) are
     stored in ``index_runs.params``; a later ``classify`` uses the preset's method values.
+    Files over ``max_image_bytes`` are recorded in ``image_errors`` without being read.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -151,7 +157,7 @@ def index_images(
     report = IndexReport(seen=len(items))
     t0 = time.perf_counter()
     loader = DataLoader(
-        RegionDataset(items, cfg, model.preprocess, known, patch_grid, model.image_size),
+        RegionDataset(items, cfg, model.preprocess, known, patch_grid, max_image_bytes, model.image_size),
         batch_size=None,
         num_workers=workers,
         collate_fn=_identity,
@@ -163,6 +169,7 @@ def index_images(
     pending_regions = 0
     bar = tqdm(total=len(items), desc="index images", unit="img", disable=not progress)
     in_run: set[str] = set()
+    ok_paths: list[str] = []  # indexed or already in the store: earlier failures of these paths are void
 
     def encode_pending() -> None:
         nonlocal pending, pending_regions
@@ -181,6 +188,7 @@ def index_images(
                 report.errors.append((rec["item"].path, rec["error"]))
                 tables.insert_image_error(cat, rec["item"].path, rec.get("sha"), rec["error"], run_id)
                 continue
+            ok_paths.append(rec["item"].path)
             if rec.get("skip") or rec["sha"] in in_run:
                 report.skipped += 1
                 continue
@@ -193,6 +201,7 @@ def index_images(
             bar.set_postfix(regions_per_s=f"{report.regions / max(elapsed, 1e-9):.0f}", refresh=False)
         encode_pending()
         writer.flush()
+        tables.clear_image_errors(cat, ok_paths)
     finally:
         bar.close()
     cat.refresh_views()

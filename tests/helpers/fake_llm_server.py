@@ -22,7 +22,12 @@ it answers ``fake.default``):
 
 Server-wide switches: ``reject_json_schema`` (400 on every ``json_schema`` request, as
 servers without strict schemas do), ``reject_json_object``, ``require_key`` (401 for any
-other bearer token, echoing the token in the message, as careless servers do).
+other bearer token, echoing the token in the message, as careless servers do),
+``echo_credentials`` (a hostile or careless server: every credential the request carried --
+the Authorization header and its token, any header named like a key, Basic-auth user and
+password, the query string -- is quoted back in the answer's items, in an extra ``echo``
+field of the response body and in the ``x-echo`` response header; ``seen_credentials``
+collects them, so a test knows they really reached the server).
 
 The class of a request is found by looking for the known class names (everything
 scripted, plus ``fake.known``) in the last user message; the longest match wins.
@@ -41,12 +46,15 @@ GOOD_FEATURES = ["{n} shaped outline", "distinctive {n} texture", "typical {n} c
 
 class FakeLLM:
     def __init__(self, default: str = "good", stall_s: float = 1.0, reject_json_schema: bool = False,
-                 reject_json_object: bool = False, require_key: str | None = None, known=()):
+                 reject_json_object: bool = False, require_key: str | None = None, known=(),
+                 echo_credentials: bool = False):
         self.default = default
         self.stall_s = stall_s
         self.reject_json_schema = reject_json_schema
         self.reject_json_object = reject_json_object
         self.require_key = require_key
+        self.echo_credentials = echo_credentials
+        self.seen_credentials: set[str] = set()
         self.known: set[str] = {k.lower() for k in known}
         self.scripts: dict[str, deque] = defaultdict(deque)
         self.log: list[dict] = []  # one entry per request received
@@ -96,7 +104,8 @@ class FakeLLM:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
                 try:
-                    status, headers, body = fake._answer(self.path, raw, self.headers.get("authorization", ""))
+                    status, headers, body = fake._answer(self.path, raw, self.headers.get("authorization", ""),
+                                                         dict(self.headers.items()))
                 except _Stall as stall:
                     time.sleep(stall.seconds)
                     status, headers, body = stall.then
@@ -139,7 +148,54 @@ class FakeLLM:
         m = re.search(r"distinguishing an? (.+?) in a photo", last) or re.search(r"\ban? (.+?)[.?:]", last)
         return m.group(1) if m else "?"
 
-    def _answer(self, path: str, raw: bytes, auth: str):
+    def _credentials(self, path: str, auth: str, headers: dict, raw: bytes = b"") -> list[str]:
+        """What a careless server could echo: every credential-looking part of the request."""
+        import base64
+        from urllib.parse import parse_qsl, urlsplit
+
+        found = []
+        if auth:
+            found.append(auth)
+            scheme, _, token = auth.partition(" ")
+            if token:
+                found.append(token)
+                if scheme.lower() == "basic":
+                    try:
+                        found += base64.b64decode(token).decode().split(":", 1)
+                    except Exception:
+                        pass
+        for k, v in headers.items():
+            if re.search(r"key|token|secret|auth", k, re.I) and k.lower() != "authorization":
+                found.append(v)
+        try:
+            body = json.loads(raw) if raw else {}
+        except ValueError:
+            body = {}
+        if isinstance(body, dict):  # extra_body fields land at the top level of the JSON body
+            found += [v for k, v in body.items() if isinstance(v, str) and re.search(r"key|token|secret|auth", k, re.I)]
+        query = urlsplit(path).query
+        if query:
+            found.append(query)
+            found += [v for _, v in parse_qsl(query)]
+        found = [f for f in dict.fromkeys(found) if f and f != "Bearer"]
+        with self.lock:
+            self.seen_credentials.update(found)
+        return found
+
+    def _answer(self, path: str, raw: bytes, auth: str, headers: dict | None = None):
+        echo = self._credentials(path, auth, headers or {}, raw) if self.echo_credentials else []
+        status, out_headers, body = self._answer_plain(path.split("?", 1)[0], raw, auth, echo)
+        if echo:
+            out_headers = {**out_headers, "x-echo": " ".join(e for e in echo if e.isascii())}
+            try:
+                doc = json.loads(body)
+                doc["echo"] = echo
+                body = json.dumps(doc)
+            except ValueError:
+                pass
+        return status, out_headers, body
+
+    def _answer_plain(self, path: str, raw: bytes, auth: str, echo: list[str]):
         if not path.rstrip("/").endswith("/chat/completions"):
             return 404, {}, json.dumps({"error": {"message": f"no route {path}", "type": "not_found"}})
         body = json.loads(raw)
@@ -175,7 +231,7 @@ class FakeLLM:
         if behaviour == "stall":
             raise _Stall(self.stall_s, (200, {}, _completion(body, json.dumps({key: _good_items(cls, key, seed)}))))
         content = {
-            "good": lambda: json.dumps({key: _good_items(cls, key, seed)}),
+            "good": lambda: json.dumps({key: _good_items(cls, key, seed) + [f"a {cls} feature quoting {e}" for e in echo]}),
             "prose": lambda: "Sure! Here they are:\n```json\n" + json.dumps({key: _good_items(cls, key, seed)}) + "\n```",
             "malformed": lambda: '{"' + key + '": ["half an answer", ',
             "empty": lambda: json.dumps({key: []}),

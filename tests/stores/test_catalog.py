@@ -84,8 +84,9 @@ def test_older_store_moves_templates_out_of_attributes_and_model_meta_into_one_r
     con.execute("INSERT INTO attributes VALUES (1, 1, 'whiskers', 'cat, which has whiskers', 'file:a.json', 'descriptors', 'file'),"
                 " (2, 1, 'a photo of a cat.', 'a photo of a cat.', 'template:clip', 'sentences', 'template:clip')")
     con.execute("INSERT INTO attribute_embeddings VALUES (1, 'zsl-tiny/random:0', [1.0, 0.0]), (2, 'zsl-tiny/random:0', [0.0, 1.0])")
-    assert migrate(con) == [m.__name__ for m in MIGRATIONS[5:]]
-    assert MIGRATIONS[5].__name__ == "m006_model_record_and_class_prompts"
+    applied = migrate(con)
+    assert applied == [m.__name__ for m in MIGRATIONS[5:]] and applied[:2] == ["m006_model_record_and_class_prompts",
+                                                                             "m007_sample_predictions"]
     assert con.execute("select attr_id, source from attributes").fetchall() == [(1, "file:a.json")]
     assert con.execute("select attr_id from attribute_embeddings").fetchall() == [(1,)]
     assert con.execute("select prompt_id, class_id, template_set, prompt from class_prompts").fetchall() == [

@@ -6,7 +6,8 @@ import json
 import re
 from typing import Any
 
-from ...names import norm_class_name
+from ...inputs import JSONTooDeep, loads_json
+from ...names import norm_class_name, strip_controls
 from .prompt_sets import PromptSet
 
 
@@ -26,13 +27,13 @@ def _load_json_loose(text: str) -> Any:
     """JSON from a chat answer: tolerate <think> blocks, code fences and prose around it."""
     text = _FENCE_RE.sub("", _THINK_RE.sub("", text).strip()).strip()
     try:
-        return json.loads(text)
+        return loads_json(text)
     except json.JSONDecodeError as first_error:
         for open_, close in (("{", "}"), ("[", "]")):
             i, j = text.find(open_), text.rfind(close)
             if 0 <= i < j:
                 try:
-                    return json.loads(text[i : j + 1])
+                    return loads_json(text[i : j + 1])
                 except json.JSONDecodeError:
                     pass
         raise first_error
@@ -48,6 +49,8 @@ def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[l
         obj = _load_json_loose(content)
     except json.JSONDecodeError as exc:
         return [], f"the answer was not valid JSON ({exc.msg} at char {exc.pos})"
+    except JSONTooDeep as exc:
+        return [], f"the answer was JSON {exc}"
     if isinstance(obj, list):
         obj = {ps.answer_key: obj}
     if not isinstance(obj, dict):
@@ -70,7 +73,7 @@ def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[l
     seen: set[str] = set()
     dropped_name = dropped_long = 0
     for it in raw_items:
-        s = re.sub(r"\s+", " ", _BULLET_RE.sub("", it)).strip()
+        s = _BULLET_RE.sub("", strip_controls(it)).strip()  # control characters become spaces
         if ps.style == "descriptors":
             s = s.rstrip(".").strip()
         if not s:

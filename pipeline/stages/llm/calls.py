@@ -7,12 +7,15 @@ talk HTTP, every database write happens in the calling thread.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Sequence
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urlunsplit
 
 from stores.catalog import now_utc
 
@@ -70,13 +73,147 @@ class JobResult:
     decided_by: str | None = None  # the call id whose answer was kept
 
 
-# ---- the run ----------------------------------------------------------------------------
+# ---- secrets ----------------------------------------------------------------------------
+REDACTED = "[redacted]"
+MIN_SECRET_LEN = 8  # shorter strings are not searched for in free text (they would hit ordinary words)
+_SECRET_WORDS = {"key", "apikey", "auth", "authorization", "token", "secret", "password", "passwd", "pwd", "credential",
+                 "credentials", "signature", "sig", "session", "cookie", "bearer", "jwt"}
+_HEADER_OPTIONS = ("extra_headers", "headers", "default_headers")
+
+
 def redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
+    """The server as recorded: scheme, host, port and path; never userinfo, query or fragment."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.hostname or ""
+        if parts.port:
+            netloc += f":{parts.port}"
+    except ValueError:  # a port that is no number: record nothing of it
+        return "(invalid URL)"
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def is_secret_name(name: str) -> bool:
+    """Does a header, query parameter or option field name say it holds a credential? Its
+    words (split at ``-``, ``_``, ``.`` and camelCase) include key, token, secret, auth, ...
+    ("api-key", "X-Goog-Api-Key", "access_token", "apiKey"; not "max_completion_tokens")."""
+    words = re.split(r"[^a-z0-9]+", re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", str(name)).lower())
+    return any(w in _SECRET_WORDS for w in words)
+
+
+def _with_parts(value: str) -> list[str]:
+    """A credential and the pieces a server may echo alone ("Bearer sk-..." -> also "sk-...")."""
+    value = str(value)
+    out = [value]
+    words = value.split()
+    if len(words) > 1:
+        out += words[1:]
+    return out
+
+
+def secrets_in_url(url: str | None) -> list[str]:
+    """Credentials a base URL can carry: userinfo (user:password@, also as the Basic-auth token
+    it becomes) and credential-named query values."""
+    if not url:
+        return []
+    try:
+        parts = urlsplit(str(url))
+        found = [unquote(p) for p in (parts.username, parts.password) if p]
+    except ValueError:
+        return []
+    if parts.password:  # httpx sends userinfo as Basic auth: base64("user:password"), which servers echo
+        import base64
+
+        pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
+        found.append(base64.b64encode(pair).decode("ascii"))
+    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(k)]
+    found += [v for k, v in parse_qsl(parts.fragment, keep_blank_values=False) if is_secret_name(k)]
+    return found
+
+
+def secrets_in_options(options: Any, under_headers: bool = False) -> list[str]:
+    """Credentials in ``--llm-option`` values: every header value (``extra_headers``), and the
+    value of any field whose name says credential, at any depth."""
+    found: list[str] = []
+    if isinstance(options, dict):
+        for k, v in options.items():
+            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            if isinstance(v, str) and (headers or is_secret_name(k)):
+                found += _with_parts(v)
+            elif isinstance(v, (dict, list)):
+                if is_secret_name(k) and not isinstance(v, dict):
+                    found += [str(x) for x in v if isinstance(x, (str, int))]
+                found += secrets_in_options(v, headers)
+    elif isinstance(options, list):
+        for v in options:
+            found += secrets_in_options(v, under_headers)
+    return found
+
+
+def secret_variants(secret: str) -> list[str]:
+    """The forms a secret takes in what is recorded: as is, JSON-escaped, URL-encoded."""
+    forms = {secret, json.dumps(secret, ensure_ascii=False)[1:-1], json.dumps(secret)[1:-1], quote(secret, safe=""),
+             quote_plus(secret, safe="")}
+    return [f for f in forms if f]
+
+
+def scrub(obj: Any, under_headers: bool = False) -> Any:
+    """A copy of request options safe to record: header values and credential-named fields
+    replaced by ``[redacted]`` (the names stay, so the record shows what was sent)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            if (headers and not isinstance(v, (dict, list))) or (is_secret_name(k) and not isinstance(v, dict)):
+                out[k] = REDACTED
+            else:
+                out[k] = scrub(v, headers)
+        return out
+    if isinstance(obj, list):
+        return [scrub(v, under_headers) for v in obj]
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites log records so no secret reaches a log line (the openai client and httpx log
+    requests at DEBUG/INFO, URLs with their query strings included)."""
+
+    def __init__(self, redact):
+        super().__init__()
+        self.redact_text = redact
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record whose arguments do not format: leave it to the handler
+            return True
+        clean = self.redact_text(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        if record.exc_info and record.exc_info[1] is not None:  # tracebacks print the message too
+            exc_text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text, record.exc_info = self.redact_text(exc_text), None
+        return True
+
+
+@contextmanager
+def redacting_logs(redact, logger_names=("", "openai", "openai._base_client", "httpx", "httpcore")):
+    """While a run talks to the server, every handler that could print or store its log
+    records redacts them (root's handlers, the client libraries' own, Python's last resort)."""
+    filt = RedactingFilter(redact)
+    handlers = {id(h): h for name in logger_names for h in logging.getLogger(name).handlers}
+    if logging.lastResort is not None:
+        handlers[id(logging.lastResort)] = logging.lastResort
+    for h in handlers.values():
+        h.addFilter(filt)
+    try:
+        yield filt
+    finally:
+        for h in handlers.values():
+            h.removeFilter(filt)
+
+
+# ---- the run ----------------------------------------------------------------------------
 
 
 def _retryable(exc: Exception) -> bool:
@@ -96,18 +233,30 @@ class LLMRun:
         self.client, self.llm_model, self.ps = client, llm_model, ps
         self.max_reasks, self.max_retries = max_reasks, max_retries
         self.options = dict(options or {})
-        self.secrets = [s for s in secrets if s and len(s) >= 8]
+        self.recorded_options = scrub(self.options)  # what llm_calls.request shows of them
+        forms = {f for s in secrets if s and len(str(s)) >= MIN_SECRET_LEN for f in secret_variants(str(s))}
+        self.secrets = sorted((f for f in forms if len(f) >= MIN_SECRET_LEN), key=len, reverse=True)
         self.batch_id = batch_id
         self.mode = FORMATS[0]
         self.lock = threading.Lock()
         self.abort = threading.Event()
 
     def redact(self, text: str | None) -> str | None:
+        """``text`` with every known secret (in each of its recorded forms) replaced."""
         if text is None:
             return None
         for s in self.secrets:
-            text = text.replace(s, "[redacted]")
+            text = text.replace(s, REDACTED)
         return text
+
+    def record_body(self, body: dict) -> str:
+        """The request as stored in llm_calls: header and credential fields scrubbed, then
+        every known secret redacted from the JSON text."""
+        shown = dict(body)
+        for k in self.options:
+            if k in shown:
+                shown[k] = self.recorded_options[k]
+        return self.redact(json.dumps(shown, ensure_ascii=False))
 
     def body(self, messages: list[dict], mode: str, sample_index: int) -> dict:
         sampling = dict(self.ps.sampling)
@@ -138,7 +287,7 @@ class LLMRun:
             start = FORMATS.index(self.mode)
         for mode in FORMATS[start:]:
             body = self.body(messages, mode, sample_index)
-            rec = CallRecord(new_ulid(), now_utc(), class_name, sample_index, attempt, mode, json.dumps(body, ensure_ascii=False))
+            rec = CallRecord(new_ulid(), now_utc(), class_name, sample_index, attempt, mode, self.record_body(body))
             records.append(rec)
             t0 = time.perf_counter()
             try:
@@ -169,7 +318,7 @@ class LLMRun:
             try:
                 completion = raw.parse()
                 choice = completion.choices[0]
-                content = choice.message.content
+                content = self.redact(choice.message.content)  # a server that echoes the key
                 if completion.usage is not None:
                     rec.prompt_tokens = completion.usage.prompt_tokens
                     rec.completion_tokens = completion.usage.completion_tokens
@@ -197,6 +346,11 @@ class LLMRun:
             if content is None:
                 return JobResult(class_name, sample_index, "error", calls=calls, reason=rec.error, fatal=fatal)
             items, reason = parse_answer(content, ps, class_name)
+            echoed = [t for t in items if REDACTED in t]
+            if echoed:  # an item that quoted a credential is no attribute
+                items = [t for t in items if REDACTED not in t]
+                if len(items) < ps.min_items:
+                    reason = f"{len(echoed)} item(s) quoted a credential and were dropped; {len(items)} usable"
             if rec.status == "invalid" and rec.error:  # body was not a completion
                 items, reason = [], rec.error
             elif reason and rec.finish_reason == "length":
@@ -231,14 +385,34 @@ def _error_message(exc) -> str:
     return str(getattr(exc, "message", exc))
 
 
+def check_base_url(base_url: str | None) -> str | None:
+    """The host of an http(s) base URL; LLMError (never quoting the URL: it may hold a
+    credential) for anything else. None means the default (OpenAI)."""
+    if base_url is None:
+        return None
+    try:
+        parts = urlsplit(base_url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises ValueError for a port that is no number)
+    except ValueError:
+        host = None
+    if not host or parts.scheme not in ("http", "https"):
+        raise LLMError("--base-url / OPENAI_BASE_URL is not an http(s) URL with a host (e.g. http://localhost:8000/v1).")
+    return host
+
+
 def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3):
     """An ``openai.OpenAI`` for any compatible server; local servers need no key."""
     import openai
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL
     api_key = api_key or os.environ.get("OPENAI_API_KEY")
+    host = check_base_url(base_url)
     if not api_key:
-        if urlsplit(base_url).hostname == urlsplit(OPENAI_DEFAULT_BASE_URL).hostname:
+        if host == urlsplit(OPENAI_DEFAULT_BASE_URL).hostname:
             raise LLMError("No API key for api.openai.com: set OPENAI_API_KEY (or --api-key), or point --base-url at a local server.")
         api_key = NO_KEY
-    return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+    try:
+        return openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries)
+    except Exception as exc:  # the message could quote the URL, credentials and all: name the type only
+        raise LLMError(f"--base-url / OPENAI_BASE_URL is not usable ({type(exc).__name__}).") from None

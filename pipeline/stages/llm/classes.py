@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ...errors import InputError
+from ...inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
 from ...names import clean_class_name
 from ..attributes import read_attribute_json
 
@@ -37,22 +38,15 @@ class ClassListReport:
         return out
 
 
-def _decode(path: Path, raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise InputError(
-            f"{path}: not UTF-8 text (line {line}, byte {exc.start}: {raw[exc.start:exc.start + 1]!r}); re-save it as UTF-8."
-        ) from None
-
-
-def read_class_list(path: str | os.PathLike, *, duplicates: str = "merge") -> tuple[list[str], ClassListReport]:
+def read_class_list(path: str | os.PathLike, *, duplicates: str = "merge",
+                    max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[list[str], ClassListReport]:
     """Class names from a text file (one per line), a CSV with a ``name`` column, or a
     DCLIP/CuPL JSON (its keys). Names are cleaned as DCLIP does (``_`` -> space, whitespace
     collapsed); an empty name is refused; names equal after case/whitespace normalisation are
     merged and reported (``duplicates="merge"``) or refused (``duplicates="error"``).
-    The order is the file's order (it is the label order for most datasets)."""
+    The order is the file's order (it is the label order for most datasets). The file is at
+    most ``max_bytes`` (checked before reading); a name with a control character is refused,
+    naming its line."""
     if duplicates not in ("merge", "error"):
         raise InputError(f"duplicates must be 'merge' or 'error', not {duplicates!r}.")
     path = Path(path)
@@ -62,7 +56,7 @@ def read_class_list(path: str | os.PathLike, *, duplicates: str = "merge") -> tu
     report = ClassListReport(path=str(path))
 
     if suffix == ".json":
-        mapping, jrep = read_attribute_json(path)  # does its own cleaning, merging and reporting
+        mapping, jrep = read_attribute_json(path, max_bytes)  # does its own cleaning, merging and reporting
         report.format, report.duplicates, report.empty = "json", list(jrep.duplicates), list(jrep.empty)
         if duplicates == "error" and jrep.duplicates:
             raise InputError(f"{path}: duplicate class names after normalisation: {', '.join(jrep.duplicates[:10])}.")
@@ -72,20 +66,23 @@ def read_class_list(path: str | os.PathLike, *, duplicates: str = "merge") -> tu
             raise InputError(f"{path}: no class names in the file.")
         return names, report
 
-    text = _decode(path, path.read_bytes())
+    text = read_text_bounded(path, max_bytes)
     entries: list[tuple[str, str]] = []  # (where, name as written)
     if suffix in (".csv", ".tsv"):
         report.format = "csv"
         reader = csv.DictReader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-        cols = {c.strip().lower(): c for c in (reader.fieldnames or []) if c}
-        col = next((cols[c] for c in CSV_NAME_COLUMNS if c in cols), None)
-        if col is None:
-            raise InputError(
-                f"{path}: no 'name' column (columns: {', '.join(reader.fieldnames or []) or 'none'}); "
-                "the first row must be a header with a 'name' column."
-            )
-        for row in reader:
-            entries.append((f"line {reader.line_num}", row.get(col) or ""))
+        try:
+            cols = {c.strip().lower(): c for c in (reader.fieldnames or []) if c}
+            col = next((cols[c] for c in CSV_NAME_COLUMNS if c in cols), None)
+            if col is None:
+                raise InputError(
+                    f"{path}: no 'name' column (columns: {', '.join(reader.fieldnames or []) or 'none'}); "
+                    "the first row must be a header with a 'name' column."
+                )
+            for row in reader:
+                entries.append((f"line {reader.line_num}", row.get(col) or ""))
+        except csv.Error as exc:  # a field over csv's size limit, a broken quote
+            raise InputError(f"{path}: line {reader.line_num}: not readable as CSV ({exc}).") from None
     else:
         lines = text.splitlines()
         while lines and not lines[-1].strip():  # a trailing newline is not an empty name
@@ -95,7 +92,7 @@ def read_class_list(path: str | os.PathLike, *, duplicates: str = "merge") -> tu
     names: list[str] = []
     first: dict[str, tuple[str, str]] = {}
     for where, written in entries:
-        name = clean_class_name(written)
+        name = clean_class_name(written, where=f"{path}: {where}")
         if not name:
             raise InputError(
                 f"{path}: {where}: empty class name (the class order is the label order, so it is not skipped); "

@@ -39,7 +39,18 @@ from stores.catalog import Catalog, now_utc
 from ...errors import InputError
 from ...names import clean_class_name, norm_class_name
 from ..attributes import add_attributes
-from .calls import NO_KEY, JobResult, LLMError, LLMRun, make_client, new_ulid, redact_url
+from .calls import (
+    NO_KEY,
+    JobResult,
+    LLMError,
+    LLMRun,
+    make_client,
+    new_ulid,
+    redact_url,
+    redacting_logs,
+    secrets_in_options,
+    secrets_in_url,
+)
 from .prompt_sets import get_prompt_set
 
 
@@ -115,9 +126,13 @@ def generate_attributes(
 
     ``class_names`` are cleaned and de-duplicated as :func:`read_class_list` does. The
     attributes are added (not encoded): run ``encode_attributes(cat, model)`` afterwards.
-    """
-    from tqdm import tqdm
 
+    Secrets never reach the store, the report or a log line: the key (``api_key``, the
+    client's, ``OPENAI_API_KEY``), credentials in the base URL (userinfo, credential-named
+    query values) and in ``options`` (every ``extra_headers`` value, credential-named fields)
+    are redacted from every recorded request, response, error, answer and cache row; an
+    answer item that quotes one is dropped.
+    """
     if not llm_model:
         raise InputError("Name the LLM with --llm-model (e.g. gpt-4o-mini, or the model your server serves).")
     if concurrency < 1 or max_reasks < 0 or max_retries < 0 or timeout <= 0:
@@ -131,7 +146,7 @@ def generate_attributes(
     names: list[str] = []
     seen: set[str] = set()
     for n in class_names:
-        clean = clean_class_name(n)
+        clean = clean_class_name(n, where="a class name")
         if not clean:
             raise InputError("An empty class name; every class needs a name.")
         if clean.lower() not in seen:
@@ -144,8 +159,22 @@ def generate_attributes(
         max_retries = getattr(client, "max_retries", max_retries)
     server = redact_url(str(client.base_url))
     secrets = [api_key or "", getattr(client, "api_key", "") or "", os.environ.get("OPENAI_API_KEY", "")]
+    for url in (base_url, os.environ.get("OPENAI_BASE_URL"), str(client.base_url)):
+        secrets += secrets_in_url(url)
+    secrets += secrets_in_options(options or {})
     run = LLMRun(client, llm_model, ps, max_reasks=max_reasks, max_retries=max_retries, options=options,
-               secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid())
+                 secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid())
+    with redacting_logs(run.redact):  # the client libraries' log lines carry URLs and headers
+        return _generate(cat, run, names, n_samples, server, refresh=refresh, retry_failed=retry_failed,
+                         concurrency=concurrency, progress=progress)
+
+
+def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, server: str, *, refresh: bool,
+              retry_failed: bool, concurrency: int, progress: bool) -> GenerateReport:
+    from tqdm import tqdm
+
+    ps = run.ps
+    llm_model = run.redact(run.llm_model)  # as recorded (a key pasted into the model name stays out too)
     report = GenerateReport(llm_model=llm_model, base_url=server, prompt_version=ps.version, style=ps.style,
                             classes=len(names), samples=len(names) * n_samples)
     key = [llm_model, server, ps.version, ps.style]

@@ -108,7 +108,7 @@ def get_prompt_set(name: str) -> PromptSet:
     """A version (``descriptors-v1``), or a style name for its latest version."""
     version = latest_version(name) if name in STYLES else name
     path = PROMPT_DIR / f"{version}.json"
-    if not path.is_file():
+    if version not in list_prompt_sets() or not path.is_file():  # a name, never a path ("../x")
         raise InputError(f"Unknown prompt set {name!r}; available: {', '.join(list_prompt_sets())}.")
     data = json.loads(path.read_text(encoding="utf-8"))
     style = data.pop("style")

@@ -1,0 +1,228 @@
+"""A DuckDB connection that can read the store and nothing else, and can write nothing.
+
+``pipeline sql`` runs the user's SQL on the catalog opened read-only, with DuckDB's own sandbox
+switched on and the configuration locked:
+
+* ``enable_external_access = false``: no ``COPY``, ``EXPORT``, ``ATTACH`` of files, ``INSTALL``/
+  ``LOAD``, file-reading table functions (``read_csv('/etc/passwd')``), persistent secrets;
+* ``autoinstall_known_extensions = autoload_known_extensions = false``,
+  ``allow_community_extensions = false``: nothing is fetched or loaded behind the user's back;
+* ``lock_configuration = true``: no ``SET``/``RESET``/``PRAGMA`` can undo any of it.
+
+DuckDB's ``allowed_directories``/``allowed_paths`` (the way a sandboxed connection may still read
+some files) also allow *writing* those files, so the shard directories are never listed there by
+their real paths. Instead the shards (and any file the user allows with ``--allow-read``) are
+reached through :class:`ReadOnlyFS`, an fsspec file system registered under the private protocol
+``zslro://`` that opens files for reading only, and only inside the directories and files it was
+given. ``allowed_directories`` lists those under ``zslro://``, so DuckDB's own Parquet reader
+(fast, streaming, with projection and filter pushdown) reads the shards, while a ``COPY ... TO``
+any ``zslro://`` path fails in the file system. DuckDB's spill folder (``temp_directory``) is a
+private temporary folder outside the store, removed when the connection closes.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Iterable
+
+import duckdb
+from fsspec import AbstractFileSystem
+
+PROTOCOL = "zslro"
+PREFIX = f"{PROTOCOL}://"
+
+# settings fixed when the database starts (the rest are SET before the configuration is locked)
+CONNECT_CONFIG = {
+    "autoinstall_known_extensions": False,
+    "autoload_known_extensions": False,
+    "allow_community_extensions": False,
+    "allow_unsigned_extensions": False,
+}
+
+# statement types a read-only session may run (DuckDB's own classification of the parsed statement)
+READ_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA", "CALL")
+ALLOWED_TEXT = "one SELECT (WITH, FROM, VALUES, PIVOT, SHOW, DESCRIBE, SUMMARIZE), EXPLAIN, PRAGMA or CALL statement per call"
+
+
+class SqlRefused(Exception):
+    """A statement ``pipeline sql`` will not run (the message is one line for the user)."""
+
+
+def sandbox_path(path: str | os.PathLike) -> str:
+    """The ``zslro://`` name of a local file or directory (absolute, normalised)."""
+    return PREFIX + os.path.normpath(os.path.abspath(os.fspath(path)))
+
+
+class ReadOnlyFS(AbstractFileSystem):
+    """fsspec file system that opens files for reading only, and only below ``dirs`` or in ``files``.
+
+    Every method that would change anything raises ``PermissionError``; DuckDB turns that into
+    an error for the statement.
+    """
+
+    protocol = PROTOCOL
+    root_marker = "/"
+    cachable = False
+
+    def __init__(self, dirs: Iterable[str | os.PathLike] = (), files: Iterable[str | os.PathLike] = ()):
+        super().__init__()
+        self.dirs = [os.path.normpath(os.path.abspath(os.fspath(d))) for d in dirs]
+        self.files = {os.path.normpath(os.path.abspath(os.fspath(f))) for f in files}
+
+    @classmethod
+    def _strip_protocol(cls, path):
+        if isinstance(path, list):
+            return [cls._strip_protocol(p) for p in path]
+        path = os.fspath(path)
+        return path[len(PREFIX):] if path.startswith(PREFIX) else path
+
+    def _checked(self, path) -> str:
+        p = os.path.normpath(self._strip_protocol(path))
+        if p in self.files or any(p == d or p.startswith(d + os.sep) for d in self.dirs):
+            return p
+        raise PermissionError(f"{p} is not readable here")
+
+    def info(self, path, **kwargs):
+        p = self._checked(path)
+        st = os.stat(p)
+        return {"name": PREFIX + p, "size": st.st_size, "type": "directory" if os.path.isdir(p) else "file",
+                "mtime": st.st_mtime, "created": st.st_ctime}
+
+    def ls(self, path, detail=True, **kwargs):
+        p = self._checked(path)
+        names = [os.path.join(p, n) for n in sorted(os.listdir(p))] if os.path.isdir(p) else [p]
+        entries = [self.info(n) for n in names]
+        return entries if detail else [e["name"] for e in entries]
+
+    def modified(self, path):
+        return datetime.fromtimestamp(os.stat(self._checked(path)).st_mtime)
+
+    def created(self, path):
+        return datetime.fromtimestamp(os.stat(self._checked(path)).st_ctime)
+
+    def _open(self, path, mode="rb", **kwargs):
+        if mode != "rb":
+            raise PermissionError("pipeline sql never writes files")
+        return open(self._checked(path), "rb")
+
+    def _refuse(self, *args, **kwargs):
+        raise PermissionError("pipeline sql never writes files")
+
+    mkdir = makedirs = rm = rm_file = _rm = rmdir = mv = cp_file = copy = put_file = put = touch = pipe_file = _refuse
+
+
+class Sandbox:
+    """Lock down ``con`` (a read-only connection): readable = ``dirs`` and ``files`` (via ``zslro://``).
+
+    Call :meth:`lock` after creating the views that read through ``zslro://``; call
+    :meth:`close` after closing the connection (removes the private spill folder).
+    """
+
+    def __init__(self, dirs: Iterable[Path] = (), files: Iterable[Path] = ()):
+        self.dirs = [Path(d) for d in dirs]
+        self.files = [Path(f) for f in files]
+        self.tmp = tempfile.mkdtemp(prefix="zsl-sql-")
+
+    def connect_config(self) -> dict:
+        return dict(CONNECT_CONFIG, temp_directory=self.tmp)
+
+    def prepare(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.register_filesystem(ReadOnlyFS(self.dirs, self.files))
+        dirs = [sandbox_path(d) + "/" for d in self.dirs]
+        files = [sandbox_path(f) for f in self.files]
+        con.execute("SET allowed_directories = ?", [dirs])
+        con.execute("SET allowed_paths = ?", [files])
+
+    def lock(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.execute("SET enable_external_access = false")
+        con.execute("SET lock_configuration = true")
+
+    def close(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+# ---- statements ------------------------------------------------------------------------------
+def read_statement(con: duckdb.DuckDBPyConnection, sql: str):
+    """The one statement in ``sql`` if it only reads; else :class:`SqlRefused` with a one-line reason."""
+    try:
+        statements = con.extract_statements(sql)
+    except duckdb.Error as exc:
+        raise SqlRefused(f"SQL error: {str(exc).splitlines()[0]}") from None
+    if not statements:
+        raise SqlRefused(f"no SQL statement given; pipeline sql runs {ALLOWED_TEXT}.")
+    if len(statements) > 1:
+        raise SqlRefused(f"pipeline sql runs {ALLOWED_TEXT}; got {len(statements)} statements (run them one by one).")
+    st = statements[0]
+    kind = st.type.name
+    if kind == "MULTI" and re.match(r"\s*(UN)?PIVOT\b", st.query or "", re.I):
+        kind = "SELECT"  # DuckDB runs a PIVOT as several statements of its own making
+    if kind not in READ_STATEMENTS:
+        verb = re.match(r"\s*(\w+(?:\s+DATABASE)?)", st.query or "", re.I)
+        what = verb.group(1).upper() if verb else kind
+        raise SqlRefused(
+            f"pipeline sql is read-only: {what} is not allowed; it runs {ALLOWED_TEXT} (stages write the store; "
+            f"--allow-read FILE makes a file of yours readable)."
+        )
+    return st
+
+
+_FILE_DENIED = re.compile(r'Cannot access (?:file|directory) "([^"]*)"')
+
+
+def explain_error(exc: duckdb.Error) -> str:
+    """A one-line message for an error of a sandboxed statement, saying what is allowed."""
+    text = str(exc)
+    if "pipeline sql never writes files" in text or "is not readable here" in text:  # ReadOnlyFS said no
+        return f"pipeline sql reads only the store and writes nothing; it runs {ALLOWED_TEXT}."
+    first = " ".join(text.splitlines()[0].split()) if text else type(exc).__name__
+    m = _FILE_DENIED.search(first)
+    if isinstance(exc, duckdb.PermissionException) or m:
+        if "extension" in first.lower():
+            return ("pipeline sql loads no extensions (parquet, json and icu are built in); "
+                    f"it runs {ALLOWED_TEXT} on the store.")
+        if m:
+            target = m.group(1)
+            name = target[len(PREFIX):] if target.startswith(PREFIX) else target
+            return (f"pipeline sql reads only the store: cannot access {name!r}. To join a file of yours, pass "
+                    f"--allow-read FILE and query it as a view named after the file (labels.csv -> labels).")
+        return f"pipeline sql reads only the store and writes nothing: {first}"
+    if "configuration has been locked" in first:
+        opt = re.search(r'option "([^"]+)"', first)
+        return (f"pipeline sql's settings are fixed{' (' + opt.group(1) + ')' if opt else ''}; "
+                f"it runs {ALLOWED_TEXT}.")
+    if "read-only" in first.lower() or "read only" in first.lower():
+        return f"SQL error: {first} (pipeline sql is read-only; stages write the store)"
+    return f"SQL error: {first}"
+
+
+# ---- files the user allows ---------------------------------------------------------------------
+_READERS = {
+    ".csv": "read_csv", ".tsv": "read_csv", ".txt": "read_csv", ".csv.gz": "read_csv", ".tsv.gz": "read_csv",
+    ".parquet": "read_parquet", ".pq": "read_parquet",
+    ".json": "read_json", ".jsonl": "read_json", ".ndjson": "read_json", ".json.gz": "read_json",
+    ".jsonl.gz": "read_json",
+}
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def reader_for(path: Path) -> str | None:
+    name = path.name.lower()
+    for suffix in sorted(_READERS, key=len, reverse=True):
+        if name.endswith(suffix):
+            return _READERS[suffix]
+    return None
+
+
+def view_name_for(path: Path) -> str:
+    """labels.csv -> labels; 'my labels-2.csv.gz' -> my_labels_2 (an identifier)."""
+    base = path.name
+    for suffix in sorted(_READERS, key=len, reverse=True):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    name = re.sub(r"\W+", "_", base).strip("_") or "file"
+    return name if _IDENT.fullmatch(name) else "f_" + name
