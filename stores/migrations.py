@@ -351,6 +351,25 @@ def m009_shard_records(con) -> None:
     )
 
 
+@migration
+def m010_object_bindings(con) -> None:
+    """The object-bound method's answer to "which object carried the class": per (run, image,
+    candidate class), the region whose box framed the winning object and how many parts it had.
+    Its plan (over that object's parts) is in ``alignments`` like LaZSL's."""
+    con.execute(
+        """
+        CREATE TABLE object_bindings(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            region_id BIGINT NOT NULL,    -- the winning object (a region; its box is in regions)
+            n_parts INTEGER NOT NULL,     -- regions inside it (its parts)
+            score DOUBLE NOT NULL         -- the object's score = the class's score
+        );
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

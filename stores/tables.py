@@ -264,11 +264,14 @@ def image_regions(cat: Catalog, image_id: int) -> tuple[np.ndarray, list[str], n
 
 @dataclass
 class RegionBatch:
-    """Images with the same number of regions: row 0 of each is the full view."""
+    """Images with the same region layout (the same kinds in the same order, a mirrored AWT
+    view counting as a view): row 0 of each is the full view."""
 
     image_ids: np.ndarray  # (B,)
     region_ids: np.ndarray  # (B, R)
     embeddings: np.ndarray  # (B, R, D) float32
+    kinds: np.ndarray | None = None  # (B, R) str: full, crop, grid, patch, part, view, view-flip
+    boxes: np.ndarray | None = None  # (B, R, 4) float32, pixels of the original image
 
     @property
     def full(self) -> np.ndarray:
@@ -278,15 +281,24 @@ class RegionBatch:
     def regions(self) -> np.ndarray:
         return self.embeddings[:, 1:]
 
+    def columns(self, kinds: Sequence[str]) -> np.ndarray:
+        """Region columns (the full view excluded) whose kind is one of ``kinds``; the layout is
+        shared by the batch, so the first image's kinds decide (``view-flip`` counts as ``view``)."""
+        if self.kinds is None:
+            return np.arange(1, self.embeddings.shape[1])
+        layout = np.where(self.kinds[0] == "view-flip", "view", self.kinds[0])
+        want = ["view" if k == "view-flip" else k for k in kinds]
+        return np.flatnonzero(np.isin(layout, want) & (np.arange(len(layout)) > 0))
+
 
 def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) -> Iterator[RegionBatch]:
-    """Region embeddings shard by shard, grouped by region count (one shard in memory at a time)."""
+    """Region embeddings shard by shard, grouped by region layout (one shard in memory at a time)."""
     files = cat.shard_files("regions")
     if not files:
         raise StoreError(f"No indexed images in {cat.root}; run `pipeline index-images PATH` first.")
     wanted = np.asarray(sorted(set(image_ids)), np.int64) if image_ids is not None else None
     for f in files:
-        t = read_tables([f], columns=["region_id", "image_id", "kind", "embedding"])
+        t = read_tables([f], columns=["region_id", "image_id", "kind", "x0", "y0", "x1", "y1", "embedding"])
         img = t["image_id"].to_numpy()
         if wanted is not None:
             keep = np.isin(img, wanted)
@@ -296,13 +308,19 @@ def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) ->
             img = t["image_id"].to_numpy()
         emb = embeddings_to_numpy(t["embedding"])
         rid = t["region_id"].to_numpy()
-        is_full = np.array([k == "full" for k in t["kind"].to_pylist()])
-        starts = np.flatnonzero(is_full)  # each image's rows are contiguous, full first
+        kinds = np.array(t["kind"].to_pylist(), dtype=object)
+        boxes = np.stack([t[c].to_numpy() for c in ("x0", "y0", "x1", "y1")], 1).astype(np.float32)
+        starts = np.flatnonzero(kinds == "full")  # each image's rows are contiguous, full first
         sizes = np.append(starts[1:], len(img)) - starts
-        for r in np.unique(sizes):
-            sel = np.flatnonzero(sizes == r)
+        layout = np.where(kinds == "view-flip", "view", kinds)
+        keys = [(int(n), tuple(layout[s : s + n])) for s, n in zip(starts, sizes)]
+        groups: dict = {}
+        for i, key in enumerate(keys):
+            groups.setdefault(key, []).append(i)
+        for (r, _), members in groups.items():
+            sel = np.asarray(members)
             rows = starts[sel, None] + np.arange(r)[None, :]
-            yield RegionBatch(img[starts[sel]], rid[rows], emb[rows])
+            yield RegionBatch(img[starts[sel]], rid[rows], emb[rows], kinds[rows], boxes[rows])
 
 
 def full_view_embeddings(cat: Catalog) -> tuple[np.ndarray, np.ndarray]:
@@ -423,6 +441,25 @@ def insert_predictions(cat: Catalog, columns: dict[str, Any]) -> int:
 def insert_alignments(cat: Catalog, columns: dict[str, Any]) -> int:
     """columns: run_id, image_id, class_id, region_id, attr_id, mass, similarity."""
     return insert_columns(cat, "alignments", columns)
+
+
+def insert_object_bindings(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, region_id, n_parts, score."""
+    return insert_columns(cat, "object_bindings", columns)
+
+
+def object_binding(cat: Catalog, run_id: int, image_id: int, class_id: int) -> dict | None:
+    """The object that carried a class (object-bound runs): region_id, kind, n_parts, score and
+    its box (x0, y0, x1, y1); None for other runs."""
+    rows = _rows(cat,
+        "SELECT b.region_id, r.kind, b.n_parts, b.score, r.x0, r.y0, r.x1, r.y1 FROM object_bindings b "
+        "JOIN regions r ON r.region_id = b.region_id AND r.image_id = b.image_id "
+        "WHERE b.run_id = ? AND b.image_id = ? AND b.class_id = ?", [run_id, image_id, class_id])
+    if not rows:
+        return None
+    r = rows[0]
+    return dict(region_id=int(r["region_id"]), kind=r["kind"], n_parts=int(r["n_parts"]), score=float(r["score"]),
+                box=(float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
 
 
 def insert_sample_predictions(cat: Catalog, columns: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ from .options import (
     format_option,
     limit_option,
     load_store_model,
+    METHOD_CONFIG_FIELDS,
     method_config_options,
     method_option,
     model_options,
@@ -25,16 +26,13 @@ from .options import (
 )
 from .output import emit, format_records
 
-CONFIG_KEYS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates", "alignments_top")
-
-
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
     say where values came from, and run each method. Returns the ClassifyReports."""
     from stores import tables
 
     from ..config import recorded_preset
-    from ..stages.classify import NEEDS_TEXT_ENCODER, classify
+    from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
 
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
     for note in resolved.notes:
@@ -42,8 +40,8 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
-    return [classify(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress())
-            for m in methods]
+    return [r for m in methods
+            for r in classify_runs(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress())]
 
 
 @command(cli, "classify")
@@ -54,13 +52,15 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @format_option()
 @model_options
 @store_option
-def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates, alignments_top,
-                 limit, fmt, model_name, pretrained, device, store):
+def classify_cmd(methods, preset, limit, fmt, model_name, pretrained, device, store, **config):
     """Score indexed images; one run per method (no image is decoded).
 
     \b
     pipeline classify --method lazsl --top-k 50 --theta 0.8
     pipeline classify --method clip,dclip,wca,lazsl
+    pipeline classify --method awt                     # needs index-images --n-views 50
+    pipeline classify --method object-bound --top-k 10 # best with index-images --n-parts 60
+    pipeline classify --method waffle --waffle-seeds 5 # one run per seed
     pipeline classify --preset imagenet-b32 --format jsonl --limit 0
 
     Settings come from the options, else --preset, else the preset recorded when the images
@@ -68,8 +68,7 @@ def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_s
     """
     from stores import tables
 
-    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+    options = {k: config[k] for k in METHOD_CONFIG_FIELDS}
     rows = []
     with open_store(store, check="classify") as cat:
         for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
@@ -103,8 +102,7 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
 @model_options
 @store_option
-def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates,
-                 alignments_top, dataset, fmt, output, model_name, pretrained, device, store):
+def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretrained, device, store, **config):
     """Accuracy (acc1, acc5, mean per-class recall, shortlist recall) of runs against image labels.
 
     \b
@@ -112,15 +110,15 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     pipeline evaluate --method lazsl --preset cub-b32
     pipeline evaluate --format json -o results/
 
-    WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws.
+    WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws;
+    WaffleCLIP (--waffle-seeds N) as mean ± std over its seeds' runs.
     """
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
-    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+    options = {k: config[k] for k in METHOD_CONFIG_FIELDS}
     with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

@@ -20,7 +20,7 @@ from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
 from ..errors import InputError
-from ..imaging import ImageItem, discover_images, open_image, read_image_file
+from ..imaging import ImageItem, discover_images, open_image, read_image_file, region_image
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from ..names import escape_controls
 from .attributes import claim_model
@@ -51,9 +51,10 @@ class RegionDataset:
     """Map-style dataset: image i -> its region tensors (runs in DataLoader workers)."""
 
     def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int,
-                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, view_size: int = 224):
         self.items, self.cfg, self.preprocess, self.known, self.patch_grid = items, cfg, preprocess, known_sha, patch_grid
         self.max_image_bytes = max_image_bytes
+        self.view_size = view_size  # AWT's views are stretched to the model's square input
 
     def __len__(self) -> int:
         return len(self.items)
@@ -80,7 +81,7 @@ class RegionDataset:
         if self.cfg.source == "patches":
             tensors = self.preprocess(img).unsqueeze(0)  # one pass; tokens are the regions
         else:
-            views = [img] + [img.crop(tuple(int(v) for v in b)) for b in boxes[1:]]
+            views = [region_image(img, k, b, self.view_size) for k, b in zip(kinds, boxes)]
             tensors = torch.stack([self.preprocess(v) for v in views])
         return {"item": item, "sha": sha, "size": (w, h), "kinds": kinds, "boxes": boxes, "pixels": tensors}
 
@@ -155,7 +156,7 @@ def index_images(
     report = IndexReport(seen=len(items))
     t0 = time.perf_counter()
     loader = DataLoader(
-        RegionDataset(items, cfg, model.preprocess, known, patch_grid, max_image_bytes),
+        RegionDataset(items, cfg, model.preprocess, known, patch_grid, max_image_bytes, model.image_size),
         batch_size=None,
         num_workers=workers,
         collate_fn=_identity,

@@ -122,8 +122,12 @@ def test_numeric_option(path, opt, dest, small, tmp_path):
 
 def _check_result(path, dest, value, small):
     """An accepted value did what it says: a classify run stores it in its config."""
-    if path[0] not in ("classify", "evaluate") or dest in ("limit", "runs", "wait"):
-        return
+    from dataclasses import fields
+
+    from pipeline.config import MethodConfig
+
+    if path[0] not in ("classify", "evaluate") or dest not in {f.name for f in fields(MethodConfig)}:
+        return  # --limit, --run, --wait: not method settings
     from stores.catalog import Catalog
 
     with Catalog(small.store, read_only=True) as cat:
