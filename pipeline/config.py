@@ -125,6 +125,19 @@ class MethodConfig(_Config):
     seed: int = _f(0, "Seed of the method's own randomness (WCA's crop draws).", lo=0, hi=2**63 - 1)
     templates: str = _f("openai", "clip-e templates: openai (80), simple (7), or a text file with one {} template a line.")
     alignments_top: int = _f(0, "Store OT plans for the top-N ranked classes only (0 = every candidate).", lo=0, hi=10**9)
+    # compositional (state, object) pairs: the czsl-* methods (pipeline/stages/compositional.py)
+    pair_weight: float = _f(1.0, "czsl-*: MSCI weight w_p of the pair branch, score = w_p·t·pair + (w_s·P_state)·(w_o·P_object).",
+                            lo=0.0, hi=1000.0)
+    state_weight: float = _f(1.0, "czsl-*: MSCI weight w_s of the state branch's probability (0 leaves the factor out, as MSCI).",
+                             lo=0.0, hi=1000.0)
+    object_weight: float = _f(1.0, "czsl-*: MSCI weight w_o of the object branch's probability (0 leaves the factor out).",
+                              lo=0.0, hi=1000.0)
+    logit_scale: float = _f(0.0, "czsl-*: CLIP's logit scale t in the combination (0 = the model's own exp(logit_scale)).",
+                            lo=0.0, hi=1000.0)
+    open_world: bool = _f(False, "czsl-*: score every stored pair, the open-world-only ones too (else the closed world).")
+    feasibility_threshold: float = _f(-1.0, "czsl-* open world: leave out pairs whose name prompt is less similar than this "
+                                      "to both its state's and its object's (-1 keeps every pair; seen pairs are always kept).",
+                                      lo=-1.0, hi=1.0)
 
 
 @dataclass(frozen=True)

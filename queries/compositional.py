@@ -184,7 +184,7 @@ def compositional_scores(full, crops, pair_attr, pair_attr_class, state_attr, st
                          object_attr_class, pair_state, pair_object, *, pair_attr_role=None, local: bool = True,
                          logit_scale: float = 100.0, pair_weight: float = 1.0, state_weight: float = 1.0,
                          object_weight: float = 1.0, explain_pairs=None, theta: float = 0.8, eps: float = 0.1,
-                         gamma: float = 0.0) -> CompositionalResult:
+                         gamma: float = 0.0, max_iter: int = 100, tol: float = 1e-2) -> CompositionalResult:
     """Score every (state, object) pair: the pair, state and object branches, combined as MSCI.
 
     Each branch is :func:`branch_scores` of its own attributes (``*_attr`` rows, ``*_attr_class``
@@ -216,7 +216,7 @@ def compositional_scores(full, crops, pair_attr, pair_attr_class, state_attr, st
     as_torch = any_torch(full, crops, pair_attr, state_attr, object_attr)
     dev = pick_device(full, crops, pair_attr, state_attr, object_attr)
     ps, po = as_index(pair_state, dev), as_index(pair_object, dev)
-    kw = dict(local=local, theta=theta, eps=eps, gamma=gamma)
+    kw = dict(local=local, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol)
     n_s = max(int(ps.max()) + 1, int(as_index(state_attr_class, dev).max()) + 1)
     n_o = max(int(po.max()) + 1, int(as_index(object_attr_class, dev).max()) + 1)
     bp = branch_scores(full, crops, pair_attr, pair_attr_class, ps.numel(), **kw)

@@ -6,6 +6,7 @@ import click
 from ..config import resolve_method_config
 from ..names import check_text
 from . import cli
+from .compositional import czsl_config, czsl_method_options, run_notes
 from .options import (
     RUN_ID,
     check_output_folder,
@@ -50,12 +51,13 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @method_option()
 @preset_option
 @method_config_options
+@czsl_method_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
 @model_options
 @store_option
 def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates, alignments_top,
-                 limit, fmt, model_name, pretrained, device, store):
+                 limit, fmt, model_name, pretrained, device, store, **czsl):
     """Score indexed images; one run per method (no image is decoded).
 
     \b
@@ -69,12 +71,14 @@ def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_s
     from stores import tables
 
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+                   seed=seed, templates=templates, alignments_top=alignments_top, **czsl_config(czsl))
     rows = []
     with open_store(store) as cat:
         for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
             click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
                        err=fmt != "table")
+            for line in run_notes(cat, report):
+                click.echo(line, err=fmt != "table")
             rows += _prediction_rows(report, tables.top_attributes(cat, report.run_id), limit)
     if rows and (limit != 0 or fmt != "table"):
         emit(format_records(rows, fmt))
@@ -98,13 +102,14 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
+@czsl_method_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
 @format_option()
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
 @model_options
 @store_option
 def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates,
-                 alignments_top, dataset, fmt, output, model_name, pretrained, device, store):
+                 alignments_top, dataset, fmt, output, model_name, pretrained, device, store, **czsl):
     """Accuracy (acc1, acc5, mean per-class recall, shortlist recall) of runs against image labels.
 
     \b
@@ -113,6 +118,9 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     pipeline evaluate --format json -o results/
 
     WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws.
+    On a store of (state, object) pairs marked seen/unseen (build-attributes --seen), the CZSL
+    figures follow: best seen, best unseen, best harmonic mean and the seen-unseen AUC as a
+    calibration bias sweeps, closed and open world (docs/compositional.md).
     """
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
@@ -120,7 +128,7 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
     options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+                   seed=seed, templates=templates, alignments_top=alignments_top, **czsl_config(czsl))
     with open_store(store, read_only=not names) as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

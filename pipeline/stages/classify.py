@@ -34,10 +34,14 @@ from ..errors import InputError
 from ..inputs import read_text_bounded
 from ..names import check_text
 from .attributes import add_class_prompts, encode_class_prompts
+from .compositional import CZSL_METHODS
 
 METHODS = ("clip", "clip-e", "dclip", "cupl", "wca", "lazsl")
 NEEDS_TEXT_ENCODER = ("clip", "clip-e", "wca")  # class prompts may have to be encoded
 CLIP_TEMPLATE = "a photo of a {}."
+# (state, object) pairs, scored by pipeline/stages/compositional.py; the model gives the logit scale
+METHODS = METHODS + CZSL_METHODS
+NEEDS_TEXT_ENCODER = NEEDS_TEXT_ENCODER + CZSL_METHODS
 
 
 @dataclass
@@ -139,6 +143,11 @@ def classify(
     """
     from tqdm import tqdm
 
+    if method in CZSL_METHODS:  # compositional pairs: their own stage
+        from .compositional import classify_compositional
+
+        return classify_compositional(cat, method, config, model=model, image_ids=image_ids, provenance=provenance,
+                                      progress=progress)
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
     fp = cat.model

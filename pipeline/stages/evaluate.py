@@ -26,6 +26,7 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..names import norm_class_name
+from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
 
 @dataclass
@@ -79,6 +80,7 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         metrics["acc1_per_draw_mean"] = float(per_draw.mean())
         metrics["acc1_per_draw_std"] = float(per_draw.std())
         metrics["n_draws"] = len(per_draw)
+    metrics.update(czsl_columns(czsl_evaluation(cat, run_id)))  # (state, object) pairs marked seen/unseen
     return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params)
 
 
@@ -173,6 +175,8 @@ def table_rows(evals: list[RunEval]) -> list[dict]:
             "mean_per_class_recall": m["mean_per_class_recall"], "shortlist_recall": m.get("shortlist_recall"),
             "acc1_per_draw_mean": m.get("acc1_per_draw_mean"), "acc1_per_draw_std": m.get("acc1_per_draw_std"),
         })
+        if any("closed_hm" in e.metrics for e in evals):  # CZSL columns only where pairs are marked seen/unseen
+            rows[-1].update({k: m.get(k) for k in CZSL_COLUMNS})
     return rows
 
 
@@ -188,4 +192,4 @@ def format_table(evals: list[RunEval]) -> str:
             notes.append(f"{r['method']} (run {r['run_id']}): acc1 per crop draw {100 * r['acc1_per_draw_mean']:.2f} ± "
                          f"{100 * r['acc1_per_draw_std']:.2f}% (as upstream reports it); acc1 above is the draw-averaged "
                          "score's (an ensemble)")
-    return "\n".join(lines + notes)
+    return "\n".join(lines + notes + format_czsl_table(evals))
