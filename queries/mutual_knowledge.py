@@ -73,14 +73,16 @@ def foreground_mask(tokens, grid: tuple[int, int], *, threshold: float = 0.5, se
     >>> np.nonzero(foreground_mask(t, (4, 4)))[0].tolist()
     [5, 6, 9, 10]
     """
-    from scipy import ndimage
+    from scipy import linalg, ndimage
 
     x = _np(tokens)
     h, w = grid
     if x.shape[0] != h * w:
         raise ValueError(f"{x.shape[0]} tokens do not fill a {h}x{w} grid")
     xc = x - x.mean(0, keepdims=True)
-    _, _, vt = np.linalg.svd(xc, full_matrices=False)
+    # LAPACK gesvd: numpy's gesdd on small matrices can take 100x longer on a machine whose other
+    # cores are busy (OpenBLAS threads spin); the component's sign is settled just below
+    _, _, vt = linalg.svd(xc, full_matrices=False, lapack_driver="gesvd")
     pc = xc @ vt[0]
     if 0.5 < np.mean(pc > 0) < 1.0:
         pc = -pc
