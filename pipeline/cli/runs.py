@@ -64,6 +64,7 @@ def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_s
     pipeline classify --method lazsl --top-k 50 --theta 0.8
     pipeline classify --method clip,dclip,wca,lazsl
     pipeline classify --preset imagenet-b32 --format jsonl --limit 0
+    pipeline classify --method czsl-local --theta 0.95 --open-world   # (state, object) pairs
 
     Settings come from the options, else --preset, else the preset recorded when the images
     were indexed, else the defaults; every run stores what it used (runs.params).
