@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -343,7 +343,3 @@ def _compare_run(cat: Catalog, method: str | None, path) -> tables.RunRecord:
     if run is None:
         raise StoreError(f"{path}: no runs; run `pipeline classify` first.")
     return run
-
-
-def config_dict(config: ConceptConfig) -> dict:
-    return asdict(config)
