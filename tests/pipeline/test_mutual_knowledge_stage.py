@@ -19,7 +19,7 @@ from pipeline.stages.classify import classify
 from pipeline.stages.evaluate import evaluate_run
 from pipeline.stages.mutual_knowledge import ConceptConfig, compare_stores, concept_bank, explain_concepts, image_parts
 from pipeline.sql import run_sql
-from queries.mutual_knowledge import concept_deletion_curve, mutual_knowledge
+from queries.mutual_knowledge import mutual_knowledge
 from stores import tables
 from stores.catalog import Catalog
 from tests.helpers.compose_store import build_compose_store, toy_compose
