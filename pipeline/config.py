@@ -172,6 +172,19 @@ class MethodConfig(_Config):
     nameless: str = _f("photo", "dclip-nameless: photo = each descriptor alone plus one 'a photo of a {c}.' per class "
                        "(arXiv 2412.11917); none = the descriptors alone, no class name anywhere.",
                        choices=("photo", "none"))
+    # compositional (state, object) pairs: the czsl-* methods (pipeline/stages/compositional.py)
+    pair_weight: float = _f(1.0, "czsl-*: MSCI weight w_p of the pair branch, score = w_p·t·pair + (w_s·P_state)·(w_o·P_object).",
+                            lo=0.0, hi=1000.0)
+    state_weight: float = _f(1.0, "czsl-*: MSCI weight w_s of the state branch's probability (0 leaves the factor out, as MSCI).",
+                             lo=0.0, hi=1000.0)
+    object_weight: float = _f(1.0, "czsl-*: MSCI weight w_o of the object branch's probability (0 leaves the factor out).",
+                              lo=0.0, hi=1000.0)
+    logit_scale: float = _f(0.0, "czsl-*: CLIP's logit scale t in the combination (0 = the model's own exp(logit_scale)).",
+                            lo=0.0, hi=1000.0)
+    open_world: bool = _f(False, "czsl-*: score every stored pair, the open-world-only ones too (else the closed world).")
+    feasibility_threshold: float = _f(-1.0, "czsl-* open world: leave out pairs whose name prompt is less similar than this "
+                                      "to both its state's and its object's (-1 keeps every pair; seen pairs are always kept).",
+                                      lo=-1.0, hi=1.0)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ import click
 from ..config import resolve_method_config
 from ..names import check_text
 from . import cli
+from .compositional import czsl_config, czsl_method_options, run_notes
 from .options import (
     RUN_ID,
     check_output_folder,
@@ -48,6 +49,7 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @method_option()
 @preset_option
 @method_config_options
+@czsl_method_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
 @model_options
@@ -62,18 +64,21 @@ def classify_cmd(methods, preset, limit, fmt, model_name, pretrained, device, st
     pipeline classify --method object-bound --top-k 10 # best with index-images --n-parts 60
     pipeline classify --method waffle --waffle-seeds 5 # one run per seed
     pipeline classify --preset imagenet-b32 --format jsonl --limit 0
+    pipeline classify --method czsl-local --theta 0.95 --open-world   # (state, object) pairs
 
     Settings come from the options, else --preset, else the preset recorded when the images
     were indexed, else the defaults; every run stores what it used (runs.params).
     """
     from stores import tables
 
-    options = {k: config[k] for k in METHOD_CONFIG_FIELDS}
+    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
     rows = []
     with open_store(store, check="classify") as cat:
         for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device):
             click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
                        err=fmt != "table")
+            for line in run_notes(cat, report):
+                click.echo(line, err=fmt != "table")
             rows += _prediction_rows(report, tables.top_attributes(cat, report.run_id), limit)
     if rows and (limit != 0 or fmt != "table"):
         emit(format_records(rows, fmt))
@@ -97,6 +102,7 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
+@czsl_method_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
 @format_option()
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
@@ -111,14 +117,17 @@ def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretra
     pipeline evaluate --format json -o results/
 
     WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws;
-    WaffleCLIP (--waffle-seeds N) as mean ± std over its seeds' runs.
+    WaffleCLIP (--waffle-seeds N) as mean ± std over its seeds' runs. On a store of (state, object)
+    pairs marked seen/unseen (build-attributes --seen), the CZSL figures follow: best seen, best
+    unseen, best harmonic mean and the seen-unseen AUC as a calibration bias sweeps, closed and
+    open world (docs/compositional.md).
     """
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
-    options = {k: config[k] for k in METHOD_CONFIG_FIELDS}
+    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
     with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

@@ -33,6 +33,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..names import norm_class_name
+from .concepts import concept_view, pair_lines, pair_maps
 
 MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
 
@@ -90,6 +91,10 @@ class ExplainResult:
     region_kind: str = "crop"
     classes: list[ClassExplanation] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    pair: dict | None = None  # a (state, object) pair's state, object, branch split and carrying regions
+    concepts: object | None = None  # the stored mutual-knowledge explanation (explain.concepts.ConceptView)
+
+    pair_boxes: np.ndarray | None = field(default=None, repr=False)  # boxes of the pair's carrying regions (render px)
 
     def summary_lines(self, top: int | None = 10) -> list[str]:
         out = [f"image  {self.path}" + (f"  (label: {self.label})" if self.label else ""),
@@ -105,6 +110,9 @@ class ExplainResult:
                 out.append(f"  {100 * a.share:6.1f}%  {a.contribution:9.4f}  {a.mass:7.4f}  {a.similarity:7.4f}  {a.text}")
             if top and len(c.attributes) > top:
                 out.append(f"  ... {len(c.attributes) - top} more")
+        out += pair_lines(self.pair, self.pair_boxes, self.scale)
+        if self.concepts is not None:
+            out += self.concepts.lines()
         if self.files:
             out.append("overlays:")
             out += [f"  {f}" for f in self.files]
@@ -288,6 +296,12 @@ def explain_image(
     res = ExplainResult(run_id, method, img["image_id"], img["path"], img["label"], w, h, scale, region_ids, boxes, kind, [ce])
     if only is not None:
         ce.attributes = [a for a in ce.attributes if a.attr_id in only]
+    from ..stages.compositional import pair_explanation  # (state, object) pairs; mutual knowledge
+
+    res.pair = pair_explanation(cat, run, img["image_id"], pred["class_id"])
+    pmaps = pair_maps(cat, res.pair, img["image_id"], w / img["width"], h / img["height"], h, w)
+    res.pair_boxes = pmaps[2] if pmaps else None
+    res.concepts = concept_view(cat, run_id, img["image_id"])
     if write:
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents
@@ -306,6 +320,10 @@ def explain_image(
             a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
             files.write_bytes(a.overlay, png_bytes(overlay(base, a.map, ce.mask)))
             res.files.append(a.overlay)
+        if pmaps is not None:  # where the pair's state and its object were found
+            for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):
+                path = out / f"{stem}.{cslug}.{what}-{_slug(res.pair[what], 30)}.png"
+                res.files.append(files.write_bytes(path, png_bytes(overlay(base, heat, ce.mask))))
     return res
 
 

@@ -47,6 +47,7 @@ from ..errors import InputError
 from ..inputs import read_text_bounded
 from ..names import check_text
 from .attributes import add_class_prompts, add_class_texts, dclip_sentence, encode_class_prompts
+from .compositional import CZSL_METHODS
 from .control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
 
 METHODS = ("clip", "clip-e", "dclip", "cupl", "wca", "lazsl", "awt", "waffle", "dclip-nameless", "object-bound")
@@ -58,6 +59,9 @@ CROP_KINDS = ("crop", "grid", "patch")  # LaZSL's and WCA's regions
 PART_KINDS = CROP_KINDS + ("part",)  # object-bound's candidate objects and their parts
 VIEW_KINDS = ("view", "view-flip")  # AWT's augmented views
 PLAN_BUDGET = 1 << 23  # plan entries per scoring call (images are split to stay under it)
+# (state, object) pairs, scored by pipeline/stages/compositional.py; the model gives the logit scale
+METHODS = METHODS + CZSL_METHODS
+NEEDS_TEXT_ENCODER = NEEDS_TEXT_ENCODER + CZSL_METHODS
 
 
 @dataclass
@@ -235,6 +239,11 @@ def classify(
     """
     from tqdm import tqdm
 
+    if method in CZSL_METHODS:  # compositional pairs: their own stage
+        from .compositional import classify_compositional
+
+        return classify_compositional(cat, method, config, model=model, image_ids=image_ids, provenance=provenance,
+                                      progress=progress)
     if method not in METHODS:
         raise InputError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
     fp = cat.model

@@ -29,6 +29,7 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..names import norm_class_name
+from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
 
 @dataclass
@@ -95,6 +96,7 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         metrics["acc1_per_draw_mean"] = float(per_draw.mean())
         metrics["acc1_per_draw_std"] = float(per_draw.std())
         metrics["n_draws"] = len(per_draw)
+    metrics.update(czsl_columns(czsl_evaluation(cat, run_id)))  # (state, object) pairs marked seen/unseen
     return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params)
 
 
@@ -215,6 +217,8 @@ def table_rows(evals: list[RunEval]) -> list[dict]:
             "acc1_seeds_mean": float(acc.mean()) if group else None, "acc1_seeds_std": float(acc.std()) if group else None,
             "n_seeds": len(group) if group else None,
         })
+        if any("closed_hm" in e.metrics for e in evals):  # CZSL columns only where pairs are marked seen/unseen
+            rows[-1].update({k: m.get(k) for k in CZSL_COLUMNS})
     return rows
 
 
@@ -237,4 +241,4 @@ def format_table(evals: list[RunEval]) -> str:
         seeds = [g.params["config"]["seed"] for g in group]
         notes.append(f"{group[0].method} (runs {group[0].run_id}-{group[-1].run_id}, seeds {min(seeds)}-{max(seeds)}): "
                      f"acc1 {100 * r['acc1_seeds_mean']:.2f} ± {100 * r['acc1_seeds_std']:.2f}% over {len(group)} seeds")
-    return "\n".join(lines + notes)
+    return "\n".join(lines + notes + format_czsl_table(evals))
