@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -486,10 +485,11 @@ def _write_batch(cat, run_id, batch, texts: PairTexts, res, scale, config, local
     })
     if not local:
         return
+    from .classify import _attr_ids
+
     lz = res.pair_lazsl
-    write_alignments(cat, run_id, batch, class_ids, SimpleNamespace(plan=lz.plan, scores=res.scores,
-                                                                      attr_index=lz.attr_index, fused=lz.fused),
-                     texts.pair.ids, config.alignments_top)
+    write_alignments(cat, run_id, batch.image_ids, class_ids, batch.region_ids[:, 1:], lz.plan, lz.fused,
+                     _attr_ids(texts.pair.ids, lz.attr_index), res.scores, config.alignments_top)
     ws, wo = np.asarray(res.state_region_weight), np.asarray(res.object_region_weight)
     bi, mi = np.nonzero((ws > 0) | (wo > 0))
     tables.insert_pair_regions(cat, {
