@@ -92,28 +92,53 @@ class RegionConfig(_Config):
     crop_max: float = _f(0.9, "Upper bound of the crop side (0.9 in WCA and LaZSL).", lo=0.0, hi=1.0, lo_open=True)
     seed: int = _f(0, "Mixed with each image's content hash: same image, same boxes.", lo=0, hi=2**63 - 1)
     grid_scales: tuple[int, ...] = _f((2, 3), "grid: the k×k tilings to use.")
+    n_parts: int = _f(0, "Smaller random square crops (kind 'part') per image, the parts of object-bound's candidate "
+                         "objects; 0 = none (object-bound then uses the crops alone).", lo=0, hi=1024)
+    part_min: float = _f(0.3, "Part side ~ U(part-min, part-max)·min(H, W).", lo=0.0, hi=1.0, lo_open=True)
+    part_max: float = _f(0.5, "Upper bound of the part side.", lo=0.0, hi=1.0, lo_open=True)
+    n_views: int = _f(0, "AWT's augmented views per image (kinds 'view'/'view-flip'): random resized crops, "
+                         "stretched, mirrored with p = view_flip; AWT uses 50. 0 = none.", lo=0, hi=1024)
+    view_scale: tuple[float, float] = _f((0.08, 1.0), "AWT views: area fraction range (torchvision's default).")
+    view_ratio: tuple[float, float] = _f((3.0 / 4.0, 4.0 / 3.0), "AWT views: aspect ratio range (torchvision's default).")
+    view_flip: float = _f(0.5, "AWT views: probability of a left-right flip.", lo=0.0, hi=1.0)
 
     def __post_init__(self):
         super().__post_init__()
         if self.crop_min > self.crop_max:
             raise InputError(f"--crop-min ({self.crop_min}) must not exceed the crop maximum ({self.crop_max}).")
+        if self.part_min > self.part_max:
+            raise InputError(f"--part-min ({self.part_min}) must not exceed --part-max ({self.part_max}).")
         if not self.grid_scales or not all(isinstance(k, int) and 1 <= k <= 32 for k in self.grid_scales):
             raise InputError("grid scales must be integers in [1, 32].")
+        for name, lo, hi in (("view_scale", 0.0, 1.0), ("view_ratio", 0.0, None)):
+            v = tuple(getattr(self, name))
+            if len(v) != 2 or not all(isinstance(x, (int, float)) and math.isfinite(x) and x > lo for x in v) \
+                    or v[0] > v[1] or (hi is not None and v[1] > hi):
+                raise InputError(f"{name} must be two increasing numbers > {lo}" + (f" and <= {hi}" if hi else "")
+                                 + f" (got {list(v)}).")
+        if self.source == "patches" and (self.n_parts or self.n_views):
+            raise InputError("--n-parts and --n-views add crops to --regions crops or grid; patch tokens come from "
+                             "one forward pass and take no extra regions.")
 
     def geometry(self) -> dict:
         """Keyword arguments of :func:`queries.regions.region_boxes`."""
         return dict(source=self.source, n_crops=self.n_crops, crop_min=self.crop_min, crop_max=self.crop_max,
-                    seed=self.seed, grid_scales=self.grid_scales)
+                    seed=self.seed, grid_scales=self.grid_scales, n_parts=self.n_parts, part_min=self.part_min,
+                    part_max=self.part_max, n_views=self.n_views, view_scale=tuple(self.view_scale),
+                    view_ratio=tuple(self.view_ratio), view_flip=self.view_flip)
 
 
 @dataclass(frozen=True)
 class MethodConfig(_Config):
     """Every knob of the query stage; all of it lands in ``runs.params``."""
 
-    top_k: int = _f(50, "Candidate classes from the Faiss shortlist (0 = all classes).", lo=0, hi=10**9)
-    theta: float = _f(0.8, "LaZSL θ: weight of the local (crop) similarity in the fused score.", lo=0.0, hi=1.0)
-    eps: float = _f(0.1, "LaZSL entropic regularisation ε of the Sinkhorn plan.", lo=1e-3, hi=100.0)
-    gamma: float = _f(0.0, "LaZSL crop filter: keep crops with cos(crop, full) >= mean + γ.", lo=-2.0, hi=2.0)
+    top_k: int = _f(50, "Candidate classes: the Faiss shortlist of lazsl and object-bound, the classes stored "
+                        "per image for the others (0 = all classes).", lo=0, hi=10**9)
+    theta: float = _f(0.8, "LaZSL and object-bound θ: weight of the local (crop) similarity in the fused score.",
+                      lo=0.0, hi=1.0)
+    eps: float = _f(0.1, "Entropic regularisation ε of the Sinkhorn plans (lazsl, awt, object-bound).", lo=1e-3, hi=100.0)
+    gamma: float = _f(0.0, "LaZSL crop filter: keep crops with cos(crop, full) >= mean + γ (object-bound: parts "
+                           "against their object).", lo=-2.0, hi=2.0)
     max_iter: int = _f(100, "Sinkhorn iterations at most (per image-class pair).", lo=1, hi=100_000)
     tol: float = _f(1e-2, "Sinkhorn stopping tolerance on mean |r - r_prev|.", lo=0.0, hi=1e3, lo_open=True)
     wca_score: str = _f("code", "WCA scoring: code (the released code's) or paper (the paper's formula).",
@@ -122,9 +147,44 @@ class MethodConfig(_Config):
     wca_runs: int = _f(20, "WCA: independent crop draws, averaged.", lo=1, hi=1000)
     wca_image_scale: float = _f(math.exp(4.0), "WCA: crop-weight softmax scale (e^4).", lo=0.0, hi=1e4, lo_open=True)
     wca_text_scale: float = _f(math.exp(2.0), "WCA: sentence-weight softmax scale (e^2).", lo=0.0, hi=1e4, lo_open=True)
-    seed: int = _f(0, "Seed of the method's own randomness (WCA's crop draws).", lo=0, hi=2**63 - 1)
+    seed: int = _f(0, "Seed of the method's own randomness (WCA's crop draws, WaffleCLIP's random descriptors).",
+                   lo=0, hi=2**63 - 1)
     templates: str = _f("openai", "clip-e templates: openai (80), simple (7), or a text file with one {} template a line.")
     alignments_top: int = _f(0, "Store OT plans for the top-N ranked classes only (0 = every candidate).", lo=0, hi=10**9)
+    contain: float = _f(0.9, "object-bound: a region is a part of an object when this share of its area lies inside "
+                             "the object's box.", lo=0.0, hi=1.0, lo_open=True)
+    min_parts: int = _f(2, "object-bound: parts a region needs to be a candidate object.", lo=1, hi=100_000)
+    awt_texts: str = _f("descriptors+prompt", "awt: its texts per class: the descriptors plus 'a photo of a {c}.' (AWT's "
+                        "code), or the descriptors alone.", choices=("descriptors+prompt", "descriptors"))
+    awt_view_temperature: float = _f(0.5, "awt: view weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
+                                     lo_open=True)
+    awt_text_temperature: float = _f(0.5, "awt: text weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
+                                     lo_open=True)
+    awt_logit_scale: float = _f(0.0, "awt: logit scale of its entropies (0 = the model's logit_scale.exp(), CLIP's "
+                                     "100).", lo=0.0, hi=1e4)
+    waffle_count: int = _f(15, "waffle: random-word and random-character descriptor pairs per class (15 -> 30 "
+                               "prompts).", lo=1, hi=1000)
+    waffle_seeds: int = _f(1, "waffle: seeds to run (seed, seed+1, ...), one run each; evaluate reports acc1 mean ± "
+                              "std over them.", lo=1, hi=100)
+    waffle_template: str = _f("dclip", "waffle: prompt form: dclip ('{c}, which has {random}', as the store's "
+                              "descriptors) or paper ('A photo of a {c}, which has {random}.').",
+                              choices=("dclip", "paper"))
+    nameless: str = _f("photo", "dclip-nameless: photo = each descriptor alone plus one 'a photo of a {c}.' per class "
+                       "(arXiv 2412.11917); none = the descriptors alone, no class name anywhere.",
+                       choices=("photo", "none"))
+    # compositional (state, object) pairs: the czsl-* methods (pipeline/stages/compositional.py)
+    pair_weight: float = _f(1.0, "czsl-*: MSCI weight w_p of the pair branch, score = w_p·t·pair + (w_s·P_state)·(w_o·P_object).",
+                            lo=0.0, hi=1000.0)
+    state_weight: float = _f(1.0, "czsl-*: MSCI weight w_s of the state branch's probability (0 leaves the factor out, as MSCI).",
+                             lo=0.0, hi=1000.0)
+    object_weight: float = _f(1.0, "czsl-*: MSCI weight w_o of the object branch's probability (0 leaves the factor out).",
+                              lo=0.0, hi=1000.0)
+    logit_scale: float = _f(0.0, "czsl-*: CLIP's logit scale t in the combination (0 = the model's own exp(logit_scale)).",
+                            lo=0.0, hi=1000.0)
+    open_world: bool = _f(False, "czsl-*: score every stored pair, the open-world-only ones too (else the closed world).")
+    feasibility_threshold: float = _f(-1.0, "czsl-* open world: leave out pairs whose name prompt is less similar than this "
+                                      "to both its state's and its object's (-1 keeps every pair; seen pairs are always kept).",
+                                      lo=-1.0, hi=1.0)
 
 
 @dataclass(frozen=True)

@@ -159,3 +159,25 @@ def open_image(data: bytes) -> Image.Image:
         arr = np.asarray(img, dtype=np.float64)
         img = Image.fromarray((arr / max(arr.max(), 1) * 255).astype(np.uint8))
     return img.convert("RGB")
+
+
+# ---- region pixels ----------------------------------------------------------------------
+VIEW_KINDS = ("view", "view-flip")
+
+
+def render_view(image: Image.Image, box, flip: bool, size: int) -> Image.Image:
+    """One AWT view: ``box`` cut from ``image``, *stretched* to ``size × size`` (bicubic, as
+    CLIP's preprocessing resamples), mirrored left-right if ``flip``. The model's own
+    preprocessing (resize + centre crop) is then a no-op on it, so a non-square box is not cut."""
+    view = image.resize((size, size), Image.Resampling.BICUBIC, box=tuple(float(v) for v in box))
+    return view.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else view
+
+
+def region_image(image: Image.Image, kind: str, box, size: int) -> Image.Image:
+    """The pixels the encoder sees for one region: the image for ``full``, AWT's stretched (and
+    mirrored) view for ``view``/``view-flip``, the box cut out for every other kind."""
+    if kind == "full":
+        return image
+    if kind in VIEW_KINDS:
+        return render_view(image, box, kind == "view-flip", size)
+    return image.crop(tuple(int(v) for v in box))

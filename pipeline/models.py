@@ -108,6 +108,9 @@ def data_dir() -> Path:
     top-level ``data/``, mapped there by pyproject.toml), or ``data/`` of a source checkout."""
     import importlib.util
 
+    checkout = Path(__file__).resolve().parent.parent  # a source checkout: its own data/ (the tree being run)
+    if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
+        return checkout / "data"
     spec = importlib.util.find_spec("pipeline.data")
     if spec is not None and spec.submodule_search_locations:
         return Path(next(iter(spec.submodule_search_locations)))

@@ -177,7 +177,6 @@ def m004_explanation_views(con) -> None:
     )
 
 
-
 @migration
 def m005_faithfulness(con) -> None:
     """Scores of the explanations themselves: deletion/insertion curves and the pointing game."""
@@ -347,6 +346,147 @@ def m009_shard_records(con) -> None:
             note VARCHAR,                     -- why a shard left the live set
             PRIMARY KEY (table_name, name)
         );
+        """
+    )
+
+
+@migration
+def m010_object_bindings(con) -> None:
+    """The object-bound method's answer to "which object carried the class": per (run, image,
+    candidate class), the region whose box framed the winning object and how many parts it had.
+    Its plan (over that object's parts) is in ``alignments`` like LaZSL's."""
+    con.execute(
+        """
+        CREATE TABLE object_bindings(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            region_id BIGINT NOT NULL,    -- the winning object (a region; its box is in regions)
+            n_parts INTEGER NOT NULL,     -- regions inside it (its parts)
+            score DOUBLE NOT NULL         -- the object's score = the class's score
+        );
+        """
+    )
+
+
+@migration
+def m011_compositional(con) -> None:
+    """(state, object) pairs: a pair is a row of ``classes`` (name "state object"), so every
+    reader of classes, predictions and alignments works on it unchanged; what makes it a pair
+    lives beside it. A plain store keeps these tables empty and behaves as before."""
+    con.execute(
+        """
+        CREATE TABLE czsl_vocab(
+            vocab_id BIGINT PRIMARY KEY,
+            kind VARCHAR NOT NULL,          -- state | object
+            name VARCHAR NOT NULL,
+            norm_name VARCHAR NOT NULL,     -- normalised as classes.norm_name
+            UNIQUE (kind, norm_name)
+        );
+        CREATE TABLE czsl_pairs(
+            class_id BIGINT PRIMARY KEY,    -- the pair's row in classes
+            state_id BIGINT NOT NULL,       -- czsl_vocab.vocab_id
+            object_id BIGINT NOT NULL,
+            seen BOOLEAN,                   -- a training ("seen") pair; NULL when no --seen list was given
+            open_only BOOLEAN NOT NULL      -- only in the open world (neither seen nor a test pair)
+        );
+        CREATE TABLE czsl_texts(
+            text_id BIGINT PRIMARY KEY,
+            vocab_id BIGINT NOT NULL,       -- the state or object the text describes
+            style VARCHAR NOT NULL,         -- descriptors (DCLIP rule) | clip (the name prompt)
+            text VARCHAR NOT NULL,          -- the descriptor as written ('' for the name prompt)
+            prompt VARCHAR NOT NULL,        -- the exact string that was encoded
+            source VARCHAR NOT NULL
+        );
+        CREATE TABLE czsl_text_embeddings(
+            text_id BIGINT NOT NULL,
+            model VARCHAR NOT NULL,
+            embedding FLOAT[] NOT NULL,     -- L2-normalised
+            PRIMARY KEY (text_id, model)
+        );
+        CREATE TABLE attribute_roles(
+            attr_id BIGINT PRIMARY KEY,     -- an attribute of a pair class
+            role VARCHAR NOT NULL           -- state | object | pair: what part of the pair it describes
+        );
+        CREATE TABLE pair_scores(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,       -- the pair (every candidate pair of the run)
+            pair_score DOUBLE NOT NULL,     -- pair branch, cosine units (CLIP / DCLIP / LaZSL score)
+            state_score DOUBLE NOT NULL,    -- the pair's state in the state branch
+            object_score DOUBLE NOT NULL,
+            state_prob DOUBLE NOT NULL,     -- softmax over the states of t * state branch
+            object_prob DOUBLE NOT NULL
+        );
+        CREATE TABLE pair_regions(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,       -- the explained pair (the prediction)
+            region_id BIGINT NOT NULL,
+            state_weight DOUBLE NOT NULL,   -- share of the state evidence this region carried (sums to 1)
+            object_weight DOUBLE NOT NULL
+        );
+        CREATE TABLE pair_feasibility(
+            run_id BIGINT NOT NULL,         -- an open-world run with a feasibility threshold
+            class_id BIGINT NOT NULL,
+            score DOUBLE NOT NULL,          -- max(state_sim, object_sim)
+            state_sim DOUBLE NOT NULL,      -- cos(pair name prompt, state name prompt)
+            object_sim DOUBLE NOT NULL,
+            removed BOOLEAN NOT NULL        -- left out of the run's candidates
+        );
+        CREATE VIEW pairs AS
+        SELECT p.class_id, c.name, s.name AS state, o.name AS object, p.seen, p.open_only
+        FROM czsl_pairs p JOIN classes c USING (class_id)
+        JOIN czsl_vocab s ON s.vocab_id = p.state_id JOIN czsl_vocab o ON o.vocab_id = p.object_id;
+        """
+    )
+
+
+@migration
+def m012_mutual_knowledge(con) -> None:
+    """Mutual-knowledge explanations (Sammani & Deligiannis, NeurIPS 2024) of a run's predictions:
+    one row per explained prediction, and its vision and language concepts."""
+    con.execute(
+        """
+        CREATE TABLE mutual_knowledge(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,       -- the explained (predicted, rank 1) class
+            n_vision INTEGER NOT NULL,
+            n_language INTEGER NOT NULL,
+            n_shared INTEGER NOT NULL,
+            mi DOUBLE NOT NULL,             -- log N + log M + H(match table); 0 without overlap
+            deletion_auc DOUBLE NOT NULL,   -- mean of deletion_curve (the paper's "AUC")
+            deletion_curve DOUBLE[] NOT NULL,  -- MI after deleting the 0, 1, ..., N most relevant vision concepts
+            n_parts INTEGER NOT NULL,       -- parts found in the image's patch tokens
+            part_topk INTEGER NOT NULL,
+            language_topk INTEGER NOT NULL,
+            clustering VARCHAR NOT NULL,    -- ward | kmeans
+            foreground BOOLEAN NOT NULL,    -- parts clustered from the foreground patches only
+            part_embedding VARCHAR NOT NULL,  -- crop: each part's box crop encoded
+            class_text VARCHAR NOT NULL,    -- name | run: which text embedding is the class's
+            model VARCHAR NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (run_id, image_id)
+        );
+        CREATE TABLE concepts(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,
+            side VARCHAR NOT NULL,          -- vision | language
+            concept VARCHAR NOT NULL,       -- the concept bank entry (an attribute text, no class name)
+            rank INTEGER NOT NULL,          -- 1 = most relevant to the image (vision) / nearest the class (language)
+            score DOUBLE NOT NULL,          -- vision: 2.5 cos(image, concept); language: cos(class text, concept)
+            shared BOOLEAN NOT NULL,        -- the concept is on both sides
+            part INTEGER,                   -- vision: the first part it describes (0-based); NULL for language
+            x0 DOUBLE, y0 DOUBLE, x1 DOUBLE, y1 DOUBLE  -- that part's box (image pixels)
+        );
+        CREATE VIEW concept_sets AS
+        SELECT run_id, image_id, class_id,
+               list(concept ORDER BY rank) FILTER (WHERE side = 'vision') AS vision,
+               list(concept ORDER BY rank) FILTER (WHERE side = 'vision' AND shared) AS shared,
+               list(concept ORDER BY rank) FILTER (WHERE side = 'language') AS language
+        FROM concepts GROUP BY ALL;
         """
     )
 

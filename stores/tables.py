@@ -255,11 +255,14 @@ def find_images(cat: Catalog, *, image_id: int | None = None, paths: Sequence[st
 
 @dataclass
 class RegionBatch:
-    """Images with the same number of regions: row 0 of each is the full view."""
+    """Images with the same region layout (the same kinds in the same order, a mirrored AWT
+    view counting as a view): row 0 of each is the full view."""
 
     image_ids: np.ndarray  # (B,)
     region_ids: np.ndarray  # (B, R)
     embeddings: np.ndarray  # (B, R, D) float32
+    kinds: np.ndarray | None = None  # (B, R) str: full, crop, grid, patch, part, view, view-flip
+    boxes: np.ndarray | None = None  # (B, R, 4) float32, pixels of the original image
 
     @property
     def full(self) -> np.ndarray:
@@ -268,6 +271,15 @@ class RegionBatch:
     @property
     def regions(self) -> np.ndarray:
         return self.embeddings[:, 1:]
+
+    def columns(self, kinds: Sequence[str]) -> np.ndarray:
+        """Region columns (the full view excluded) whose kind is one of ``kinds``; the layout is
+        shared by the batch, so the first image's kinds decide (``view-flip`` counts as ``view``)."""
+        if self.kinds is None:
+            return np.arange(1, self.embeddings.shape[1])
+        layout = np.where(self.kinds[0] == "view-flip", "view", self.kinds[0])
+        want = ["view" if k == "view-flip" else k for k in kinds]
+        return np.flatnonzero(np.isin(layout, want) & (np.arange(len(layout)) > 0))
 
 
 def image_regions(cat: Catalog, image_id: int) -> tuple[np.ndarray, list[str], np.ndarray]:
@@ -356,26 +368,32 @@ def read_region_rows(path: Path, image_ids: Sequence[int] | None, positions: np.
 
 
 def region_batches_of(t: pa.Table) -> Iterator[RegionBatch]:
-    """A shard's rows (``region_id``, ``image_id``, ``kind``, ``embedding``; each image's rows
-    contiguous, full view first) -> :class:`RegionBatch` es grouped by region count, in order of
-    first appearance of each count. The one grouping rule of every reader (both engines of classify)."""
+    """A shard's rows (:data:`REGION_BATCH_COLUMNS`; each image's rows contiguous, full view
+    first) -> :class:`RegionBatch` es grouped by region layout (the kinds in order, a mirrored AWT
+    view counting as a view), in order of first appearance. The one grouping rule of every reader
+    (both engines of classify)."""
     img = t["image_id"].to_numpy()
     emb = embeddings_to_numpy(t["embedding"])
     rid = t["region_id"].to_numpy()
-    is_full = np.array([k == "full" for k in t["kind"].to_pylist()])
-    starts = np.flatnonzero(is_full)  # each image's rows are contiguous, full first
+    kinds = np.array(t["kind"].to_pylist(), dtype=object)
+    boxes = np.stack([t[c].to_numpy() for c in ("x0", "y0", "x1", "y1")], 1).astype(np.float32)
+    starts = np.flatnonzero(kinds == "full")  # each image's rows are contiguous, full first
     sizes = np.append(starts[1:], len(img)) - starts
-    for r in np.unique(sizes):
-        sel = np.flatnonzero(sizes == r)
+    layout = np.where(kinds == "view-flip", "view", kinds)
+    groups: dict = {}
+    for i, (s, n) in enumerate(zip(starts, sizes)):
+        groups.setdefault((int(n), tuple(layout[s : s + n])), []).append(i)
+    for (r, _), members in groups.items():
+        sel = np.asarray(members)
         rows = starts[sel, None] + np.arange(r)[None, :]
-        yield RegionBatch(img[starts[sel]], rid[rows], emb[rows])
+        yield RegionBatch(img[starts[sel]], rid[rows], emb[rows], kinds[rows], boxes[rows])
 
 
-REGION_BATCH_COLUMNS = ["region_id", "image_id", "kind", "embedding"]
+REGION_BATCH_COLUMNS = ["region_id", "image_id", "kind", "x0", "y0", "x1", "y1", "embedding"]
 
 
 def iter_region_batches(cat: Catalog, image_ids: Sequence[int] | None = None) -> Iterator[RegionBatch]:
-    """Region embeddings shard by shard, grouped by region count (one shard in memory at a time).
+    """Region embeddings shard by shard, grouped by region layout (one shard in memory at a time).
 
     With ``image_ids`` only the shards that hold them are opened, and of those only the row
     groups that hold them (:func:`region_shard_plan`)."""
@@ -505,6 +523,25 @@ def insert_predictions(cat: Catalog, columns: dict[str, Any]) -> int:
 def insert_alignments(cat: Catalog, columns: dict[str, Any]) -> int:
     """columns: run_id, image_id, class_id, region_id, attr_id, mass, similarity."""
     return insert_columns(cat, "alignments", columns)
+
+
+def insert_object_bindings(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, region_id, n_parts, score."""
+    return insert_columns(cat, "object_bindings", columns)
+
+
+def object_binding(cat: Catalog, run_id: int, image_id: int, class_id: int) -> dict | None:
+    """The object that carried a class (object-bound runs): region_id, kind, n_parts, score and
+    its box (x0, y0, x1, y1); None for other runs."""
+    rows = _rows(cat,
+        "SELECT b.region_id, r.kind, b.n_parts, b.score, r.x0, r.y0, r.x1, r.y1 FROM object_bindings b "
+        "JOIN regions r ON r.region_id = b.region_id AND r.image_id = b.image_id "
+        "WHERE b.run_id = ? AND b.image_id = ? AND b.class_id = ?", [run_id, image_id, class_id])
+    if not rows:
+        return None
+    r = rows[0]
+    return dict(region_id=int(r["region_id"]), kind=r["kind"], n_parts=int(r["n_parts"]), score=float(r["score"]),
+                box=(float(r["x0"]), float(r["y0"]), float(r["x1"]), float(r["y1"])))
 
 
 def insert_sample_predictions(cat: Catalog, columns: dict[str, Any]) -> int:
@@ -754,3 +791,243 @@ def image_result_counts(cat: Catalog, image_ids: Sequence[int], *, delete: bool 
             cat.con.execute(f"DELETE FROM {table} WHERE image_id IN (SELECT image_id FROM removed_ids)")
         out[table] = int(n)
     return out
+# ---- compositional pairs (state, object) ------------------------------------------------
+# A pair is a row of ``classes``; these tables say which state and object it joins, whether
+# it is seen / open-world-only, the state and object texts, and what a czsl-* run stored.
+def czsl_vocab_ids(cat: Catalog) -> dict[tuple[str, str], int]:
+    """(kind, norm_name) -> vocab_id of every stored state and object."""
+    return {(k, n): int(i) for i, k, n in cat.con.execute("SELECT vocab_id, kind, norm_name FROM czsl_vocab").fetchall()}
+
+
+def czsl_vocab(cat: Catalog, kind: str) -> list[tuple[int, str]]:
+    """(vocab_id, name) of the states or the objects, in id order."""
+    return [(int(i), n) for i, n in cat.con.execute(
+        "SELECT vocab_id, name FROM czsl_vocab WHERE kind = ? ORDER BY vocab_id", [kind]).fetchall()]
+
+
+def insert_czsl_vocab(cat: Catalog, rows: list[dict]) -> int:
+    """rows: vocab_id, kind, name, norm_name."""
+    if not rows:
+        return 0
+    return insert_arrow(cat, "czsl_vocab", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("vocab_id", pa.int64()), ("kind", pa.string()), ("name", pa.string()), ("norm_name", pa.string())])))
+
+
+def next_vocab_id(cat: Catalog) -> int:
+    return cat.next_id("czsl_vocab", "vocab_id")
+
+
+def upsert_czsl_pairs(cat: Catalog, rows: list[dict]) -> int:
+    """rows: class_id, state_id, object_id, seen (bool or None), open_only; a pair stored before
+    takes the new flags."""
+    if not rows:
+        return 0
+    return insert_arrow(cat, "czsl_pairs", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("class_id", pa.int64()), ("state_id", pa.int64()), ("object_id", pa.int64()), ("seen", pa.bool_()),
+        ("open_only", pa.bool_())])), replace=True)
+
+
+def czsl_pair_rows(cat: Catalog) -> list[dict]:
+    """Every stored pair: class_id, name, norm_name, state_id, object_id, state, object, seen, open_only."""
+    return _rows(cat,
+        "SELECT p.class_id, c.name, c.norm_name, p.state_id, p.object_id, s.name AS state, o.name AS object, p.seen, "
+        "p.open_only FROM czsl_pairs p JOIN classes c USING (class_id) JOIN czsl_vocab s ON s.vocab_id = p.state_id "
+        "JOIN czsl_vocab o ON o.vocab_id = p.object_id ORDER BY p.class_id")
+
+
+def czsl_pair(cat: Catalog, class_id: int) -> dict | None:
+    rows = _rows(cat,
+        "SELECT p.class_id, s.name AS state, o.name AS object, p.seen, p.open_only FROM czsl_pairs p "
+        "JOIN czsl_vocab s ON s.vocab_id = p.state_id JOIN czsl_vocab o ON o.vocab_id = p.object_id "
+        "WHERE p.class_id = ?", [class_id])
+    return rows[0] if rows else None
+
+
+def czsl_text_keys(cat: Catalog) -> set[tuple[int, str, str]]:
+    """(vocab_id, style, text) of the stored state and object texts."""
+    return {(int(v), s, t) for v, s, t in cat.con.execute("SELECT vocab_id, style, text FROM czsl_texts").fetchall()}
+
+
+def insert_czsl_texts(cat: Catalog, rows: list[dict]) -> int:
+    """rows: text_id, vocab_id, style, text, prompt, source."""
+    if not rows:
+        return 0
+    return insert_arrow(cat, "czsl_texts", pa.Table.from_pylist(rows, schema=pa.schema([
+        ("text_id", pa.int64()), ("vocab_id", pa.int64()), ("style", pa.string()), ("text", pa.string()),
+        ("prompt", pa.string()), ("source", pa.string())])))
+
+
+def next_czsl_text_id(cat: Catalog) -> int:
+    return cat.next_id("czsl_texts", "text_id")
+
+
+def czsl_texts_without_embedding(cat: Catalog, model: str) -> list[tuple[int, str]]:
+    return cat.con.execute(
+        "SELECT t.text_id, t.prompt FROM czsl_texts t LEFT JOIN czsl_text_embeddings e "
+        "ON t.text_id = e.text_id AND e.model = ? WHERE e.text_id IS NULL ORDER BY t.text_id", [model]).fetchall()
+
+
+def insert_czsl_text_embeddings(cat: Catalog, text_ids: Sequence[int], model: str, embeddings: np.ndarray) -> int:
+    return insert_columns(cat, "czsl_text_embeddings", {
+        "text_id": pa.array(text_ids, pa.int64()), "model": pa.array([model] * len(text_ids), pa.string()),
+        "embedding": embedding_array(embeddings, "float32"),
+    })
+
+
+def czsl_text_matrix(cat: Catalog, model: str, kind: str, style: str) -> TextMatrix:
+    """Encoded texts of the states or objects of one style: ids = text_id, class_ids = vocab_id."""
+    return _text_matrix(cat.con.execute(
+        "SELECT t.text_id, t.vocab_id, e.embedding FROM czsl_texts t JOIN czsl_vocab v USING (vocab_id) "
+        "JOIN czsl_text_embeddings e USING (text_id) WHERE e.model = ? AND v.kind = ? AND t.style = ? ORDER BY t.text_id",
+        [model, kind, style]).fetchall())
+
+
+def czsl_text_counts(cat: Catalog) -> dict[tuple[str, str], int]:
+    """(kind, style) -> how many state / object texts are stored."""
+    return {(k, s): int(n) for k, s, n in cat.con.execute(
+        "SELECT v.kind, t.style, count(*) FROM czsl_texts t JOIN czsl_vocab v USING (vocab_id) GROUP BY ALL").fetchall()}
+
+
+def insert_attribute_roles(cat: Catalog, attr_ids: Sequence[int], roles: Sequence[str]) -> int:
+    """What part of its pair each attribute describes (state | object | pair)."""
+    return insert_columns(cat, "attribute_roles", {
+        "attr_id": pa.array(attr_ids, pa.int64()), "role": pa.array(roles, pa.string())}, replace=True)
+
+
+def attribute_roles(cat: Catalog) -> dict[int, str]:
+    return {int(a): r for a, r in cat.con.execute("SELECT attr_id, role FROM attribute_roles").fetchall()}
+
+
+def class_attributes(cat: Catalog, class_ids: Sequence[int], style: str = "descriptors") -> list[tuple[int, int, str]]:
+    """(attr_id, class_id, text) of the given classes' attributes of a style."""
+    return [(int(a), int(c), t) for a, c, t in cat.con.execute(
+        "SELECT attr_id, class_id, text FROM attributes WHERE style = ? AND list_contains(?, class_id) ORDER BY attr_id",
+        [style, [int(c) for c in class_ids]]).fetchall()]
+
+
+def insert_pair_scores(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, pair_score, state_score, object_score, state_prob, object_prob."""
+    return insert_columns(cat, "pair_scores", columns)
+
+
+def insert_pair_regions(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, region_id, state_weight, object_weight."""
+    return insert_columns(cat, "pair_regions", columns)
+
+
+def insert_pair_feasibility(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, class_id, score, state_sim, object_sim, removed."""
+    return insert_columns(cat, "pair_feasibility", columns)
+
+
+def pair_score(cat: Catalog, run_id: int, image_id: int, class_id: int) -> dict | None:
+    rows = _rows(cat,
+        "SELECT pair_score, state_score, object_score, state_prob, object_prob FROM pair_scores "
+        "WHERE run_id = ? AND image_id = ? AND class_id = ?", [run_id, image_id, class_id])
+    return rows[0] if rows else None
+
+
+def pair_region_weights(cat: Catalog, run_id: int, image_id: int) -> tuple[int | None, np.ndarray, np.ndarray, np.ndarray]:
+    """(explained class_id, region_ids, state weights, object weights) of one image in a run."""
+    rows = cat.con.execute(
+        "SELECT class_id, region_id, state_weight, object_weight FROM pair_regions WHERE run_id = ? AND image_id = ? "
+        "ORDER BY region_id", [run_id, image_id]).fetchall()
+    if not rows:
+        return None, np.zeros(0, np.int64), np.zeros(0), np.zeros(0)
+    return (int(rows[0][0]), np.array([r[1] for r in rows], np.int64), np.array([r[2] for r in rows], np.float64),
+            np.array([r[3] for r in rows], np.float64))
+
+
+def pair_feasibility_rows(cat: Catalog, run_id: int) -> list[dict]:
+    return _rows(cat,
+        "SELECT f.class_id, c.name, f.score, f.state_sim, f.object_sim, f.removed FROM pair_feasibility f "
+        "JOIN classes c USING (class_id) WHERE f.run_id = ? ORDER BY f.score, f.class_id", [run_id])
+
+
+def score_matrix(cat: Catalog, run_id: int) -> tuple[np.ndarray, list, np.ndarray, np.ndarray]:
+    """Every stored score of a run as a matrix: (image_ids (N,), labels, class_ids (C,), scores (N, C));
+    a class not stored for an image is NaN."""
+    rows = cat.con.execute(
+        "SELECT p.image_id, i.label, p.class_id, p.score FROM predictions p JOIN images i USING (image_id) "
+        "WHERE p.run_id = ? ORDER BY p.image_id, p.class_id", [run_id]).fetchall()
+    if not rows:
+        return np.zeros(0, np.int64), [], np.zeros(0, np.int64), np.zeros((0, 0))
+    img = np.array([r[0] for r in rows], np.int64)
+    cls = np.array([r[2] for r in rows], np.int64)
+    image_ids, ri = np.unique(img, return_inverse=True)
+    class_ids, ci = np.unique(cls, return_inverse=True)
+    scores = np.full((len(image_ids), len(class_ids)), np.nan)
+    scores[ri, ci] = [r[3] for r in rows]
+    labels: list = [None] * len(image_ids)
+    for k, r in zip(ri, rows):
+        labels[k] = r[1]
+    return image_ids, labels, class_ids, scores
+
+
+# ---- mutual knowledge -------------------------------------------------------------------
+def replace_mutual_knowledge(cat: Catalog, mk_rows: list[dict], concept_rows: list[dict]) -> None:
+    """Store explanations of (run_id, image_id) predictions, replacing earlier ones of the same images.
+
+    mk_rows: the ``mutual_knowledge`` columns; concept_rows: the ``concepts`` columns."""
+    if not mk_rows:
+        return
+    keys = pa.table({"run_id": pa.array([r["run_id"] for r in mk_rows], pa.int64()),
+                     "image_id": pa.array([r["image_id"] for r in mk_rows], pa.int64())})  # noqa: F841
+    with cat.transaction():
+        for table in ("mutual_knowledge", "concepts"):
+            cat.con.execute(f"DELETE FROM {table} t WHERE EXISTS "
+                            "(SELECT 1 FROM keys k WHERE k.run_id = t.run_id AND k.image_id = t.image_id)")
+        insert_arrow(cat, "mutual_knowledge", pa.Table.from_pylist(mk_rows, schema=pa.schema([
+            ("run_id", pa.int64()), ("image_id", pa.int64()), ("class_id", pa.int64()), ("n_vision", pa.int32()),
+            ("n_language", pa.int32()), ("n_shared", pa.int32()), ("mi", pa.float64()), ("deletion_auc", pa.float64()),
+            ("deletion_curve", pa.list_(pa.float64())), ("n_parts", pa.int32()), ("part_topk", pa.int32()),
+            ("language_topk", pa.int32()), ("clustering", pa.string()), ("foreground", pa.bool_()),
+            ("part_embedding", pa.string()), ("class_text", pa.string()), ("model", pa.string()),
+            ("created_at", pa.timestamp("us"))])))
+        if concept_rows:
+            insert_arrow(cat, "concepts", pa.Table.from_pylist(concept_rows, schema=pa.schema([
+                ("run_id", pa.int64()), ("image_id", pa.int64()), ("class_id", pa.int64()), ("side", pa.string()),
+                ("concept", pa.string()), ("rank", pa.int32()), ("score", pa.float64()), ("shared", pa.bool_()),
+                ("part", pa.int32()), ("x0", pa.float64()), ("y0", pa.float64()), ("x1", pa.float64()),
+                ("y1", pa.float64())])))
+
+
+def mutual_knowledge_row(cat: Catalog, run_id: int, image_id: int) -> dict | None:
+    rows = _rows(cat,
+        "SELECT m.*, c.name AS class_name FROM mutual_knowledge m JOIN classes c USING (class_id) "
+        "WHERE m.run_id = ? AND m.image_id = ?", [run_id, image_id])
+    return rows[0] if rows else None
+
+
+def concept_rows(cat: Catalog, run_id: int, image_id: int) -> list[dict]:
+    """An explanation's concepts: side, concept, rank, score, shared, part, x0, y0, x1, y1 (vision first)."""
+    return _rows(cat,
+        "SELECT side, concept, rank, score, shared, part, x0, y0, x1, y1 FROM concepts WHERE run_id = ? AND image_id = ? "
+        "ORDER BY side DESC, rank", [run_id, image_id])
+
+
+def mutual_knowledge_images(cat: Catalog, run_id: int) -> list[dict]:
+    """Every explained prediction of a run: image_id, label, class_id, predicted_norm, mi, deletion_auc,
+    n_shared, deletion_curve."""
+    return _rows(cat,
+        "SELECT m.image_id, i.label, m.class_id, c.norm_name AS predicted_norm, m.mi, m.deletion_auc, m.n_shared, "
+        "m.deletion_curve FROM mutual_knowledge m JOIN images i USING (image_id) JOIN classes c USING (class_id) "
+        "WHERE m.run_id = ? ORDER BY m.image_id", [run_id])
+
+
+def latest_run_with_mutual_knowledge(cat: Catalog) -> RunRecord | None:
+    return _run(cat.con.execute(
+        f"SELECT {_RUN_COLS} FROM runs r WHERE EXISTS (SELECT 1 FROM mutual_knowledge m WHERE m.run_id = r.run_id) "
+        "ORDER BY r.run_id DESC LIMIT 1").fetchone())
+
+
+def distinct_attribute_texts(cat: Catalog, style: str) -> list[str]:
+    """The distinct non-empty texts of the attributes of a style (no class names), in id order,
+    then the state and object descriptors of a store with pairs."""
+    rows = cat.con.execute(
+        "SELECT text FROM (SELECT text, min(attr_id) AS first FROM attributes WHERE style = ? AND trim(text) <> '' "
+        "GROUP BY text) ORDER BY first", [style]).fetchall()
+    extra = cat.con.execute(
+        "SELECT text FROM (SELECT text, min(text_id) AS first FROM czsl_texts WHERE style = 'descriptors' "
+        "AND trim(text) <> '' GROUP BY text) ORDER BY first").fetchall() if style == "descriptors" else []
+    return list(dict.fromkeys(r[0] for r in rows + extra))

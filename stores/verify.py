@@ -35,6 +35,7 @@ from .errors import StoreError
 from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_sidecar
 from .migrations import SCHEMA_VERSION
 from .parquet import embeddings_to_numpy, has_magic, parquet_problem
+from .locks import WriterLock
 from .shards import PAIR_TABLES, describe_file, legacy_shards, run_id_of
 
 NORM_TOL = 1e-2  # |‖e‖ - 1| allowed: float16 storage rounds each component to ~5e-4
@@ -118,6 +119,7 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
     out: list[Problem] = []
     legacy = legacy_shards(cat)
     bad: set[tuple[str, str]] = set()
+    writer_running = None  # asked only when an unrecorded shard turns up
     for key, rec in live.items():
         table, name = key
         if key in present:
@@ -145,6 +147,14 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                                "shards", repairable=True))
             bad.add(key)
         elif rec is None and (full or f"{table}/{name}" not in legacy):
+            if writer_running is None:
+                writer_running = cat.read_only and not WriterLock(cat.root).is_free()
+            if writer_running and f"{table}/{name}" not in legacy:
+                # a reader sees the last published catalog; the running writer has committed this
+                # shard's record in its working copy and publishes it at its next commit point
+                out.append(Problem("shard-pending", f"{table}/{name}", "written by the running writer, not yet "
+                                   "published to readers", "shards", repairable=True))
+                continue
             if f"{table}/{name}" in legacy:
                 msg = "has no shard record (written before this store kept records)"
             else:
@@ -264,6 +274,8 @@ STAGE_TOLERATES = {
 def require_usable(cat: Catalog, stage: str) -> None:
     """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with."""
     problems = [p for p in quick_check(cat) if p.scope not in STAGE_TOLERATES.get(stage, set())]
+    if cat.read_only:  # a reader works on the published state; a running writer's commits are not its problem
+        problems = [p for p in problems if p.check != "shard-pending"]
     if not problems:
         return
     first = problems[0]

@@ -58,7 +58,7 @@ def cli():
 
 
 def _register() -> None:
-    from . import attributes, demo, explain, images, runs, store, verify  # noqa: F401  (each adds its commands)
+    from . import attributes, compositional, concepts, demo, explain, images, runs, store, verify  # noqa: F401  (each adds its commands)
 
 
 _register()

@@ -9,6 +9,7 @@ import click
 from ..inputs import DEFAULT_MAX_FILE_BYTES
 from ..names import check_text
 from . import cli
+from .compositional import build_pairs, pair_options, pairs_given
 from .options import (
     byte_size_option,
     check_output_file,
@@ -64,12 +65,13 @@ def _json_value(text: str):
               help="descriptors (DCLIP) or sentences (CuPL); default: guessed from a file, descriptors for an LLM.")
 @click.option("--after-text", default="", help="Appended to each DCLIP sentence ('.' for ImageNet, as DCLIP does).")
 @byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "Larger class lists and attribute files are refused unread.")
+@pair_options
 @llm_options
 @model_options
 @store_option
 def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, llm_model, base_url, api_key, n_samples, prompt_version,
                          concurrency, refresh, retry_failed, timeout, max_retries, max_reasks, duplicates, llm_option,
-                         model_name, pretrained, device, store):
+                         model_name, pretrained, device, store, **pairs):
     """Store class attributes and encode them (Faiss + DuckDB): from a file, or written by an LLM.
 
     \b
@@ -77,8 +79,13 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
     pipeline build-attributes classes.txt --llm-model gpt-4o-mini            # OPENAI_API_KEY
     pipeline build-attributes classes.txt --llm-model qwen2.5:7b --base-url http://localhost:11434/v1
     pipeline build-attributes classes.csv --llm-model m --style sentences    # CuPL-style
+    pipeline build-attributes --states states.txt --objects objects.txt --seen seen_pairs.txt \\
+        --attributes-states states.json --attributes-objects objects.json   # (state, object) pairs
     """
     from ..stages.attributes import encode_attributes, import_attribute_file
+
+    if pairs_given(pairs):  # compositional pairs: docs/compositional.md
+        return build_pairs(pairs, classes, from_json, max_file_bytes, model_name, pretrained, device, store)
 
     if classes and from_json:
         raise click.UsageError("Give CLASSES or --from-json FILE, not both.")

@@ -31,9 +31,11 @@ from .output import emit, format_records
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
 @output_option("folder", "the PNG overlays.", default="explanations")
 @limit_option("Attributes listed.", default=10)
+@click.option("--concepts", is_flag=True, help="Only the mutual-knowledge concepts (vision / shared / language, MI) of "
+              "the prediction, computed with the store's model if the store has none for this image.")
 @format_option()
 @store_option
-def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store):
+def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, fmt, store):
     """Attribution maps of one image: PNG overlays per attribute and per class, and each
     attribute's share of the score.
 
@@ -41,8 +43,16 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store)
     IMAGE is an indexed image: its path, an image_id, or a unique end of its path.
     pipeline explain photos/cat/001.jpg
     pipeline explain photos/cat/001.jpg --class "tabby cat" --attribute "striped fur" -o maps/
+    pipeline explain photos/cat/001.jpg --concepts      # mutual knowledge (any run, OT or not)
+
+    For (state, object) pairs it also says which region carried the state and which the
+    object (czsl-local), and writes a map of each; after `pipeline mutual-knowledge` it lists
+    the prediction's vision, shared and language concepts.
     """
     from ..explain.explain import explain_image
+
+    if concepts:
+        return _explain_concepts(image, run_id, fmt, store)
 
     out_dir = check_output_folder(output)
     with open_store(store, read_only=True, check="explain") as cat:
@@ -60,6 +70,19 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, fmt, store)
                              contribution=a.contribution, mass=a.mass, similarity=a.similarity,
                              overlay=str(a.overlay) if a.overlay else None))
     emit(format_records(rows, fmt))
+
+
+def _explain_concepts(image, run_id, fmt, store) -> None:
+    from ..explain.concepts import explain_image_concepts
+
+    with open_store(store) as cat:
+        view = explain_image_concepts(cat, image, run_id, model=lambda: load_store_model(cat, None, None, None))
+    if fmt == "table":
+        for line in view.lines():
+            click.echo(line)
+        return
+    emit(format_records([{k: r[k] for k in ("side", "concept", "rank", "score", "shared", "part", "x0", "y0", "x1", "y1")}
+                         for r in view.rows], fmt))
 
 
 @command(cli, "report")

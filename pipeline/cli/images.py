@@ -19,6 +19,7 @@ from .options import (
     number_option,
     open_store,
     preset_option,
+    REGION_CONFIG_FIELDS,
     region_config_options,
     show_progress,
     store_option,
@@ -43,15 +44,16 @@ from .options import (
 @engine_options()
 @model_options
 @store_option
-def index_images_cmd(inputs, preset, source, n_crops, crop_min, seed, batch_size, workers, dtype, shard_size, limit,
-                     max_image_bytes, faiss_index, engine, address, ray_concurrency, actors_per_gpu, model_name,
-                     pretrained, device, store):
+def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, limit, max_image_bytes, faiss_index,
+                     engine, address, ray_concurrency, actors_per_gpu, model_name, pretrained, device, store, **regions):
     """Encode each image's full view and regions once, into the store.
 
     \b
     pipeline index-images photos/                    # one sub-folder per class gives labels
     pipeline index-images photos/ --preset cub-b32   # LaZSL's CUB crops; classify then uses θ 0.95
     pipeline index-images manifest.csv               # columns: path[, label]
+    pipeline index-images photos/ --n-views 50       # plus AWT's views (--method awt)
+    pipeline index-images photos/ --n-parts 60       # plus part crops (--method object-bound)
     pipeline index-images /shared/imgs --engine ray --address auto --faiss-index IVF4096,PQ64
 
     The resolved settings (and the preset) are stored with the index run; later stages use them.
@@ -62,7 +64,7 @@ def index_images_cmd(inputs, preset, source, n_crops, crop_min, seed, batch_size
 
     check_engine(engine, address, ray_concurrency=ray_concurrency, actors_per_gpu=None if actors_per_gpu == 1 else actors_per_gpu)
     faiss_index = faiss_index.strip() if faiss_index is not None else None
-    resolved = resolve_region_config(dict(source=source, n_crops=n_crops, crop_min=crop_min, seed=seed), preset)
+    resolved = resolve_region_config({k: regions[k] for k in REGION_CONFIG_FIELDS}, preset)
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
     with open_store(store, check="index-images") as cat:

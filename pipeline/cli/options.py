@@ -128,8 +128,10 @@ def stack(*decorators):
 
 
 METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
-                        "alignments_top")
-REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed")
+                        "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
+                        "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
+                        "nameless")
+REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views")
 
 
 def method_config_options(fn):

@@ -6,6 +6,7 @@ import click
 from ..config import resolve_method_config
 from ..names import check_text
 from . import cli
+from .compositional import czsl_config, czsl_method_options, run_notes
 from .options import (
     RUN_ID,
     check_engine,
@@ -15,6 +16,7 @@ from .options import (
     format_option,
     limit_option,
     load_store_model,
+    METHOD_CONFIG_FIELDS,
     method_config_options,
     method_option,
     model_options,
@@ -27,9 +29,6 @@ from .options import (
 )
 from .output import emit, format_records
 
-CONFIG_KEYS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates", "alignments_top")
-
-
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
                 engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
@@ -38,7 +37,7 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     from stores import tables
 
     from ..config import recorded_preset
-    from ..stages.classify import NEEDS_TEXT_ENCODER, classify
+    from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
 
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
     for note in resolved.notes:
@@ -46,33 +45,41 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
+    scorer = None
     if engine and engine.get("engine") == "ray":
+        from functools import partial
+
         from ..engines.ray_engine import classify_ray
 
-        return [classify_ray(cat, m, resolved.config, model=model, provenance=provenance, address=engine.get("address"),
-                             concurrency=engine.get("concurrency"), progress=show_progress()) for m in methods]
-    return [classify(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress())
-            for m in methods]
+        scorer = partial(classify_ray, address=engine.get("address"), concurrency=engine.get("concurrency"))
+    return [r for m in methods
+            for r in classify_runs(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress(),
+                                   scorer=scorer)]
 
 
 @command(cli, "classify")
 @method_option()
 @preset_option
 @method_config_options
+@czsl_method_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
 @engine_options(gpu=False)
 @model_options
 @store_option
-def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates, alignments_top,
-                 limit, fmt, engine, address, ray_concurrency, model_name, pretrained, device, store):
+def classify_cmd(methods, preset, limit, fmt, engine, address, ray_concurrency, model_name, pretrained, device, store,
+                 **config):
     """Score indexed images; one run per method (no image is decoded).
 
     \b
     pipeline classify --method lazsl --top-k 50 --theta 0.8
     pipeline classify --method clip,dclip,wca,lazsl
+    pipeline classify --method awt                     # needs index-images --n-views 50
+    pipeline classify --method object-bound --top-k 10 # best with index-images --n-parts 60
+    pipeline classify --method waffle --waffle-seeds 5 # one run per seed
     pipeline classify --preset imagenet-b32 --format jsonl --limit 0
     pipeline classify --method lazsl --engine ray --address auto
+    pipeline classify --method czsl-local --theta 0.95 --open-world   # (state, object) pairs
 
     Settings come from the options, else --preset, else the preset recorded when the images
     were indexed, else the defaults; every run stores what it used (runs.params). With
@@ -81,15 +88,15 @@ def classify_cmd(methods, preset, top_k, theta, eps, gamma, max_iter, tol, wca_s
     from stores import tables
 
     check_engine(engine, address, ray_concurrency=ray_concurrency)
-
-    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
     rows = []
     with open_store(store, check="classify") as cat:
         ray = {"engine": engine, "address": address, "concurrency": ray_concurrency}
         for report in run_methods(cat, parse_methods(methods), preset, options, model_name, pretrained, device, ray):
             click.echo(f"run {report.run_id}: {report.method} on {report.images} images in {report.seconds:.1f} s",
                        err=fmt != "table")
+            for line in run_notes(cat, report):
+                click.echo(line, err=fmt != "table")
             rows += _prediction_rows(report, tables.top_attributes(cat, report.run_id), limit)
     if rows and (limit != 0 or fmt != "table"):
         emit(format_records(rows, fmt))
@@ -113,13 +120,13 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
+@czsl_method_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
 @format_option()
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
 @model_options
 @store_option
-def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol, wca_score, seed, templates,
-                 alignments_top, dataset, fmt, output, model_name, pretrained, device, store):
+def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretrained, device, store, **config):
     """Accuracy (acc1, acc5, mean per-class recall, shortlist recall) of runs against image labels.
 
     \b
@@ -127,15 +134,18 @@ def evaluate_cmd(methods, runs, preset, top_k, theta, eps, gamma, max_iter, tol,
     pipeline evaluate --method lazsl --preset cub-b32
     pipeline evaluate --format json -o results/
 
-    WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws.
+    WCA is also reported as upstream does: mean ± std of the accuracies of its crop draws;
+    WaffleCLIP (--waffle-seeds N) as mean ± std over its seeds' runs. On a store of (state, object)
+    pairs marked seen/unseen (build-attributes --seen), the CZSL figures follow: best seen, best
+    unseen, best harmonic mean and the seen-unseen AUC as a calibration bias sweeps, closed and
+    open world (docs/compositional.md).
     """
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
-    options = dict(top_k=top_k, theta=theta, eps=eps, gamma=gamma, max_iter=max_iter, tol=tol, wca_score=wca_score,
-                   seed=seed, templates=templates, alignments_top=alignments_top)
+    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
     with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

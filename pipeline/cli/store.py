@@ -83,6 +83,6 @@ def presets_cmd(fmt):
     """
     rows = [dict(name=p.name, model=p.model, **{f"regions.{k}": v for k, v in p.regions.items()},
                  **{f"method.{k}": v for k, v in p.method.items()}, description=p.description) for p in list_presets()]
-    cols = ["name", "model", "regions.source", "regions.n_crops", "regions.crop_min", "method.theta", "method.top_k",
-            "description"]
+    cols = ["name", "model", "regions.source", "regions.n_crops", "regions.crop_min", "regions.n_parts",
+            "regions.n_views", "method.theta", "method.top_k", "description"]
     emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=70))

@@ -198,11 +198,11 @@ class ShardScorer:
 
         from ..stages.classify import score_shard
 
-        paths = [str(p) for p in batch["path"]]
-        positions = list(batch["positions"]) if "positions" in batch else [None] * len(paths)
-        out = [score_shard(self.ctx, p, self.image_ids, None if pos is None or len(pos) == 0 else np.asarray(pos))
-               for p, pos in zip(paths, positions)]
-        return {"seq": np.asarray(batch["seq"], np.int64), "rows": np.array([o.to_bytes() for o in out], dtype=object),
+        rows = batch.to_pylist()  # a pyarrow batch (map_batches_ordered's format) of {"path", "seq", "positions"}
+        out = [score_shard(self.ctx, r["path"], self.image_ids,
+                           np.asarray(r["positions"], np.int64) if r.get("positions") else None) for r in rows]
+        return {"seq": np.asarray([r["seq"] for r in rows], np.int64),
+                "rows": np.array([o.to_bytes() for o in out], dtype=object),
                 "images": np.array([o.images for o in out], np.int64)}
 
 
@@ -215,7 +215,10 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
     from ..config import MethodConfig
     from ..stages.classify import ScoredRows, prepare_run, write_scored
+    from ..stages.compositional import CZSL_METHODS
 
+    if method in CZSL_METHODS:
+        raise InputError(f"--method {method} runs on the local engine only; drop --engine ray for it.")
     ray = connect(address)
     plan = plan_actors(ray.cluster_resources(), concurrency=concurrency, num_gpus=0)
     run = prepare_run(cat, method, config or MethodConfig(), model=model, image_ids=image_ids, provenance=provenance,

@@ -42,7 +42,7 @@ from queries.regions import region_boxes
 from stores.shards import content_id, region_id
 
 from ..config import RegionConfig
-from ..imaging import ImageItem, open_image, read_image_file
+from ..imaging import ImageItem, open_image, read_image_file, region_image
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 
 MIN_ROWS = 8  # pad encoder chunks to at least this many rows (see module doc)
@@ -59,9 +59,10 @@ class RegionDataset:
     "error"}``."""
 
     def __init__(self, items: list[ImageItem], cfg: RegionConfig, preprocess, known_sha: set[str], patch_grid: int,
-                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES):
+                 max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, view_size: int = 224):
         self.items, self.cfg, self.preprocess, self.known, self.patch_grid = items, cfg, preprocess, known_sha, patch_grid
         self.max_image_bytes = max_image_bytes
+        self.view_size = view_size  # AWT's views are stretched to the model's square input
 
     def __len__(self) -> int:
         return len(self.items)
@@ -88,7 +89,7 @@ class RegionDataset:
         if self.cfg.source == "patches":
             tensors = self.preprocess(img).unsqueeze(0)  # one pass; tokens are the regions
         else:
-            views = [img] + [img.crop(tuple(int(v) for v in b)) for b in boxes[1:]]
+            views = [region_image(img, k, b, self.view_size) for k, b in zip(kinds, boxes)]
             tensors = torch.stack([self.preprocess(v) for v in views])
         return {"item": item, "sha": sha, "size": (w, h), "kinds": kinds, "boxes": boxes, "pixels": tensors}
 
@@ -228,7 +229,8 @@ class RegionBatchFn:
 
     def dataset(self, items: list[ImageItem]) -> RegionDataset:
         """Decoding, hashing and cropping of ``items`` (what a DataLoader's workers run)."""
-        return RegionDataset(items, self.cfg, self.model.preprocess, self.known, self.patch_grid, self.max_image_bytes)
+        return RegionDataset(items, self.cfg, self.model.preprocess, self.known, self.patch_grid, self.max_image_bytes,
+                             self.model.image_size)
 
     def encode(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Decoded records (any mix of ok / skip / error, in order) -> one batch of region rows."""

@@ -9,6 +9,9 @@ much), the image's ``regions`` (boxes) and the image itself; the maps are comput
 * one for the class: each region's contribution above the class's average similarity
   (``queries.explain.class_weights`` says why plain mass would be flat for LaZSL).
 
+For an ``object-bound`` run the class was carried by one object (a region whose box holds the
+regions of its plan): its box is printed and drawn on the class overlay (``object_bindings``).
+
 Only regions that took part in the class's plan (mass > 0; LaZSL drops the crops least like
 the full image) count in the coverage normalisation.
 """
@@ -30,6 +33,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..names import norm_class_name
+from .concepts import concept_view, pair_lines, pair_maps
 
 MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
 
@@ -61,6 +65,7 @@ class ClassExplanation:
     mask: np.ndarray | None = field(default=None, repr=False)  # pixels covered by the plan's regions
     overlay: Path | None = None
     parts: tuple[float, float] | None = None  # ((1-θ)·global, θ·local): they sum to the score
+    object: dict | None = None  # object-bound: the object that carried the class (region_id, kind, n_parts, box)
 
     def split_line(self) -> str:
         if self.parts is None:
@@ -86,17 +91,28 @@ class ExplainResult:
     region_kind: str = "crop"
     classes: list[ClassExplanation] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
+    pair: dict | None = None  # a (state, object) pair's state, object, branch split and carrying regions
+    concepts: object | None = None  # the stored mutual-knowledge explanation (explain.concepts.ConceptView)
+
+    pair_boxes: np.ndarray | None = field(default=None, repr=False)  # boxes of the pair's carrying regions (render px)
 
     def summary_lines(self, top: int | None = 10) -> list[str]:
         out = [f"image  {self.path}" + (f"  (label: {self.label})" if self.label else ""),
                f"run    {self.run_id} ({self.method}); maps from {len(self.region_ids)} {self.region_kind} regions"]
         for c in self.classes:
             out.append(f"class  {c.name}  (rank {c.rank})  {c.split_line()}")
+            if c.object is not None:
+                x0, y0, x1, y1 = (round(v) for v in c.object["box"])
+                out.append(f"object region {c.object['region_id']} ({c.object['kind']}, box {x0},{y0},{x1},{y1} px, "
+                           f"{c.object['n_parts']} parts) carried the class")
             out.append(f"  {'share':>7}  {'contrib':>9}  {'mass':>7}  {'sim':>7}  attribute")
             for a in c.attributes[: top or None]:
                 out.append(f"  {100 * a.share:6.1f}%  {a.contribution:9.4f}  {a.mass:7.4f}  {a.similarity:7.4f}  {a.text}")
             if top and len(c.attributes) > top:
                 out.append(f"  ... {len(c.attributes) - top} more")
+        out += pair_lines(self.pair, self.pair_boxes, self.scale)
+        if self.concepts is not None:
+            out += self.concepts.lines()
         if self.files:
             out.append("overlays:")
             out += [f"  {f}" for f in self.files]
@@ -155,7 +171,7 @@ def load_alignment(cat: Catalog, run_id: int, image_id: int, class_id: int) -> A
 
 def image_predictions(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
     """The run's ranked classes for an image, with the score's global and local parts."""
-    theta = run.params.get("config", {}).get("theta") if run.method == "lazsl" else None
+    theta = run.params.get("config", {}).get("theta") if run.method in ("lazsl", "object-bound") else None
     return [dict(p, parts=score_parts(p["score"], p["global_score"], p["local_score"], theta))
             for p in tables.image_predictions(cat, run.run_id, image_id)]
 
@@ -245,7 +261,7 @@ def explain_image(
     when given); ``<hash>`` is a short hash of the exact class name, so names that slug alike
     never share a file.
     """
-    from .plots import overlay, png_bytes
+    from .plots import draw_box, overlay, png_bytes
 
     run = resolve_run(cat, run_id)
     run_id, method = run.run_id, run.method
@@ -276,9 +292,16 @@ def explain_image(
     if attribute is not None:
         only = _match_attribute(texts, attribute, pred["name"])
     ce = explain_class(al, region_ids, boxes, h, w, texts, pred, attributes=only)
+    ce.object = tables.object_binding(cat, run_id, img["image_id"], pred["class_id"])  # object-bound runs only
     res = ExplainResult(run_id, method, img["image_id"], img["path"], img["label"], w, h, scale, region_ids, boxes, kind, [ce])
     if only is not None:
         ce.attributes = [a for a in ce.attributes if a.attr_id in only]
+    from ..stages.compositional import pair_explanation  # (state, object) pairs; mutual knowledge
+
+    res.pair = pair_explanation(cat, run, img["image_id"], pred["class_id"])
+    pmaps = pair_maps(cat, res.pair, img["image_id"], w / img["width"], h / img["height"], h, w)
+    res.pair_boxes = pmaps[2] if pmaps else None
+    res.concepts = concept_view(cat, run_id, img["image_id"])
     if write:
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents
@@ -286,7 +309,10 @@ def explain_image(
         stem = f"{_slug(Path(img['path']).stem)}-{img['image_id']}"  # the image id alone is unique
         cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"
-        files.write_bytes(ce.overlay, png_bytes(overlay(base, ce.map, ce.mask)))
+        class_img = overlay(base, ce.map, ce.mask)
+        if ce.object is not None:
+            class_img = draw_box(class_img, scale_boxes([ce.object["box"]], w / img["width"], h / img["height"])[0])
+        files.write_bytes(ce.overlay, png_bytes(class_img))
         res.files.append(ce.overlay)
         for a in ce.attributes:
             if a.map is None:
@@ -294,6 +320,10 @@ def explain_image(
             a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
             files.write_bytes(a.overlay, png_bytes(overlay(base, a.map, ce.mask)))
             res.files.append(a.overlay)
+        if pmaps is not None:  # where the pair's state and its object were found
+            for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):
+                path = out / f"{stem}.{cslug}.{what}-{_slug(res.pair[what], 30)}.png"
+                res.files.append(files.write_bytes(path, png_bytes(overlay(base, heat, ce.mask))))
     return res
 
 

@@ -52,6 +52,17 @@ def overlay(image: Image.Image, heat: np.ndarray, mask: np.ndarray | None = None
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
+def draw_box(image: Image.Image, box, colour=(255, 255, 255), width: int = 2) -> Image.Image:
+    """A copy of the image with a rectangle outline on ``box`` (x0, y0, x1, y1; x1/y1 exclusive),
+    e.g. the object that carried a class."""
+    from PIL import ImageDraw
+
+    out = image.copy()
+    x0, y0, x1, y1 = (float(v) for v in box)
+    ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
+    return out
+
+
 def png_bytes(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG", optimize=True)

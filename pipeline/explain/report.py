@@ -26,6 +26,7 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..names import norm_class_name
+from .concepts import concept_view
 from .explain import explain_class, image_predictions, load_image, prepare_image
 from .plots import accuracy_png, curves_png, data_uri, overlay, png_bytes, thumbnail
 
@@ -93,6 +94,7 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
         predicted=top["name"], correct=None if true is None else top["class_id"] == true[0],
         true_name=true[1] if true else None, true_rank=true_pred["rank"] if true_pred else None,
         split=None, attributes=[], maps=[], tip=None, tip_note=None, error=None, more_attributes=0,
+        concepts=concept_view(cat, run_id, img["image_id"]),  # mutual knowledge, when `pipeline mutual-knowledge` ran
     )
     if top.get("parts") is not None:
         g, loc = top["parts"]

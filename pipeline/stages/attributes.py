@@ -198,6 +198,26 @@ def add_class_prompts(cat: Catalog, templates: list[str], template_set: str) -> 
     return len(rows)
 
 
+def add_class_texts(cat: Catalog, texts: dict[int, list[tuple[str | None, str]]], template_set: str) -> int:
+    """Store per-class prompts that are not one template for every class (WaffleCLIP's random
+    descriptors, class-name-free descriptors): ``texts[class_id] = [(template, prompt), ...]``.
+    Prompts already stored in the set are skipped. Returns how many were added."""
+    with cat.transaction():
+        have = tables.class_prompt_keys(cat, template_set)
+        next_id = tables.next_prompt_id(cat)
+        rows = []
+        for cid, items in texts.items():
+            for template, prompt in items:
+                if (cid, prompt) in have:
+                    continue
+                have.add((cid, prompt))
+                rows.append(dict(prompt_id=next_id, class_id=cid, template_set=template_set, template=template,
+                                 prompt=prompt))
+                next_id += 1
+        tables.insert_class_prompts(cat, rows)
+    return len(rows)
+
+
 def _encode_missing(cat: Catalog, model, todo: list[tuple[int, str]], insert, what: str, batch_size: int,
                     progress: bool) -> int:
     from tqdm import tqdm

@@ -10,6 +10,9 @@ uses (``_`` -> space, case and whitespace folded). Two more figures users need t
 * ``acc1_per_draw_mean`` / ``acc1_per_draw_std``: for WCA, the mean ± std (ddof 0) of the
   accuracies of its random crop draws taken one at a time, as upstream reports WCA;
   ``acc1`` is then the accuracy of the draw-averaged score (an ensemble), labelled as such.
+* ``acc1_seeds_mean`` / ``acc1_seeds_std``: for WaffleCLIP run with several seeds (one run
+  per seed, ``--waffle-seeds``), the mean ± std (ddof 0) of those runs' ``acc1``, as the
+  WaffleCLIP paper reports it.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..names import norm_class_name
+from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
 
 @dataclass
@@ -40,13 +44,26 @@ class RunEval:
 
 
 def latest_runs(cat: Catalog, methods: list[str] | None = None) -> list[int]:
+    """The latest run of each method (of each of ``methods``); for a method run with several
+    seeds (waffle), every run of that latest seed group."""
     by_method = tables.latest_runs_by_method(cat)
     if methods:
         missing = [m for m in methods if m not in by_method]
         if missing:
             raise StoreError(f"No run of {', '.join(missing)} in the store; run `pipeline classify --method {missing[0]}` first.")
-        return [by_method[m] for m in methods]
-    return list(by_method.values())
+        by_method = {m: by_method[m] for m in methods}
+    out = []
+    for run_id in by_method.values():
+        group = (tables.get_run(cat, run_id).params or {}).get("seed_group")
+        if not group:
+            out.append(run_id)
+            continue
+        first = group["first_run_id"]
+        for r in range(first, first + group["n"]):  # a failed seed leaves a gap
+            run = tables.get_run(cat, r)
+            if run is not None and (run.params.get("seed_group") or {}).get("first_run_id") == first:
+                out.append(r)
+    return out
 
 
 def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
@@ -70,7 +87,7 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         raise StoreError(f"Run {run_id} has no image whose label matches a class; index labelled images (one folder per class).")
     metrics = classification_metrics(np.array(truth), ranked, n_classes)
     top_k = run.params.get("config", {}).get("top_k", 0)
-    if run.method == "lazsl":
+    if run.method in ("lazsl", "object-bound"):  # the methods that score only a shortlist
         shortlisted = 0 < top_k < n_classes
         metrics["shortlist_recall"] = float(np.mean([t in r for t, r in zip(truth, ranked)])) if shortlisted else 1.0
     draws = tables.sample_top1(cat, run_id)
@@ -79,6 +96,7 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         metrics["acc1_per_draw_mean"] = float(per_draw.mean())
         metrics["acc1_per_draw_std"] = float(per_draw.std())
         metrics["n_draws"] = len(per_draw)
+    metrics.update(czsl_columns(czsl_evaluation(cat, run_id)))  # (state, object) pairs marked seen/unseen
     return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params)
 
 
@@ -111,11 +129,12 @@ def clip_benchmark_record(cat: Catalog, ev: RunEval, dataset: str) -> dict:
         "dataset": dataset,
         "model": model,
         "pretrained": pretrained,
-        "model_fullname": f"{model} {pretrained} {ev.method}",
+        "model_fullname": f"{model} {pretrained} {method_label(ev)}",
         "task": "zeroshot_classification",
         "metrics": dict(ev.metrics),  # acc5 is NaN below 5 classes, written as NaN as CLIP_benchmark does
         "language": "en",
         "method": ev.method,
+        "method_label": method_label(ev),
         "run_id": ev.run_id,
         "n_images": ev.n_images,
         "params": ev.params,
@@ -129,7 +148,11 @@ def run_prompts(cat: Catalog, params: dict) -> dict[str, list[str]]:
     texts = params.get("texts", {})
     kind = texts.get("kind", "")
     if kind.startswith("class prompts "):
-        return tables.class_prompt_texts(cat, kind[len("class prompts "):])
+        out: dict[str, list[str]] = {}
+        for template_set in kind[len("class prompts "):].split("+"):  # nameless+clip: two sets
+            for name, prompts in tables.class_prompt_texts(cat, template_set).items():
+                out.setdefault(name, []).extend(prompts)
+        return out
     style = kind.split(" ")[0] if kind else None
     fp = cat.model
     if style in ("descriptors", "sentences") and fp:
@@ -139,7 +162,7 @@ def run_prompts(cat: Catalog, params: dict) -> dict[str, list[str]]:
 
 def result_file_name(dataset: str, rec: dict) -> str:
     """CLIP_benchmark's ``--output`` pattern, with the method: safe as a file name."""
-    raw = f"{dataset}_{rec['pretrained']}_{rec['model']}_{rec['method']}_en_zeroshot_classification.json"
+    raw = f"{dataset}_{rec['pretrained']}_{rec['model']}_{rec.get('method_label', rec['method'])}_en_zeroshot_classification.json"
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in raw)
 
 
@@ -159,6 +182,21 @@ def write_results(cat: Catalog, evals: list[RunEval], out_dir: str | Path, datas
     return paths
 
 
+def method_label(ev: RunEval) -> str:
+    """The method, with the seed for runs that are one of several seeds (waffle-seed3)."""
+    return f"{ev.method}-seed{ev.params['config']['seed']}" if ev.params.get("seed_group") else ev.method
+
+
+def seed_groups(evals: list[RunEval]) -> dict[int, list[RunEval]]:
+    """Runs of one ``--waffle-seeds`` invocation, by their group's first run id (2 or more runs)."""
+    groups: dict[int, list[RunEval]] = {}
+    for ev in evals:
+        g = ev.params.get("seed_group")
+        if g:
+            groups.setdefault(g["first_run_id"], []).append(ev)
+    return {k: v for k, v in groups.items() if len(v) > 1}
+
+
 def _pct(v) -> str:
     return "    nan" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:6.2f}%"
 
@@ -166,26 +204,41 @@ def _pct(v) -> str:
 def table_rows(evals: list[RunEval]) -> list[dict]:
     """One row per run, the columns the table, CSV and JSON outputs share."""
     rows = []
+    seeds = {ev.run_id: group for group in seed_groups(evals).values() for ev in group}
     for ev in evals:
         m = ev.metrics
+        group = seeds.get(ev.run_id)
+        acc = np.array([g.metrics["acc1"] for g in group]) if group else None
         rows.append({
             "method": ev.method, "run_id": ev.run_id, "images": ev.n_images, "acc1": m["acc1"], "acc5": m["acc5"],
             "mean_per_class_recall": m["mean_per_class_recall"], "shortlist_recall": m.get("shortlist_recall"),
             "acc1_per_draw_mean": m.get("acc1_per_draw_mean"), "acc1_per_draw_std": m.get("acc1_per_draw_std"),
+            "seed": ev.params["config"]["seed"] if group else None,
+            "acc1_seeds_mean": float(acc.mean()) if group else None, "acc1_seeds_std": float(acc.std()) if group else None,
+            "n_seeds": len(group) if group else None,
         })
+        if any("closed_hm" in e.metrics for e in evals):  # CZSL columns only where pairs are marked seen/unseen
+            rows[-1].update({k: m.get(k) for k in CZSL_COLUMNS})
     return rows
 
 
 def format_table(evals: list[RunEval]) -> str:
-    head = f"{'method':10s} {'run':>4s} {'images':>7s} {'acc1':>7s} {'acc5':>7s} {'mpcr':>7s} {'shortlist':>9s}"
+    head = f"{'method':14s} {'run':>4s} {'images':>7s} {'acc1':>7s} {'acc5':>7s} {'mpcr':>7s} {'shortlist':>9s}"
     lines = [head, "-" * len(head)]
     notes = []
-    for r in table_rows(evals):
+    rows = table_rows(evals)
+    for r in rows:
         sl = _pct(r["shortlist_recall"]) if r["shortlist_recall"] is not None else "      -"
-        lines.append(f"{r['method']:10s} {r['run_id']:>4d} {r['images']:>7d} {_pct(r['acc1'])} {_pct(r['acc5'])} "
+        label = r["method"] + (f" s{r['seed']}" if r["seed"] is not None else "")
+        lines.append(f"{label:14s} {r['run_id']:>4d} {r['images']:>7d} {_pct(r['acc1'])} {_pct(r['acc5'])} "
                      f"{_pct(r['mean_per_class_recall'])} {sl:>9s}")
         if r["acc1_per_draw_mean"] is not None:
             notes.append(f"{r['method']} (run {r['run_id']}): acc1 per crop draw {100 * r['acc1_per_draw_mean']:.2f} ± "
                          f"{100 * r['acc1_per_draw_std']:.2f}% (as upstream reports it); acc1 above is the draw-averaged "
                          "score's (an ensemble)")
-    return "\n".join(lines + notes)
+    for group in seed_groups(evals).values():
+        r = next(x for x in rows if x["run_id"] == group[0].run_id)
+        seeds = [g.params["config"]["seed"] for g in group]
+        notes.append(f"{group[0].method} (runs {group[0].run_id}-{group[-1].run_id}, seeds {min(seeds)}-{max(seeds)}): "
+                     f"acc1 {100 * r['acc1_seeds_mean']:.2f} ± {100 * r['acc1_seeds_std']:.2f}% over {len(group)} seeds")
+    return "\n".join(lines + notes + format_czsl_table(evals))

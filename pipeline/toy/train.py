@@ -78,6 +78,101 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def fit_clip(model_name: str, seed: int, sample_batch, *, steps: int, lr: float = 1e-3, weight_decay: float = 0.1,
+             warmup: int = 100, threads: int = 2, log_every: int = 50, max_minutes: float | None = None) -> dict:
+    """The training loop the project's tiny CLIPs share: ``model_name`` from ``random:seed``,
+    ``open_clip.ClipLoss``, AdamW (betas 0.9/0.98) with linear warmup and cosine decay,
+    gradient clipping at 1, ``logit_scale`` clamped to ``log 100``.
+
+    ``sample_batch(step)`` returns the step's ``[(PIL image, caption)]``. ``max_minutes`` stops
+    early (the cosine schedule is then cut; ``steps_done`` says where). Returns the trained
+    model (eval mode) and what the metadata records: loss history, final loss, wall time.
+    """
+    import torch
+    import open_clip
+
+    from ..models import load_model
+
+    torch.set_num_threads(threads)
+    lm = load_model(model_name, f"random:{seed}", device="cpu", precision="fp32")
+    model, preprocess, tokenizer = lm.model, lm.preprocess, lm.tokenizer
+    model.train()
+    loss_fn = open_clip.ClipLoss()
+    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
+
+    def lr_at(step):
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        t = (step - warmup) / max(1, steps - warmup)
+        return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+    tok_cache: dict[str, torch.Tensor] = {}
+
+    def tokenize(caps):
+        missing = [c for c in dict.fromkeys(caps) if c not in tok_cache]
+        if missing:
+            for c, t in zip(missing, tokenizer(missing)):
+                tok_cache[c] = t
+            if len(tok_cache) > 200000:
+                tok_cache.clear()
+        return torch.stack([tok_cache[c] for c in caps])
+
+    t0 = time.time()
+    ema, lv, done = None, float("nan"), 0
+    history = []
+    for step in range(steps):
+        views = sample_batch(step)
+        images = torch.stack([preprocess(im) for im, _ in views])
+        texts = tokenize([c for _, c in views])
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step)
+        img_f, txt_f, scale = model(images, texts)
+        loss = loss_fn(img_f, txt_f, scale)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        lv = loss.item()
+        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
+        done = step + 1
+        el = time.time() - t0
+        if done % log_every == 0 or step == 0 or done == steps:
+            print(f"step {done}/{steps} loss {lv:.3f} (ema {ema:.3f}) scale {float(scale):.1f} "
+                  f"lr {lr_at(step):.2e} {el:.0f}s", flush=True)
+            history.append({"step": done, "loss": round(lv, 4), "ema": round(ema, 4), "s": round(el, 1)})
+        if max_minutes is not None and el > 60 * max_minutes:
+            print(f"stopping at step {done}: {el / 60:.1f} min > max_minutes", flush=True)
+            break
+    model.eval()
+    return {"model": model, "steps_done": done, "final_loss": round(float(lv), 4),
+            "final_loss_ema": round(float(ema), 4), "wall_time_s": round(time.time() - t0, 1), "loss_history": history}
+
+
+def save_weights(model, out_path, meta: dict) -> dict:
+    """Write the fp16 state dict to ``out_path`` and ``meta`` (plus file facts) to ``<out>.json``."""
+    import open_clip
+    import torch
+
+    from ..models import sha256_file
+
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    torch.save(state, out_path)
+    head = {"model": meta.pop("model"), "weights": out_path.name, "dtype": "float16", "bytes": out_path.stat().st_size,
+            "sha256": sha256_file(out_path), "params": int(sum(v.numel() for v in state.values()))}
+    meta = {**head, **meta, "torch": torch.__version__, "open_clip": open_clip.__version__}
+    history = meta.pop("loss_history", None)
+    tail = {k: meta.pop(k) for k in list(meta) if k in ("heldout_classes", "seen_pairs", "unseen_pairs")}
+    meta = {**meta, "loss_history": history, **tail} if history is not None else {**meta, **tail}
+    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"wrote {out_path} ({meta['bytes'] / 1e6:.1f} MB) in {meta.get('wall_time_s', 0) / 60:.1f} min, "
+          f"final loss ema {meta.get('final_loss_ema')}")
+    return meta
+
+
 def train_toy_clip(
     out_path=DEFAULT_OUT,
     steps: int = 1500,  # what data/toy-clip.json records for the shipped weights
@@ -104,97 +199,22 @@ def train_toy_clip(
 
     Returns the metadata dict that is written to ``<out>.json``.
     """
-    import torch
-    import open_clip
-
-    from ..models import load_model, sha256_file
-
-    torch.set_num_threads(threads)
-    lm = load_model(model_name, f"random:{seed}", device="cpu", precision="fp32")
-    model, preprocess, tokenizer = lm.model, lm.preprocess, lm.tokenizer
-    model.train()
     split = tw.make_split(split_seed)
     rng = np.random.default_rng([seed, 20250])
     taken = set(split.names.values())
     nonce_pool = tw.made_up_names(4000, np.random.default_rng([seed, 31337]), taken=taken)
-    loss_fn = open_clip.ClipLoss()
-    opt = torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr, betas=(0.9, 0.98), eps=1e-6)
-
-    def lr_at(step):
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        t = (step - warmup) / max(1, steps - warmup)
-        return lr * 0.5 * (1 + math.cos(math.pi * t))
-
-    tok_cache: dict[str, torch.Tensor] = {}
-
-    def tokenize(caps):
-        missing = [c for c in dict.fromkeys(caps) if c not in tok_cache]
-        if missing:
-            for c, t in zip(missing, tokenizer(missing)):
-                tok_cache[c] = t
-            if len(tok_cache) > 200000:
-                tok_cache.clear()
-        return torch.stack([tok_cache[c] for c in caps])
-
-    t0 = time.time()
-    ema = None
-    history = []
     n_scenes = batch_size // 2
-    for step in range(steps):
-        views = sample_views(rng, split, n_scenes, 2, nonce_pool=nonce_pool, **view_kwargs)
-        images = torch.stack([preprocess(im) for im, _ in views])
-        texts = tokenize([c for _, c in views])
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step)
-        img_f, txt_f, scale = model(images, texts)
-        loss = loss_fn(img_f, txt_f, scale)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        with torch.no_grad():
-            model.logit_scale.clamp_(0, math.log(100))
-        lv = loss.item()
-        ema = lv if ema is None else 0.98 * ema + 0.02 * lv
-        if (step + 1) % log_every == 0 or step == 0 or step + 1 == steps:
-            el = time.time() - t0
-            print(f"step {step + 1}/{steps} loss {lv:.3f} (ema {ema:.3f}) scale {float(scale):.1f} "
-                  f"lr {lr_at(step):.2e} {el:.0f}s", flush=True)
-            history.append({"step": step + 1, "loss": round(lv, 4), "ema": round(ema, 4), "s": round(el, 1)})
-    wall = time.time() - t0
-    model.eval()
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    torch.save(state, out_path)
+    fit = fit_clip(model_name, seed,
+                   lambda step: sample_views(rng, split, n_scenes, 2, nonce_pool=nonce_pool, **view_kwargs),
+                   steps=steps, lr=lr, weight_decay=weight_decay, warmup=warmup, threads=threads, log_every=log_every)
     meta = {
-        "model": model_name,
-        "weights": out_path.name,
-        "dtype": "float16",
-        "bytes": out_path.stat().st_size,
-        "sha256": sha256_file(out_path),
-        "params": int(sum(v.numel() for v in state.values())),
-        "seed": seed,
-        "split_seed": split_seed,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup": warmup,
-        "threads": threads,
-        "views": {"views_per_scene": 2, **view_kwargs},
-        "final_loss": round(float(lv), 4),
-        "final_loss_ema": round(float(ema), 4),
-        "wall_time_s": round(wall, 1),
-        "torch": torch.__version__,
-        "open_clip": open_clip.__version__,
-        "loss_history": history,
+        "model": model_name, "seed": seed, "split_seed": split_seed, "steps": steps, "batch_size": batch_size, "lr": lr,
+        "weight_decay": weight_decay, "warmup": warmup, "threads": threads,
+        "views": {"views_per_scene": 2, **view_kwargs}, "final_loss": fit["final_loss"],
+        "final_loss_ema": fit["final_loss_ema"], "wall_time_s": fit["wall_time_s"], "loss_history": fit["loss_history"],
         "heldout_classes": list(split.heldout_classes()),
     }
-    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
-    print(f"wrote {out_path} ({meta['bytes'] / 1e6:.1f} MB) in {wall / 60:.1f} min, final loss ema {ema:.3f}")
-    return meta
+    return save_weights(fit["model"], out_path, meta)
 
 
 def main(argv=None) -> None:

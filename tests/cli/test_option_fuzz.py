@@ -47,7 +47,9 @@ def test_the_fuzz_finds_the_options_it_should():
     for expected in [("classify", "--theta"), ("classify", "--top-k"), ("index-images", "--n-crops"),
                      ("index-images", "--batch-size"), ("index-images", "--workers"), ("index-images", "--max-image-bytes"),
                      ("faithfulness", "--steps"), ("evaluate", "--run"), ("build-attributes", "--concurrency"),
-                     ("build-attributes", "--max-file-bytes"), ("make-toyworld", "--n-per-class"), ("sql", "--limit")]:
+                     ("build-attributes", "--max-file-bytes"), ("make-toyworld", "--n-per-class"), ("sql", "--limit"),
+                     ("classify", "--pair-weight"), ("classify", "--feasibility-threshold"), ("mutual-knowledge", "--n-parts"),
+                     ("compare", "--part-topk"), ("make-composeworld", "--n-per-pair")]:
         assert expected in found
     unbounded = [(p, o) for p, o, _ in CASES if not _bounded(p, o)]
     assert not unbounded, f"numeric options without bounds: {unbounded}"
@@ -96,6 +98,9 @@ def base_args(path: tuple[str, ...], small, out) -> list[str]:
         ("make-toyworld",): ["-o", str(out / "world"), "--n-per-class", "1"],
         # the small store holds another model, so the demo stops at once (one line) after --wait is parsed
         ("demo",): ["-o", str(out / "demo"), *s],
+        ("make-composeworld",): ["-o", str(out / "world"), "--n-per-pair", "1"],
+        ("mutual-knowledge",): ["--limit", "1", *s],
+        ("compare",): [str(small.store), "--limit", "1"],
     }.get(path, s)
 
 
@@ -122,8 +127,12 @@ def test_numeric_option(path, opt, dest, small, tmp_path):
 
 def _check_result(path, dest, value, small):
     """An accepted value did what it says: a classify run stores it in its config."""
-    if path[0] not in ("classify", "evaluate") or dest in ("limit", "runs", "wait"):
-        return
+    from dataclasses import fields
+
+    from pipeline.config import MethodConfig
+
+    if path[0] not in ("classify", "evaluate") or dest not in {f.name for f in fields(MethodConfig)}:
+        return  # --limit, --run, --wait: not method settings
     from stores.catalog import Catalog
 
     with Catalog(small.store, read_only=True) as cat:
