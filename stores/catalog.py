@@ -540,14 +540,19 @@ class Catalog:
     def committed_shard_files(self, table: str) -> list[Path]:
         """Shards of committed batches: those with a live record in ``shards`` (the commit point,
         :mod:`stores.shards`), and for shards written before records existed, every images shard and
-        the regions shards whose images shard exists (then the commit marker). A recorded regions
+        the regions shards whose images shard exists (then the commit marker); never one whose
+        record is not live. A recorded regions
         shard whose images partner is lost stays in: that is damage ``pipeline verify`` reports."""
         files = self.shard_files(table)
         try:
-            live = {name for (t, name) in self.con.execute(
-                "SELECT table_name, name FROM shards WHERE state = 'live'").fetchall() if t == table}
+            states = {name: state for (name, state) in self.con.execute(
+                "SELECT name, state FROM shards WHERE table_name = ?", [table]).fetchall()}
         except duckdb.Error:  # a store older than the shard records
-            live = set()
+            states = {}
+        live = {name for name, state in states.items() if state == "live"}
+        # a retired (rewritten by remove-images), quarantined or lost shard never counts, even while
+        # its file is still there (a killed remove-images: the next writer deletes it)
+        files = [p for p in files if states.get(p.name, "live") == "live"]
         if table == "regions":
             committed = {p.name for p in self.shard_files("images")}
             files = [p for p in files if p.name in live or p.name in committed]

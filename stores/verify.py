@@ -118,6 +118,7 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
     """Record/file/partner problems; returns them and the (table, name) keys found unreadable."""
     out: list[Problem] = []
     legacy = legacy_shards(cat)
+    retired = set(tables.shard_records(cat, ("retired",)))
     bad: set[tuple[str, str]] = set()
     writer_running = None  # asked only when an unrecorded shard turns up
     for key, rec in live.items():
@@ -146,6 +147,12 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                                f"{path.stat().st_size} bytes, its record says {rec['bytes']} (truncated or replaced)",
                                "shards", repairable=True))
             bad.add(key)
+        elif rec is None and key in retired:
+            # remove-images committed its rewrite and was stopped before deleting the old file;
+            # readers leave it out (not live), the next write-mode command deletes it
+            out.append(Problem("shard-retired", f"{table}/{name}", "rewritten by remove-images, not yet deleted "
+                               "(a writer was killed); the next write-mode command deletes it", "shards",
+                               repairable=True))
         elif rec is None and (full or f"{table}/{name}" not in legacy):
             if writer_running is None:
                 writer_running = cat.read_only and not WriterLock(cat.root).is_free()
@@ -264,6 +271,9 @@ def quick_check(cat: Catalog) -> list[Problem]:
 
 
 # scopes a stage may run with: it completes them itself
+#: what a reader never refuses on: a running or killed writer's work that the next write-mode
+#: command settles (readers see the published catalog, which does not include those files)
+READER_IGNORES = ("shard-pending", "shard-retired")
 STAGE_TOLERATES = {
     "build-attributes": {"attributes"},
     "index-images": {"images-index"},
@@ -275,7 +285,7 @@ def require_usable(cat: Catalog, stage: str) -> None:
     """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with."""
     problems = [p for p in quick_check(cat) if p.scope not in STAGE_TOLERATES.get(stage, set())]
     if cat.read_only:  # a reader works on the published state; a running writer's commits are not its problem
-        problems = [p for p in problems if p.check != "shard-pending"]
+        problems = [p for p in problems if p.check not in READER_IGNORES]
     if not problems:
         return
     first = problems[0]

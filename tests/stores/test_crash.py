@@ -45,7 +45,7 @@ ALLOWED_AFTER_KILL = {
     "build-attributes": {"attributes-unencoded", "prototypes-stale", "index-stale", "index-missing", "index-sidecar",
                          "index-unreadable"},
     "index-images": {"shard-pending"},
-    "remove-images": {"shard-pending"},
+    "remove-images": {"shard-pending", "shard-retired"},
     "classify": set(),
 }
 TIME_LIMIT_S = 1500  # a guard; the harness takes a few minutes (docs/store.md)

@@ -145,3 +145,34 @@ def test_a_mistaken_index_run_is_undone_and_can_be_redone(base, tmp_path, tiny_m
         assert (again.indexed, again.skipped) == (3, 0)
         assert cat.query("SELECT count(*) FROM regions JOIN images USING (image_id) WHERE label = 'owl'").fetchone()[0] == 15
         assert verify(cat) == []
+
+
+def test_killed_before_deleting_the_old_pair_readers_leave_it_out(base, tmp_path):
+    """remove-images committed its rewrite (old pair retired) and was killed before deleting the
+    old files: a reader sees the store without the removed images (no doubled rows), quick_check
+    says shard-retired (not unrecorded damage), and the next writer deletes the files."""
+    import shutil
+
+    from stores.verify import quick_check, require_usable
+
+    store = copy_store(base, tmp_path / "s")
+    with Catalog(store) as cat:
+        before = snapshot(cat)
+        plan = plan_removal(cat, labels=["cat"])
+        old = [cat.shard_dir(t) / r["shard"] for r in plan.images for t in ("images", "regions")]
+        kept = {p: tmp_path / "kept" / p.parent.name / p.name for p in old}
+        for src, dst in kept.items():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst)
+        remove_images(cat, plan)
+        gone = set(plan.image_ids.tolist())
+    for src, dst in kept.items():  # as if the process died between the commit and the unlink
+        shutil.copy2(dst, src)
+    with Catalog(store, read_only=True) as cat:
+        assert snapshot(cat) == without(before, gone)
+        found = quick_check(cat)
+        assert {p.check for p in found} == {"shard-retired"} and len(found) == len(set(old))
+        require_usable(cat, "classify")  # a reader does not refuse
+    with Catalog(store) as cat:
+        assert sorted(cat.recovery.removed_retired) == sorted({f"{p.parent.name}/{p.name}" for p in old})
+        assert not any(p.exists() for p in old) and verify(cat) == []
