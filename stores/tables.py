@@ -232,6 +232,14 @@ def known_image_hashes(cat: Catalog) -> set[str]:
     return {r[0] for r in cat.con.execute("SELECT sha256 FROM images").fetchall()}
 
 
+def labels_by_hash(cat: Catalog, hashes: Sequence[str]) -> dict[str, tuple[str, str | None]]:
+    """sha256 -> (path, label) of the indexed image with that content (the first by path)."""
+    wanted = pa.table({"sha256": pa.array(sorted(set(hashes)), pa.string())})  # noqa: F841 (scanned by name)
+    rows = cat.con.execute("SELECT sha256, min_by(path, path), min_by(label, path) FROM images "
+                           "WHERE sha256 IN (SELECT sha256 FROM wanted) GROUP BY sha256").fetchall()
+    return {r[0]: (r[1], r[2]) for r in rows}
+
+
 def image_count(cat: Catalog) -> int:
     return int(cat.con.execute("SELECT count(*) FROM images").fetchone()[0])
 

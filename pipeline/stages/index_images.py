@@ -45,6 +45,8 @@ class IndexReport:
     regions: int = 0
     seconds: float = 0.0
     errors: list[tuple[str, str]] = field(default_factory=list)
+    #: (path, label, path kept, label kept): the same bytes under another label, kept once
+    label_conflicts: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         rate = self.indexed / self.seconds if self.seconds else 0.0
@@ -53,6 +55,11 @@ class IndexReport:
             f"{self.failed} failed, {self.seconds:.1f} s ({rate:.1f} images/s)"
         ]
         out += [f"  failed: {escape_controls(p)}: {r}" for p, r in self.errors[:10]]
+        if self.label_conflicts:
+            out.append(f"{len(self.label_conflicts)} files have the same content as an image with another label; "
+                       "each content is indexed once, under its first label:")
+            out += [f"  {escape_controls(p)} (label {escape_controls(a)}) = {escape_controls(q)} (kept as "
+                    f"{escape_controls(b)})" for p, a, q, b in self.label_conflicts[:10]]
         return out
 
 
@@ -162,7 +169,8 @@ def store_rows(cat: Catalog, run_id: int, model: str, row_batches, *, dtype: str
     failures of files now indexed forgotten. ``progress``: called with 1 per image."""
     report = report or IndexReport()
     writer = ShardWriter(cat, run_id, model, dtype, shard_size)
-    in_run: set[str] = set()
+    in_run: dict[str, tuple[str, str | None]] = {}  # sha -> (path, label) indexed by this run
+    skipped: list[tuple[str, str, str | None]] = []  # (sha, path, label) of content kept elsewhere
     ok_paths: list[str] = []  # indexed or already in the store: earlier failures of these paths are void
     for rows in row_batches:
         for rec in records_from_rows(rows):
@@ -178,15 +186,27 @@ def store_rows(cat: Catalog, run_id: int, model: str, row_batches, *, dtype: str
             ok_paths.append(item.path)
             if rec.get("skip") or rec["sha"] in in_run:
                 report.skipped += 1
+                skipped.append((rec["sha"], item.path, item.label))
                 continue
-            in_run.add(rec["sha"])
+            in_run[rec["sha"]] = (item.path, item.label)
             writer.add(IndexedImage(rec["sha"], item.path, item.label, *rec["size"], rec["kinds"], rec["boxes"],
                                     rec["emb"]))
             report.indexed += 1
             report.regions += len(rec["emb"])
     writer.flush()
     tables.clear_image_errors(cat, ok_paths)
+    report.label_conflicts = _label_conflicts(cat, skipped, in_run)
     return report
+
+
+def _label_conflicts(cat: Catalog, skipped, in_run: dict) -> list[tuple[str, str, str, str]]:
+    """Skipped files whose label differs from the label their content is kept under."""
+    labelled = [s for s in skipped if s[2] is not None]
+    if not labelled:
+        return []
+    kept = {**tables.labels_by_hash(cat, [s[0] for s in labelled if s[0] not in in_run]), **in_run}
+    return [(path, label, *kept[sha]) for sha, path, label in labelled
+            if sha in kept and kept[sha][1] is not None and kept[sha][1] != label]
 
 
 def finish_index_run(cat: Catalog, model: str, report: IndexReport, faiss_index: str | None, seed: int = 0) -> None:

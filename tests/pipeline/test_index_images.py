@@ -87,3 +87,32 @@ def test_manifest_csv(tmp_path, image_folder):
     m.write_text("path,label\n" + "\n".join(f"{p},{p.parent.name}-x" for p in sorted(image_folder.rglob("*.png"))))
     items = discover_images([str(m)])
     assert len(items) == 4 and items[0].label == "cat-x"
+
+
+def test_same_content_under_another_label_is_reported(tmp_path, tiny_model, image_folder):
+    """The same bytes as a cat (in this run, and in a later run) under the label dog: indexed once,
+    under its first label, and each such file is named in the report with both labels."""
+    import shutil
+    from pathlib import Path
+
+    cats = sorted((image_folder / "cat").iterdir())
+    extra = tmp_path / "more" / "dog"
+    extra.mkdir(parents=True)
+    shutil.copy(cats[0], extra / "copy0.png")
+    with Catalog(tmp_path / "s") as cat:
+        rep = index_images(cat, tiny_model, [str(image_folder), str(tmp_path / "more")], RegionConfig(n_crops=2),
+                           progress=False)
+        assert (rep.indexed, rep.skipped) == (6, 1)
+        [(path, label, kept_path, kept_label)] = rep.label_conflicts
+        assert (Path(path).name, label, Path(kept_path).name, kept_label) == ("copy0.png", "dog", cats[0].name, "cat")
+        assert any("(label dog)" in ln and "(kept as cat)" in ln for ln in rep.lines())
+        shutil.copy(cats[1], extra / "copy1.png")  # a later run: the content is already in the store
+        rep2 = index_images(cat, tiny_model, [str(tmp_path / "more")], RegionConfig(n_crops=2), progress=False)
+        assert (rep2.indexed, rep2.skipped) == (0, 2)
+        assert sorted((c[1], c[3], c[0].endswith(n)) for c, n in zip(rep2.label_conflicts, ["copy0.png", "copy1.png"])) \
+            == [("dog", "cat", True), ("dog", "cat", True)]
+        # the same content under the same label is not a conflict
+        rep3 = index_images(cat, tiny_model, [str(image_folder)], RegionConfig(n_crops=2), progress=False)
+        assert rep3.skipped == 6 and rep3.label_conflicts == []
+        labels = dict(cat.query("select path, label from images").fetchall())
+        assert all(label == ("cat" if "/cat/" in p else "dog") for p, label in labels.items()) and len(labels) == 6
