@@ -168,9 +168,10 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                 msg = "has no shard record: not written by this store, or its record was lost"
             out.append(Problem("shard-unrecorded", f"{table}/{name}", msg, "shards", repairable=True))
     # pairs
-    names = {n for (_, n) in present} | {n for (_, n) in live}
+    kept = {k for k in present if k not in retired}  # a retired file is on its way out: no partner needed
+    names = {n for (_, n) in kept} | {n for (_, n) in live}
     for name in sorted(names):
-        has = {t: (t, name) in present or (t, name) in live for t in PAIR_TABLES}
+        has = {t: (t, name) in kept or (t, name) in live for t in PAIR_TABLES}
         if has["images"] and not has["regions"]:
             out.append(Problem("shard-partner", f"images/{name}", "has no regions shard: its images have no region "
                                "embeddings (an interrupted or damaged index run)", "shards", repairable=True,
@@ -181,7 +182,7 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                 out.append(Problem("shard-partner", f"regions/{name}", "has no images shard: its regions belong to no "
                                    "indexed image (the images shard was lost)", "shards", repairable=True))
                 bad.add(("regions", name))
-            elif ("regions", name) in present:
+            elif ("regions", name) in kept:
                 out.append(Problem("interrupted-write", f"regions/{name}", "an unfinished write of a store without "
                                    "records (the next write-mode command removes it)", "shards", repairable=True))
         ri, rr = live.get(("images", name)), live.get(("regions", name))
