@@ -8,6 +8,7 @@ from tests.helpers.stores import build_truth_store
 from pipeline.config import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.stages.contrasts import compute_contrasts, store_contrasts
+from stores import tables
 from stores.catalog import Catalog
 
 
@@ -76,7 +77,8 @@ def test_view_rows_match_the_computation(truth):
     assert ranks == list(range(1, len(ranks) + 1))
 
 
-def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model):
+@pytest.mark.parametrize("method", ["lazsl", "object-bound"])
+def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model, method):
     """Classify writes contrasts; descriptors both classes share get term 0, and the terms of
     every contrast sum to the gap of the run's stored scores."""
     from pipeline.config import RegionConfig
@@ -93,7 +95,7 @@ def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model):
         import_attribute_file(cat, tiny_model, attrs_file, progress=False)
         index_images(cat, tiny_model, [str(img_dir)], RegionConfig(n_crops=6, crop_min=0.5), progress=False,
                      dtype="float32")
-        rep = classify(cat, "lazsl", MethodConfig(), progress=False)
+        rep = classify(cat, method, MethodConfig(), progress=False)
         rows = cat.query(
             "SELECT c.image_id, ca.name, cb.name, c.attribute, c.other_attribute, c.shared, c.term, c.reason_rank "
             "FROM contrasts c JOIN classes ca ON ca.class_id = c.class_id JOIN classes cb ON cb.class_id = c.other_class_id "
@@ -104,7 +106,21 @@ def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model):
                          "p2.image_id = t.image_id AND p2.class_id = t.other_class_id WHERE t.run_id = ? GROUP BY ALL",
                          [rep.run_id]).fetchall()
         n_images = cat.query("SELECT count(*) FROM images").fetchone()[0]
+        # explain reads the stored rows; for a run stored before m013 it computes the same panels
+        from pipeline.explain.contrasts import contrast_panels
+
+        run = tables.get_run(cat, rep.run_id)
+        image_id = gaps[0][0]
+        stored = [(p.other_name, p.role, p.gap, p.prompt_term, p.rows) for p in contrast_panels(cat, run, image_id)]
+        cat.con.execute("DELETE FROM contrast_terms WHERE run_id = ?", [rep.run_id])
+        computed = [(p.other_name, p.role, p.gap, p.prompt_term, p.rows) for p in contrast_panels(cat, run, image_id)]
     assert len({g[0] for g in gaps}) == n_images
+    assert stored and len(stored) == len(computed)
+    for (name, role, gap, prompt, terms), (name2, role2, gap2, prompt2, terms2) in zip(stored, computed):
+        assert (name, role) == (name2, role2) and gap == pytest.approx(gap2) and prompt == pytest.approx(prompt2)
+        key = lambda r: (r["attribute"] or "", r["other_attribute"] or "")  # noqa: E731
+        assert [(key(r), r["shared"], r["reason_rank"], round(r["term"], 12)) for r in sorted(terms, key=key)] == \
+            [(key(r), r["shared"], r["reason_rank"], round(r["term"], 12)) for r in sorted(terms2, key=key)]
     for _, _, total, gap in gaps:
         assert total == pytest.approx(gap, abs=1e-6)  # float32 plans, float64 sums
     # every class shares two descriptors: in every contrast they cancel, the colour is the reason
