@@ -410,6 +410,10 @@ def write_contrasts(cat: Catalog, report: ClassifyReport, image_ids=None) -> Non
 
     if report.method in CONTRAST_METHODS:
         store_contrasts(cat, report.run_id, image_ids)
+        top = report.params.get("config", {}).get("alignments_top", 0)
+        if top == 1:
+            report.notes.append("--alignments-top 1 stores no runner-up plan: no contrastive reasons "
+                                "(why rank 1 and not rank 2); use 2 or more")
 
 
 def classify_runs(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, provenance: dict | None = None,

@@ -134,3 +134,36 @@ def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model, met
 def test_store_contrasts_without_plans_writes_nothing(truth):
     with Catalog(truth.root, read_only=True) as cat:
         assert compute_contrasts(cat, truth.run_id + 99) == []
+
+
+def test_alignments_top_decides_which_contrasts_exist(tmp_path, tiny_model):
+    """--alignments-top 2 keeps rank 1 and 2's plans: one runner-up contrast per image, and a
+    true class ranked below 2 has none (explain says why); --alignments-top 1 keeps no
+    runner-up: no rows, and classify says so."""
+    from pipeline.config import RegionConfig
+    from pipeline.stages.attributes import import_attribute_file
+    from pipeline.stages.index_images import index_images
+    from pipeline.explain.contrasts import contrast_panels, missing_true_note
+    from pipeline.toy.shapes import make_shapes_world
+
+    img_dir, attrs_file = make_shapes_world(tmp_path / "w", per_class=2, seed=4)
+    with Catalog(tmp_path / "store") as cat:
+        import_attribute_file(cat, tiny_model, attrs_file, progress=False)
+        index_images(cat, tiny_model, [str(img_dir)], RegionConfig(n_crops=6, crop_min=0.5), progress=False,
+                     dtype="float32")
+        two = classify(cat, "lazsl", MethodConfig(alignments_top=2), progress=False)
+        one = classify(cat, "lazsl", MethodConfig(alignments_top=1), progress=False)
+        n_images = cat.query("SELECT count(*) FROM images").fetchone()[0]
+        got = cat.query("SELECT count(DISTINCT image_id) FILTER (WHERE runner_up), "
+                        "count(DISTINCT image_id) FILTER (WHERE true_class AND NOT runner_up) FROM contrast_terms "
+                        "WHERE run_id = ?", [two.run_id]).fetchone()
+        deep = cat.query(  # images whose true class is ranked below 2: its plan was not stored
+            "SELECT p.image_id, i.label FROM predictions p JOIN images i USING (image_id) JOIN classes c USING (class_id) "
+            "WHERE p.run_id = ? AND p.rank > 2 AND c.norm_name = lower(replace(i.label, '_', ' '))",
+            [two.run_id]).fetchall()
+        run = tables.get_run(cat, two.run_id)
+        notes = [missing_true_note(cat, run, image_id, label, contrast_panels(cat, run, image_id)) for image_id, label in deep]
+        assert cat.query("SELECT count(*) FROM contrast_terms WHERE run_id = ?", [one.run_id]).fetchone()[0] == 0
+    assert got == (n_images, 0)
+    assert not two.notes and any("--alignments-top 1" in n for n in one.notes)
+    assert deep and all("no plan stored for the true class" in n and "--alignments-top" in n for n in notes)
