@@ -13,6 +13,8 @@ under a temporary folder. Then, from the ``contrasts`` view classify wrote:
   (``"... wings"`` on both sides); the share where that wing term is positive (the wing
   evidence favours the *predicted* class); the share where the class-prompt term outweighs
   reason 1 (``prompt_term > term``);
+* ``old_tipped_by_is_wing_pattern``: the same share for the attribute the report named before
+  ("tipped by", ``queries.attribution.tipping_attribute``);
 * ``max_sum_error``: the largest |Σ terms − (score_A − score_B)| over every stored contrast,
   with the scores from ``predictions`` (not from the terms' own ``gap`` column).
 
@@ -68,6 +70,21 @@ def measure(seed: int, n_per_class: int, model) -> dict:
             n_wrong = cat.query("SELECT count(*) FROM predictions p JOIN images i USING (image_id) JOIN classes c "
                                 "USING (class_id) WHERE p.run_id = ? AND p.rank = 1 AND c.norm_name <> "
                                 "lower(replace(i.label, '_', ' '))", [run.run_id]).fetchone()[0]
+            # the shipped "tipped by" before this change, on the same wrong predictions
+            from pipeline.explain.explain import load_alignment
+            from queries.attribution import tipping_attribute
+
+            texts = dict(cat.query("SELECT attr_id, text FROM attributes").fetchall())
+            tipped = {}
+            for image_id, a, b, *_ in wrong:
+                tip = tipping_attribute(load_alignment(cat, run.run_id, image_id, a),
+                                        load_alignment(cat, run.run_id, image_id, b))
+                tipped[image_id] = None if tip is None else texts[tip[0]]
+            t3 = time.perf_counter()
+            from pipeline.stages.contrasts import compute_contrasts
+
+            n_contrasts = len(compute_contrasts(cat, run.run_id))
+            t4 = time.perf_counter()
             err = cat.query(
                 "SELECT max(abs(s.total - (pa.score - pb.score))), count(*) FROM (SELECT run_id, image_id, class_id, "
                 "other_class_id, sum(term) AS total FROM contrast_terms WHERE run_id = ? GROUP BY ALL) s "
@@ -85,12 +102,14 @@ def measure(seed: int, n_per_class: int, model) -> dict:
         "seed": seed, "images": acc.n_images, "acc1": round(acc.metrics["acc1"], 4),
         "wrong_predictions": int(n_wrong), "wrong_with_true_class_contrast": len(wrong), "between_siblings": len(sib),
         "reason_rank1_is_wing_pattern": frac(wing),
+        "old_tipped_by_is_wing_pattern": frac([r for r in sib if (tipped[r[0]] or "").endswith("wings")]),
         "wing_term_favours_predicted": frac([r for r in wing if r[5] > 0]),
         "prompt_term_outweighs_reason1": frac([r for r in sib if prompt[(r[0], r[2])] > r[5]]),
         "mean_prompt_term": round(sum(prompt[(r[0], r[2])] for r in sib) / len(sib), 5) if sib else None,
         "mean_wing_term": round(sum(r[5] for r in wing) / len(wing), 5) if wing else None,
         "contrasts": int(err[1]), "max_sum_error": float(err[0]) if err[0] is not None else None,
-        "seconds": {"index": round(t1 - t0, 1), "classify_with_contrasts": round(t2 - t1, 1)},
+        "seconds": {"index": round(t1 - t0, 1), "classify_with_contrasts": round(t2 - t1, 1),
+                    "contrasts_alone": round(t4 - t3, 3), "per_contrast_ms": round(1000 * (t4 - t3) / max(1, n_contrasts), 3)},
     }
 
 
