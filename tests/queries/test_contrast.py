@@ -68,3 +68,11 @@ def test_plan_contributions_against_loop():
     T, F = rng.random((3, 7, 4)), rng.random((3, 7, 4))
     want = np.array([[sum(T[b, r, n] * F[b, r, n] for r in range(7)) for n in range(4)] for b in range(3)])
     np.testing.assert_allclose(plan_contributions(T, F), want)
+
+
+def test_doctests():
+    import doctest
+    import importlib
+
+    res = doctest.testmod(importlib.import_module("queries.contrast"), raise_on_error=False)
+    assert res.attempted > 0 and res.failed == 0
