@@ -491,6 +491,37 @@ def m012_mutual_knowledge(con) -> None:
     )
 
 
+@migration
+def m013_contrasts(con) -> None:
+    """Contrastive reasons ("why A and not B"): a score gap split into per-attribute terms in
+    which what both classes share cancels (``queries.contrast``; written by classify for OT runs)."""
+    con.execute(
+        """
+        CREATE TABLE contrast_terms(
+            run_id BIGINT NOT NULL,
+            image_id BIGINT NOT NULL,
+            class_id BIGINT NOT NULL,        -- A: the prediction (rank 1)
+            other_class_id BIGINT NOT NULL,  -- B: the runner-up and/or the true class
+            runner_up BOOLEAN NOT NULL,      -- B is rank 2
+            true_class BOOLEAN NOT NULL,     -- B is the image's label (a wrong prediction)
+            attr_id BIGINT,                  -- A's attribute; NULL: B's unpaired one, or the class-prompt row
+            other_attr_id BIGINT,            -- B's paired attribute; NULL: A's unpaired one, or the prompt row
+            shared BOOLEAN NOT NULL,         -- same descriptor text in both classes (term 0)
+            term DOUBLE NOT NULL,            -- the terms of one (image, A, B) sum to gap
+            reason_rank INTEGER,             -- 1 = the attribute that did most to put A above B; NULL: shared, prompt
+            gap DOUBLE NOT NULL              -- score_A - score_B (from the stored plans)
+        );
+        CREATE VIEW contrasts AS
+        SELECT t.run_id, t.image_id, t.class_id, ca.name AS class_name, t.other_class_id, cb.name AS other_class_name,
+               t.runner_up, t.true_class, t.attr_id,
+               CASE WHEN t.attr_id IS NULL AND t.other_attr_id IS NULL THEN '(class prompt)' ELSE a.text END AS attribute,
+               t.other_attr_id, b.text AS other_attribute, t.shared, t.term, t.reason_rank, t.gap
+        FROM contrast_terms t JOIN classes ca ON ca.class_id = t.class_id JOIN classes cb ON cb.class_id = t.other_class_id
+        LEFT JOIN attributes a ON a.attr_id = t.attr_id LEFT JOIN attributes b ON b.attr_id = t.other_attr_id;
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

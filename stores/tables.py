@@ -538,6 +538,61 @@ def insert_object_bindings(cat: Catalog, columns: dict[str, Any]) -> int:
     return insert_columns(cat, "object_bindings", columns)
 
 
+# ---- contrastive reasons (m013) -----------------------------------------------------------
+def insert_contrast_terms(cat: Catalog, columns: dict[str, Any]) -> int:
+    """columns: run_id, image_id, class_id, other_class_id, runner_up, true_class, attr_id,
+    other_attr_id, shared, term, reason_rank, gap."""
+    return insert_columns(cat, "contrast_terms", columns)
+
+
+def top_two_with_labels(cat: Catalog, run_id: int, image_ids: Sequence[int] | None = None) -> list[tuple]:
+    """(image_id, label, [class_id by rank, at most 2], [score by rank]) of each image of a run."""
+    where, args = "", [run_id]
+    if image_ids is not None:
+        where, args = " AND list_contains(?, p.image_id)", [run_id, [int(i) for i in image_ids]]
+    return cat.con.execute(
+        "SELECT p.image_id, any_value(i.label), list(p.class_id ORDER BY p.rank), list(p.score ORDER BY p.rank) "
+        "FROM predictions p JOIN images i USING (image_id) WHERE p.run_id = ? AND p.rank <= 2" + where +
+        " GROUP BY p.image_id ORDER BY p.image_id", args).fetchall()
+
+
+def class_contributions(cat: Catalog, run_id: int, image_ids: Sequence[int], class_ids: Sequence[int]) -> list[tuple]:
+    """(image_id, class_id, attr_id, Σ mass·similarity, Σ mass) of the stored plan rows of each
+    (image_ids[i], class_ids[i]) pair, ordered by image, class, attr_id."""
+    wanted = pa.table({"image_id": pa.array([int(i) for i in image_ids], pa.int64()),  # noqa: F841 (scanned by name)
+                       "class_id": pa.array([int(c) for c in class_ids], pa.int64())})
+    return cat.con.execute(
+        "SELECT al.image_id, al.class_id, al.attr_id, sum(al.mass * al.similarity), sum(al.mass) FROM alignments al "
+        "SEMI JOIN wanted w ON w.image_id = al.image_id AND w.class_id = al.class_id "
+        "WHERE al.run_id = ? GROUP BY ALL ORDER BY 1, 2, 3", [run_id]).fetchall()
+
+
+def attribute_text_embeddings(cat: Catalog, attr_ids: Sequence[int], model: str) -> dict[int, tuple[str, np.ndarray | None]]:
+    """attr_id -> (attributes.text, its embedding by ``model`` or None)."""
+    ids = [int(a) for a in attr_ids]
+    if not ids:
+        return {}
+    rows = cat.con.execute(
+        "SELECT a.attr_id, a.text, e.embedding FROM attributes a LEFT JOIN attribute_embeddings e "
+        "ON e.attr_id = a.attr_id AND e.model = ? WHERE list_contains(?, a.attr_id)", [model, ids]).fetchall()
+    return {int(r[0]): (r[1], None if r[2] is None else np.asarray(r[2], np.float32)) for r in rows}
+
+
+def contrast_rows(cat: Catalog, run_id: int, image_id: int) -> list[dict]:
+    """The ``contrasts`` view's rows of one image of a run (the prompt row first, then by
+    other class, reason_rank, shared rows last)."""
+    cur = cat.con.execute(
+        "SELECT * FROM contrasts WHERE run_id = ? AND image_id = ? "
+        "ORDER BY other_class_id, attr_id IS NULL AND other_attr_id IS NULL DESC, reason_rank NULLS LAST, "
+        "attr_id NULLS LAST, other_attr_id", [run_id, image_id])
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def run_has_contrasts(cat: Catalog, run_id: int) -> bool:
+    return cat.con.execute("SELECT count(*) FROM contrast_terms WHERE run_id = ?", [run_id]).fetchone()[0] > 0
+
+
 def object_binding(cat: Catalog, run_id: int, image_id: int, class_id: int) -> dict | None:
     """The object that carried a class (object-bound runs): region_id, kind, n_parts, score and
     its box (x0, y0, x1, y1); None for other runs."""
@@ -784,7 +839,7 @@ def set_shard_state(cat: Catalog, table_name: str, name: str, state: str, note: 
 
 
 IMAGE_RESULT_TABLES = ("predictions", "alignments", "sample_predictions", "faithfulness_curves", "faithfulness_scores",
-                       "pointing_game")
+                       "pointing_game", "contrast_terms")
 
 
 def image_result_counts(cat: Catalog, image_ids: Sequence[int], *, delete: bool = False) -> dict[str, int]:

@@ -24,6 +24,10 @@ from .options import (
 from .output import emit, format_records
 
 
+EXPLAIN_COLUMNS = ["image", "class_name", "attribute", "share", "contribution", "mass", "similarity", "overlay", "kind",
+                   "other_class", "other_attribute", "shared", "term", "reason_rank", "gap", "runner_up", "true_class"]
+
+
 @command(cli, "explain")
 @click.argument("image")
 @click.option("--class", "class_name", default=None, help="Explain this class's score (default: the prediction, rank 1).")
@@ -69,7 +73,18 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, f
             rows.append(dict(image=res.path, class_name=c.name, attribute=a.text, share=a.share,
                              contribution=a.contribution, mass=a.mass, similarity=a.similarity,
                              overlay=str(a.overlay) if a.overlay else None))
-    emit(format_records(rows, fmt))
+    for r in rows:
+        r["kind"] = "class" if r["attribute"] is None else "attribute"
+    for p in res.contrasts:  # why the prediction and not the runner-up / the true class: signed terms
+        rows.append(dict(image=res.path, class_name=p.class_name, attribute="(class prompt)", kind="contrast",
+                         other_class=p.other_name, other_attribute=None, shared=False, term=p.prompt_term,
+                         reason_rank=None, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
+        for t in p.rows:
+            rows.append(dict(image=res.path, class_name=p.class_name, attribute=t["attribute"], kind="contrast",
+                             other_class=p.other_name, other_attribute=t["other_attribute"], shared=t["shared"],
+                             term=t["term"], reason_rank=t["reason_rank"], gap=p.gap, runner_up=p.runner_up,
+                             true_class=p.true_class))
+    emit(format_records(rows, fmt, columns=EXPLAIN_COLUMNS))
 
 
 def _explain_concepts(image, run_id, fmt, store) -> None:
@@ -95,7 +110,7 @@ def _explain_concepts(image, run_id, fmt, store) -> None:
 @store_option
 def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
     """A static HTML page for a run: predictions, score split, attribute contributions,
-    heatmaps, what tipped wrong predictions, accuracy and faithfulness plots. Opens from disk.
+    heatmaps, why each prediction and not the runner-up or the true class, accuracy and faithfulness plots. Opens from disk.
 
     \b
     pipeline report -o run3.html --run 3

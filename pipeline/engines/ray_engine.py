@@ -214,7 +214,7 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
     from ..config import MethodConfig
-    from ..stages.classify import ScoredRows, prepare_run, write_scored
+    from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
     from ..stages.compositional import CZSL_METHODS
 
     if method in CZSL_METHODS:
@@ -240,6 +240,7 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
                 for blob, n in zip(batch["rows"], batch["images"]):
                     write_scored(cat, ScoredRows.from_bytes(blob))
                     run.report.images += int(n)
+            write_contrasts(cat, run.report, image_ids)
     finally:
         out.close()
     run.report.seconds = time.perf_counter() - t0

@@ -34,6 +34,7 @@ from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..names import norm_class_name
 from .concepts import concept_view, pair_lines, pair_maps
+from .contrasts import contrast_panels, missing_true_note
 
 MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
 
@@ -95,6 +96,8 @@ class ExplainResult:
     concepts: object | None = None  # the stored mutual-knowledge explanation (explain.concepts.ConceptView)
 
     pair_boxes: np.ndarray | None = field(default=None, repr=False)  # boxes of the pair's carrying regions (render px)
+    contrasts: list = field(default_factory=list)  # "why A and not B" (explain.contrasts.ContrastPanel), prediction only
+    contrast_note: str | None = None  # why a wrong prediction has no contrast with its true class
 
     def summary_lines(self, top: int | None = 10) -> list[str]:
         out = [f"image  {self.path}" + (f"  (label: {self.label})" if self.label else ""),
@@ -110,6 +113,10 @@ class ExplainResult:
                 out.append(f"  {100 * a.share:6.1f}%  {a.contribution:9.4f}  {a.mass:7.4f}  {a.similarity:7.4f}  {a.text}")
             if top and len(c.attributes) > top:
                 out.append(f"  ... {len(c.attributes) - top} more")
+        for p in self.contrasts:
+            out += p.lines()
+        if self.contrast_note:
+            out.append(self.contrast_note)
         out += pair_lines(self.pair, self.pair_boxes, self.scale)
         if self.concepts is not None:
             out += self.concepts.lines()
@@ -302,6 +309,9 @@ def explain_image(
     pmaps = pair_maps(cat, res.pair, img["image_id"], w / img["width"], h / img["height"], h, w)
     res.pair_boxes = pmaps[2] if pmaps else None
     res.concepts = concept_view(cat, run_id, img["image_id"])
+    if pred["rank"] == 1:  # why the prediction and not the runner-up / the true class
+        res.contrasts = contrast_panels(cat, run, img["image_id"])
+        res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
     if write:
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents

@@ -6,8 +6,10 @@ attributes, paths, labels, run parameters) goes through Jinja2's autoescaping.
 
 Per image: the top-k classes with their scores split into the global and local parts, the
 predicted class's attributes ranked by contribution (bars), the class heatmap and the
-heatmaps of the top attributes, and for a wrong prediction the attribute that tipped it
-(``queries.attribution.tipping_margins``). At the top: accuracy, a per-class accuracy chart,
+heatmaps of the top attributes, and "why A and not B" against the runner-up and, for a wrong
+prediction, the true class: the score gap split into signed per-attribute terms in which what
+both classes share cancels (``pipeline.explain.contrasts``), both classes' attributes side by
+side, and the true class's own attributes. At the top: accuracy, a per-class accuracy chart,
 the deletion/insertion curves of the latest ``pipeline faithfulness`` run, and the
 descriptors that never carried mass.
 """
@@ -19,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from queries.attribution import tipping_margins
 from stores import files, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
@@ -27,6 +28,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..names import norm_class_name
 from .concepts import concept_view
+from .contrasts import contrast_panels, missing_true_note, pair_text
 from .explain import explain_class, image_predictions, load_image, prepare_image
 from .plots import accuracy_png, curves_png, data_uri, overlay, png_bytes, thumbnail
 
@@ -93,7 +95,7 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
         classes=[dict(p, is_true=bool(true and p["class_id"] == true[0])) for p in preds[:top_k]],
         predicted=top["name"], correct=None if true is None else top["class_id"] == true[0],
         true_name=true[1] if true else None, true_rank=true_pred["rank"] if true_pred else None,
-        split=None, attributes=[], maps=[], tip=None, tip_note=None, error=None, more_attributes=0,
+        split=None, attributes=[], maps=[], contrasts=[], true_attributes=[], tip_note=None, error=None, more_attributes=0,
         concepts=concept_view(cat, run_id, img["image_id"]),  # mutual knowledge, when `pipeline mutual-knowledge` ran
     )
     if top.get("parts") is not None:
@@ -130,19 +132,36 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
         card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(ce.map)))
         for a in ce.attributes[:attr_maps]:
             card["maps"].append(dict(title=a.text, uri=pic(a.map)))
+    card["contrasts"] = [_contrast_card(p) for p in contrast_panels(cat, run, img["image_id"])]
     if card["correct"] is False:
-        if true_pred is None:
-            card["tip_note"] = f"the true class {true[1]} was not among the run's candidates (shortlisted out)"
-        elif len(als.get(true[0], [])) == 0:
-            card["tip_note"] = f"no alignments stored for the true class {true[1]}"
-        else:
-            margins = tipping_margins(al, als[true[0]])
-            aid = max(margins, key=lambda k: (margins[k], -k))
-            card["tip"] = dict(text=texts.get(aid, str(aid)), margin=margins[aid], gap=top["score"] - true_pred["score"],
-                               true_score=true_pred["score"])
+        card["tip_note"] = missing_true_note(cat, run, img["image_id"], img["label"], contrast_panels_of(card))
+        if true_pred is not None and len(als.get(true[0], [])):  # the true class's own attributes
+            te = explain_class(als[true[0]], region_ids, boxes, h, w, texts, true_pred)
+            tmax = max((abs(a.contribution) for a in te.attributes), default=0) or 1.0
+            card["true_attributes"] = [dict(text=a.text, share=100 * a.share, contribution=a.contribution, mass=a.mass,
+                                            similarity=a.similarity, width=100 * abs(a.contribution) / tmax,
+                                            negative=a.contribution < 0) for a in te.attributes[:top_attrs]]
     card["region_kind"] = kind
     card["regions"] = len(region_ids)
     return card
+
+
+def contrast_panels_of(card: dict) -> list:
+    return [c["panel"] for c in card["contrasts"]]
+
+
+def _contrast_card(p) -> dict:
+    """A ContrastPanel as the template shows it: the headline, then both classes' attributes
+    side by side with the signed term of each pair (bars scaled to the largest |term|)."""
+    rows = [dict(r, favours=p.favours(r["term"])) for r in p.rows]
+    biggest = max([abs(r["term"]) for r in rows] + [abs(p.prompt_term)]) or 1.0
+    for r in rows:
+        r["width"] = 50 * abs(r["term"]) / biggest
+    reason = p.reason
+    return dict(panel=p, class_name=p.class_name, other_name=p.other_name, role=p.role, gap=p.gap,
+                prompt_term=p.prompt_term, prompt_width=50 * abs(p.prompt_term) / biggest, has_shared=p.has_shared,
+                reason=None if reason is None else dict(reason, favours=p.favours(reason["term"]),
+                                                         text=pair_text(reason)), rows=rows)
 
 
 def build_report(

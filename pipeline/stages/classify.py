@@ -397,9 +397,23 @@ def classify(
             write_scored(cat, score_region_batch(ctx, batch))
             report.images += len(batch.image_ids)
             bar.update(len(batch.image_ids))
+        write_contrasts(cat, report, image_ids)
     bar.close()
     report.seconds = time.perf_counter() - t0
     return report
+
+
+def write_contrasts(cat: Catalog, report: ClassifyReport, image_ids=None) -> None:
+    """After scoring, in the run's transaction: the contrastive reasons of OT runs (rank 1 vs
+    rank 2 and vs the true class) from the rows just written (:mod:`.contrasts`)."""
+    from .contrasts import CONTRAST_METHODS, store_contrasts
+
+    if report.method in CONTRAST_METHODS:
+        store_contrasts(cat, report.run_id, image_ids)
+        top = report.params.get("config", {}).get("alignments_top", 0)
+        if top == 1:
+            report.notes.append("--alignments-top 1 stores no runner-up plan: no contrastive reasons "
+                                "(why rank 1 and not rank 2); use 2 or more")
 
 
 def classify_runs(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, provenance: dict | None = None,

@@ -40,7 +40,7 @@ def test_docs_have_sql_examples():
     names = {p.id.split("-")[0] for p in sql_blocks()}
     assert names == {"README.md", "explanations.md"}
     text = " ".join(p.values[0] for p in sql_blocks())
-    for view in ("contributions", "top_attributes", "class_confusions", "attribute_usage"):
+    for view in ("contributions", "top_attributes", "class_confusions", "attribute_usage", "contrasts"):
         assert view in text
 
 

@@ -25,6 +25,7 @@ from stores import tables
 from tests.helpers.reference import sinkhorn_loop
 
 from pipeline.stages.attributes import import_attribute_file
+from pipeline.stages.contrasts import store_contrasts
 from pipeline.toy.shapes import _COLOURS, DEMO_CLASSES, make_shapes_world
 from pipeline.stages.index_images import index_images
 from pipeline.config import RegionConfig
@@ -131,6 +132,7 @@ def build_truth_store(root: Path, model, *, per_class: int = 2, n_crops: int = 1
         cat.con.execute("INSERT INTO predictions SELECT run_id, image_id, class_id, rank::INTEGER, score, global_score, local_score FROM tbl")
         tbl = pa.table(list(zip(*aligns)), names=["run_id", "image_id", "class_id", "region_id", "attr_id", "mass", "similarity"])  # noqa: F841
         cat.con.execute("INSERT INTO alignments SELECT * FROM tbl")
+        store_contrasts(cat, run_id)  # what classify writes after scoring an OT run
     return TruthStore(root / "store", run_id, images, wrong, attr_ids)
 
 

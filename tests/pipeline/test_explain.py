@@ -245,3 +245,29 @@ def test_explain_on_patch_regions_draws_the_patch_grid(tmp_path, tiny_model, ima
         cells = m[:, 12:92].reshape(8, 10, 8, 10).transpose(0, 2, 1, 3).reshape(64, -1)
         assert np.allclose(cells.max(1), cells.min(1))  # one value per patch cell
     assert all(f.is_file() for f in res.files)
+
+
+def test_explain_json_has_the_contrast_terms(demo, tmp_path):
+    """The wrong prediction's contrasts in `explain --format json`: rows as stored in the
+    `contrasts` view, terms (prompt row included) summing to the stored score gap."""
+    import json
+
+    r = CliRunner().invoke(cli, ["explain", str(demo.wrong_image_id), "--store", str(demo.root), "-o", str(tmp_path / "o"),
+                                 "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = [x for x in json.loads(r.output) if x["kind"] == "contrast"]
+    with Catalog(demo.root, read_only=True) as cat:
+        view = cat.query("SELECT other_class_name, attribute, other_attribute, term, reason_rank, gap FROM contrasts "
+                         "WHERE run_id = ? AND image_id = ?", [demo.run_id, demo.wrong_image_id]).fetchall()
+        scores = dict(cat.query("SELECT c.name, p.score FROM predictions p JOIN classes c USING (class_id) "
+                                "WHERE run_id = ? AND image_id = ?", [demo.run_id, demo.wrong_image_id]).fetchall())
+    assert sorted((x["other_class"], x["attribute"], x["other_attribute"], round(x["term"], 10), x["reason_rank"])
+                  for x in rows) == sorted((v[0], v[1], v[2], round(v[3], 10), v[4]) for v in view)
+    true = [x for x in rows if x["true_class"]]
+    assert {x["class_name"] for x in true} == {"blue square"} and {x["other_class"] for x in true} == {"red circle"}
+    assert sum(x["term"] for x in true) == pytest.approx(scores["blue square"] - scores["red circle"], abs=1e-9)
+    assert next(x for x in true if x["reason_rank"] == 1)["attribute"] == "blue colour"  # the boosted one
+    # table output: the headline names the reason with its sign and whom it favours
+    r = CliRunner().invoke(cli, ["explain", str(demo.wrong_image_id), "--store", str(demo.root), "-o", str(tmp_path / "o")])
+    assert re.search(r"why blue square and not red circle \([^)]*true class\).*blue colour vs .* \+0\.\d+, favours blue square",
+                     r.output), r.output

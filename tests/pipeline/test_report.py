@@ -48,11 +48,22 @@ def test_report_content(evil):
     ts, res = evil
     html = res.path.read_text(encoding="utf-8")
     assert res.images == len(ts.images) == 8
-    # the wrong prediction comes first, with the attribute that tipped it (built into the store)
+    # the wrong prediction comes first, with why it is not the true class: the boosted colour
+    # (built into the store) is reason 1, and the printed gap is the stored score gap
     first = html.index('class="card')
     assert html[first:first + 80].startswith('class="card wrong"')
-    tip = re.search(r"Tipped by <b>([^<]*)</b>: margin (-?[\d.]+) of a score gap of ([\d.]+)", html)
-    assert tip and tip.group(1) == "blue colour" and float(tip.group(3)) > 0
+    card = html[first:html.index('class="card', first + 10)]
+    why = re.search(r"<b>Why blue square and not red circle</b> \(([^)]*)\): gap \+([\d.]+) =.*?reason 1: <b>([^<]*)</b> "
+                    r"\+([\d.]+), favours blue square", card, re.S)
+    assert why and "true class" in why.group(1) and why.group(3).startswith("blue colour vs ")
+    with Catalog(ts.root, read_only=True) as cat:
+        gap = cat.query("SELECT max(score) FILTER (WHERE c.name = 'blue square') - max(score) FILTER (WHERE c.name = "
+                        "'red circle') FROM predictions JOIN classes c USING (class_id) WHERE image_id = ?",
+                        [ts.wrong_image_id]).fetchone()[0]
+        n_contrasts = cat.query("SELECT count(DISTINCT (image_id, other_class_id)) FROM contrast_terms").fetchone()[0]
+    assert float(why.group(2)) == pytest.approx(gap, abs=1e-4)
+    assert "attribute of red circle (true)" in card  # the true class's own attributes
+    assert html[first:].count("<b>Why ") == n_contrasts >= len(ts.images)  # one panel per stored contrast
     assert "87.5%" in html  # 7 of 8 right
     assert "global part" in html and "local part" in html
     assert html.count("<figure>") == 8 * 5  # image, class map and 3 attribute maps per image

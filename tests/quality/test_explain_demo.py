@@ -74,3 +74,34 @@ def test_demo_report_with_faithfulness_in_chromium(demo, tmp_path):
     assert console_problems(err) == []
     hsv = np.asarray(Image.open(tmp_path / "shot.png").convert("HSV")).reshape(-1, 3)
     assert ((hsv[:, 1] > 80) & (hsv[:, 2] > 60)).sum() > 20000  # coloured heatmaps and plots on screen
+
+
+def test_demo_contrasts_between_siblings_name_the_wing_pattern(demo):
+    """A real LaZSL run's stored contrasts: between sibling classes (the same crest, tail and
+    legs) the three shared descriptors get term 0 and reason 1 is the wing-pattern pair; the
+    terms of every contrast sum to the stored score gap."""
+    root, run = demo
+    with Catalog(root / "store", read_only=True) as cat:
+        desc = {}
+        for cid, text in cat.query("SELECT class_id, text FROM attributes").fetchall():
+            desc.setdefault(cid, set()).add(text)
+        rows = cat.query("SELECT image_id, class_id, other_class_id, attribute, other_attribute, shared, term, reason_rank "
+                         "FROM contrasts WHERE run_id = ? AND NOT (attr_id IS NULL AND other_attr_id IS NULL)",
+                         [run]).fetchall()
+        sums = cat.query(
+            "SELECT s.total, pa.score - pb.score FROM (SELECT image_id, class_id, other_class_id, sum(term) AS total "
+            "FROM contrast_terms WHERE run_id = ? GROUP BY ALL) s JOIN predictions pa ON pa.run_id = ? AND "
+            "pa.image_id = s.image_id AND pa.class_id = s.class_id JOIN predictions pb ON pb.run_id = ? AND "
+            "pb.image_id = s.image_id AND pb.class_id = s.other_class_id", [run, run, run]).fetchall()
+        n_images = cat.query("SELECT count(*) FROM images").fetchone()[0]
+    assert len(sums) >= n_images and all(abs(t - g) < 1e-6 for t, g in sums)
+    rest = lambda c: {t for t in desc[c] if not t.endswith("wings")}  # noqa: E731
+    sib = {}
+    for r in rows:
+        if rest(r[1]) == rest(r[2]):
+            sib.setdefault((r[0], r[2]), []).append(r)
+    assert len(sib) >= n_images // 2  # siblings are each other's runner-up most of the time
+    for terms in sib.values():
+        assert sorted(r[3] for r in terms if r[5]) == sorted(rest(terms[0][1])) and all(r[6] == 0 for r in terms if r[5])
+        first = [r for r in terms if r[7] == 1]
+        assert len(first) == 1 and first[0][3].endswith("wings") and first[0][4].endswith("wings")
