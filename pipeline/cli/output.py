@@ -45,7 +45,7 @@ def format_rows(cols: list[str], rows: list[tuple] | list[list], fmt: str = "tab
         return json.dumps(objs, default=str, indent=2, ensure_ascii=False) + "\n"
     if fmt == "csv":
         buf = io.StringIO()
-        w = csv.writer(buf)
+        w = csv.writer(buf, lineterminator="\n")  # as DuckDB's COPY and pandas write it, not \r\n
         w.writerow(cols)
         w.writerows([["" if v is None else v for v in r] for r in rows])
         return buf.getvalue()

@@ -148,8 +148,8 @@ def resolve_image(cat: Catalog, image: str | int | Path) -> dict:
     """An indexed image by image_id, path (as given or resolved), file content, or unique path suffix."""
     s = str(image)
     rows = []
-    if isinstance(image, (int, np.integer)) or s.isdigit():
-        rows = tables.find_images(cat, image_id=int(s))
+    if isinstance(image, (int, np.integer)) or s.strip().isdigit():  # an id pasted with its line end
+        rows = tables.find_images(cat, image_id=int(s.strip()))
     if not rows:
         rows = tables.find_images(cat, paths=[s, str(Path(s).expanduser().resolve())])
     if not rows and Path(s).is_file():

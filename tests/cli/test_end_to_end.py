@@ -31,7 +31,14 @@ def test_cli_stages_and_sql(tmp_path, image_folder, attr_file):
     out = run(["sql", "select count(*) as n from alignments", "--format", "json", *store])
     assert json.loads(out)[0]["n"] > 0
     out = run(["sql", "select method from runs", "--format", "csv", *store])
-    assert out.splitlines() == ["method", "lazsl", "lazsl"]
+    assert out == "method\nlazsl\nlazsl\n"  # \n line ends, as DuckDB writes CSV
+    # an image_id pasted from CSV output, line end and all, is still an image id
+    first = run(["sql", "select image_id, path from images order by image_id limit 1", "--format", "csv", *store])
+    image_id, path = first.splitlines()[1].split(",")
+    res = CliRunner().invoke(cli, ["explain", image_id + "\r\n", "--format", "json", "-o", str(tmp_path / "ex"), *store])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert rows and {r["image"] for r in rows} == {path}
     # read-only: a write is refused with a one-line error
     res = CliRunner().invoke(cli, ["sql", "delete from runs", *store])
     assert res.exit_code == 1 and "read-only" in res.output and "Traceback" not in res.output
