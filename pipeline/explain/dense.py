@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 VARIANTS = ("plain", "maskclip", "clearclip", "sclip", "layers")
 
-__all__ = ["VARIANTS", "DenseFeatures", "dense_feature_sets", "dense_features", "dense_tokens", "resize_pos_embed"]
+__all__ = ["VARIANTS", "DenseFeatures", "check_specs", "dense_feature_sets", "dense_features", "dense_tokens", "resize_pos_embed"]
 
 
 @dataclass
@@ -206,6 +206,17 @@ def dense_features(
         else:
             tokens = F.normalize(_project(visual, dense[:, 1:]).float(), dim=-1)
     return DenseFeatures(tokens=tokens, pooled=pooled, grid=grid)
+
+
+def check_specs(model, specs: Sequence[dict]) -> None:
+    """Raise ValueError / NotImplementedError (one line) unless every spec fits this model's tower."""
+    n = len(_visual(model).transformer.resblocks)
+    for sp in specs:
+        v = sp.get("variant", "sclip")
+        if v not in VARIANTS:
+            raise ValueError(f"unknown variant {v!r}; use one of {', '.join(VARIANTS)}")
+        for i in (sp.get("layers") or (-2,)) if v == "layers" else (sp.get("block", -1),):
+            _block_index(int(i), n, "layer")
 
 
 def dense_tokens(model, pixels: torch.Tensor, variant: str = "sclip", **kw) -> torch.Tensor:
