@@ -54,8 +54,9 @@ def overlay(image: Image.Image, heat: np.ndarray, mask: np.ndarray | None = None
 
 MAP_CMAP = "viridis"  # perceptually uniform: equal steps in value look like equal steps in colour
 DISPLAY_SIDE = 384  # maps smaller than this are drawn upsampled (smoothly) to this long side
-MAP_ALPHA = 0.75  # opacity of the top of the scale; it falls to 0 at TRANSPARENT_BELOW
-TRANSPARENT_BELOW = 0.15  # share of the image's scale under which a pixel shows the image alone
+MAP_ALPHA = 0.8  # the map's opacity from OPAQUE_FROM of the image's scale up; it falls to 0 at TRANSPARENT_BELOW
+TRANSPARENT_BELOW = 0.05  # share of the image's scale under which a pixel shows the image alone
+OPAQUE_FROM = 0.4
 
 
 def image_scale(maps) -> tuple[float, float]:
@@ -64,8 +65,10 @@ def image_scale(maps) -> tuple[float, float]:
     vals = [np.asarray(m, np.float64) for m in maps if m is not None and np.size(m)]
     if not vals:
         return 0.0, 1.0
-    lo = min(0.0, min(float(v.min()) for v in vals))
     hi = max(float(v.max()) for v in vals)
+    lo = min(0.0, min(float(v.min()) for v in vals))
+    if lo > -1e-9 * abs(hi):  # float round-off of a non-negative density
+        lo = 0.0
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
@@ -82,8 +85,8 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
 
     The image and the map are upsampled to ``display_side`` (long side; Lanczos for the image,
     bilinear for the map) when smaller. v = (heat - lo) / (hi - lo) clipped to [0, 1]; colour =
-    cmap(v); opacity = MAP_ALPHA · clip((v - t) / (1 - t), 0, 1) with t = TRANSPARENT_BELOW, so low
-    values leave the image visible. The colour bar on the right is labelled lo .. hi (``label``:
+    cmap(v); opacity = MAP_ALPHA · clip((v - t) / (o - t), 0, 1) with t = TRANSPARENT_BELOW and
+    o = OPAQUE_FROM, so low values leave the image visible. The colour bar on the right is labelled lo .. hi (``label``:
     what the values are). ``box`` (x0, y0, x1, y1 in the image's pixels) is outlined.
     """
     from PIL import ImageDraw
@@ -102,7 +105,7 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
     v = np.clip((h - lo) / (hi - lo), 0.0, 1.0)
     lut = colormap_lut(cmap).astype(np.float64)
     colour = lut[np.clip((v * 255).round().astype(np.int64), 0, 255)]
-    a = (MAP_ALPHA * np.clip((v - TRANSPARENT_BELOW) / (1 - TRANSPARENT_BELOW), 0.0, 1.0))[..., None]
+    a = (MAP_ALPHA * np.clip((v - TRANSPARENT_BELOW) / (OPAQUE_FROM - TRANSPARENT_BELOW), 0.0, 1.0))[..., None]
     base = np.asarray(img, np.float64)
     out = Image.fromarray(((1 - a) * base + a * colour).round().clip(0, 255).astype(np.uint8))
     if box is not None:
