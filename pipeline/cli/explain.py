@@ -101,8 +101,10 @@ def _explain_concepts(image, run_id, fmt, store) -> None:
 @number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Folder to also write the accuracy and deletion/insertion plots to, as PNG files.")
+@click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
+              help="The maps drawn (as `explain --maps`); occlusion is slow (hundreds of encoder passes per image).")
 @store_option
-def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
+def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
     """A static HTML page for a run: predictions, score split, attribute contributions,
     heatmaps, what tipped wrong predictions, accuracy and faithfulness plots. Opens from disk.
 
@@ -115,7 +117,8 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
     if plots_dir:
         check_output_folder(plots_dir)
     with open_store(store, read_only=True, check="report") as cat:
-        res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir)
+        res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir, maps=map_kind,
+                           model=lambda: load_store_model(cat, None, None, None, required=False))
     click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
     for p in res.plots:
         click.echo(f"plot: {p}")

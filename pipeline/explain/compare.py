@@ -419,9 +419,11 @@ def honesty_lines(cat: Catalog, run_id: int, kind: str) -> list[str]:
     """How the shown map kind scored on this store when ``faithfulness --compare`` measured it, and
     a plain statement when it was not better than random; [] when it was never measured."""
     name = EXPLAIN_KIND.get(kind, kind)
+    import duckdb
+
     try:
         s = tables.map_kind_summary(cat, run_id, name)
-    except Exception:  # a store from before migration m013 has no summary table
+    except duckdb.CatalogException:  # a store from before migration m013 opened read-only: no summary table
         return []
     if s is None:
         return [f"{name} maps were not measured on this store yet: `pipeline faithfulness --compare`."]

@@ -196,7 +196,14 @@ def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Align
     if kind == "boxes":
         return box_maps(al, all_ids, all_boxes, H, W)
     if callable(model) and not hasattr(model, "encode_images"):
-        model = model()
+        from stores.errors import StoreError
+
+        from ..models import ModelLoadError
+
+        try:
+            model = model()
+        except (ModelLoadError, StoreError):
+            model = None
     if model is None:
         return box_maps(al, all_ids, all_boxes, H, W, note=f"{KIND_NAMES[kind]} maps need the store's model, which "
                         "could not be loaded; crop-box maps drawn instead")
