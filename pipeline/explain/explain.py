@@ -342,7 +342,7 @@ def explain_image(
         cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
         ce.map_kind, ce.map_note, ce.map_cost = cm.kind, cm.note, cm.cost
         ce.full_map, ce.peak = cm.class_map, peak(cm.class_map)
-        ce.map, ce.mask = resize_map(cm.class_map, (w, h)), None
+        ce.map = resize_map(cm.class_map, (w, h))
         for a in ce.attributes:
             a.full_map = cm.attribute_map(a.attr_id)
             if a.full_map is not None:
