@@ -256,8 +256,11 @@ def gradcam_map(model, pixels: torch.Tensor, text_emb, target: int, out_size: tu
     grid = (pixels.shape[-2] // ps, pixels.shape[-1] // ps)
     texts = torch.as_tensor(np.asarray(text_emb, np.float32), device=dev)
     wrapper = _TextLogits(lm, texts, logit_scale(model))
+    import warnings
+
     with GradCAM(model=wrapper, target_layers=[visual.transformer.resblocks[-1].ln_1],
-                 reshape_transform=vit_reshape(grid)) as cam:
+                 reshape_transform=vit_reshape(grid)) as cam, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's __array_wrap__ notice from inside grad-cam
         m = cam(input_tensor=pixels.to(dev), targets=[ClassifierOutputTarget(int(target))])[0]
     t = torch.as_tensor(m, dtype=torch.float32)[None, None]
     return F.interpolate(t, size=out_size, mode="bilinear", align_corners=False)[0, 0].numpy().astype(np.float64)
