@@ -175,7 +175,7 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
             model = load_store_model(cat, model_name, pretrained, device)
             rep = compare_maps(cat, model, run_id, kinds=kinds, steps=steps, limit=limit or None, every=every,
                                occlusion_images=occlusion_images, boxes_file=boxes_file, tolerance=tolerance, seed=seed,
-                               plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes)
+                               plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes, baseline=baseline)
         if fmt == "table":
             for line in rep.lines():
                 click.echo(line)

@@ -18,7 +18,7 @@ predicted class's map and, for pointing, the maps of the ground-truth boxes' att
 Metrics (per image; the class map of the predicted class orders the pixels):
 
 * **deletion / insertion** (RISE): the most attributed pixels replaced by (revealed from) a
-  Gaussian blur in ``steps`` steps; AUC of the class's softmax probability of the global DCLIP
+  Gaussian blur (``--baseline``) in ``steps`` steps; AUC of the class's softmax probability of the global DCLIP
   score over all classes (:class:`pipeline.explain.maps.GlobalScorer`). Lower deletion and
   higher insertion are better.
 * **ROAD** (Rong et al., 2022) with the ``grad-cam`` package's noisy linear imputation: the
@@ -178,8 +178,8 @@ def _centre_grid_map_img(sq: np.ndarray, H: int, W: int) -> np.ndarray:
 
 
 # ---- metrics ------------------------------------------------------------------------------
-def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_seed: int):
-    """Deletion and insertion series (blur baseline), then ROAD MoRF and LeRF imputations (grad-cam's
+def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_seed: int, baseline: str = "blur"):
+    """Deletion and insertion series (``baseline``: blur by default), then ROAD MoRF and LeRF imputations (grad-cam's
     noisy linear imputer) at ROAD_FRACTIONS: (2·(steps+1) + 6, 3, H, W) floats in [0, 1]."""
     import torch
     from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
@@ -187,15 +187,19 @@ def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_see
 
     from .faithfulness import baseline_image
 
-    base = baseline_image(arr, "blur")
+    base = baseline_image(arr, baseline)
     order = pixel_order(cmap, rng)
     series = [perturbation_series(arr, base, order, steps, m) for m in ("deletion", "insertion")]
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(np.asarray(cmap, np.float32))
+    import warnings
+
     torch.manual_seed(road_seed)
-    # grad-cam: percentile p keeps the pixels below it, so removing the top f % is percentile 100 - f
-    imputed = [RemoveMostRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
-    imputed += [RemoveLeastRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's __array_wrap__ notice from inside grad-cam
+        # grad-cam: percentile p keeps the pixels below it, so removing the top f % is percentile 100 - f
+        imputed = [RemoveMostRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
+        imputed += [RemoveLeastRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
     return torch.cat([torch.from_numpy(np.concatenate(series)).permute(0, 3, 1, 2).float() / 255,
                       torch.stack(imputed).clamp(0, 1)])
 
@@ -237,7 +241,7 @@ class CompareReport:
     def lines(self) -> list[str]:
         p = self.params
         out = [f"faithfulness run {self.faith_run_id} on run {self.run_id}: {self.images} images, {p['steps']} steps, "
-               f"blur baseline, scorer {p['scorer']}, {self.seconds:.1f} s"
+               f"{p['baseline']} baseline, scorer {p['scorer']}, {self.seconds:.1f} s"
                + (f" (occlusion: {self.occlusion_passes} encoder passes on {p['occlusion_images']} images)"
                   if "occlusion" in self.kinds else "")]
         out.append("  deletion: lower is better; insertion, ROAD, pointing: higher is better. Δ = mean difference to random "
@@ -271,7 +275,7 @@ class CompareReport:
 def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[str] | None = None, steps: int = 10,
                  limit: int | None = None, every: int = 1, occlusion_images: int = 8, boxes_file=None,
                  tolerance: float = 8.0, seed: int = 0, plot: str | Path | None = None, progress: bool = True,
-                 max_file_bytes: int | None = None) -> CompareReport:
+                 max_file_bytes: int | None = None, baseline: str = "blur") -> CompareReport:
     """Measure every map kind (module doc); store faithfulness_runs/curves/scores/pointing_game rows
     with their map_kind, and faithfulness_summary rows; write the curves plot to ``plot``."""
     from tqdm import tqdm
@@ -279,8 +283,8 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     from stores.errors import StoreError
 
     from ..inputs import DEFAULT_MAX_FILE_BYTES
-    from .explain import resolve_image, resolve_run
-    from .faithfulness import read_boxes
+    from .explain import load_image, resolve_image, resolve_run
+    from .faithfulness import BASELINES, read_boxes
     from .maps import GlobalScorer
 
     try:
@@ -288,6 +292,8 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     except ImportError:
         raise InputError("faithfulness --compare needs the grad-cam package (ROAD, Grad-CAM): "
                          "pip install 'zsl-pipeline[explain]'.") from None
+    if baseline not in BASELINES:
+        raise InputError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
     if cat.read_only:
         raise StoreError("faithfulness writes its results; open the store for writing.")
     if model is None:
@@ -315,7 +321,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
                 aid = tables.find_attribute(cat, cid, row["attribute"])
                 if aid is not None:
                     by_image.setdefault(iid, []).append(dict(row, class_id=int(cid), attr_id=int(aid)))
-    params = dict(compare=True, kinds=kinds, steps=steps, limit=limit, every=every, seed=seed, baseline="blur",
+    params = dict(compare=True, kinds=kinds, steps=steps, limit=limit, every=every, seed=seed, baseline=baseline,
                   scorer="global-dclip-softmax-all-classes", road=list(ROAD_FRACTIONS), tolerance=tolerance,
                   occlusion_images=min(occlusion_images, len(targets)) if "occlusion" in kinds else 0,
                   boxes=str(Path(boxes_file).resolve()) if boxes_file else None, random_map="U(0,1) 8x8, bilinear",
@@ -327,8 +333,6 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     chance = []
     for n_img, (image_id, class_id) in enumerate(tqdm(targets, desc="compare maps", unit="img", disable=not progress)):
         img = resolve_image(cat, image_id)
-        from .explain import load_image
-
         try:
             original = load_image(img["path"])
         except InputError as exc:
@@ -347,7 +351,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
         import torch
 
         for kind, cmap in maps.class_map.items():
-            batch = perturbed_batch(arr, cmap, steps, rng, road_seed=seed)
+            batch = perturbed_batch(arr, cmap, steps, rng, road_seed=seed, baseline=baseline)
             with torch.no_grad():
                 probs = torch.cat([scorer(batch[i : i + 256]) for i in range(0, len(batch), 256)])
             probs = probs[:, int(np.searchsorted(cls, class_id))].cpu().numpy().astype(np.float64)
