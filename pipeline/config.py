@@ -24,6 +24,7 @@ from typing import Any, Iterable
 from .errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "presets"
+DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.explain.dense
 
 
 def _f(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tuple | None = None, option: str | None = None):
@@ -101,6 +102,13 @@ class RegionConfig(_Config):
     view_scale: tuple[float, float] = _f((0.08, 1.0), "AWT views: area fraction range (torchvision's default).")
     view_ratio: tuple[float, float] = _f((3.0 / 4.0, 4.0 / 3.0), "AWT views: aspect ratio range (torchvision's default).")
     view_flip: float = _f(0.5, "AWT views: probability of a left-right flip.", lo=0.0, hi=1.0)
+    dense: str = _f("plain", "patches: training-free dense variant of the patch tokens: plain (the tower as trained), "
+                             "maskclip (value path), clearclip (q-q attention) or sclip (q-q + k-k attention); the "
+                             "last three drop the block's residual and MLP (docs/explanations.md).",
+                    choices=DENSE_VARIANTS)
+    layers: tuple[int, ...] = _f((), "patches: ViT blocks to read (plain: their output tokens averaged, MSCI) or to "
+                                     "modify (maskclip/clearclip/sclip: the token sets averaged); negative counts from "
+                                     "the end, e.g. -1,-2. Empty = the last block.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -116,9 +124,21 @@ class RegionConfig(_Config):
                     or v[0] > v[1] or (hi is not None and v[1] > hi):
                 raise InputError(f"{name} must be two increasing numbers > {lo}" + (f" and <= {hi}" if hi else "")
                                  + f" (got {list(v)}).")
+        if not all(isinstance(k, int) and not isinstance(k, bool) and -64 <= k < 64 for k in self.layers) \
+                or len(set(self.layers)) != len(self.layers) or len(self.layers) > 8:
+            raise InputError(f"--layers must be up to 8 distinct block indices in [-64, 63] (got {list(self.layers)}).")
+        if self.source != "patches" and (self.dense != "plain" or self.layers):
+            raise InputError("--dense and --layers shape patch tokens; use them with --regions patches.")
         if self.source == "patches" and (self.n_parts or self.n_views):
             raise InputError("--n-parts and --n-views add crops to --regions crops or grid; patch tokens come from "
                              "one forward pass and take no extra regions.")
+
+    def dense_specs(self) -> list[dict]:
+        """Token sets of :func:`pipeline.explain.dense.dense_feature_sets` for patch regions; their
+        normalised mean is the region embedding (``plain`` + no layers = open_clip's own tokens)."""
+        if self.dense == "plain":
+            return [{"variant": "layers", "layers": list(self.layers)}] if self.layers else [{"variant": "plain", "block": -1}]
+        return [{"variant": self.dense, "block": b} for b in (self.layers or (-1,))]
 
     def geometry(self) -> dict:
         """Keyword arguments of :func:`queries.regions.region_boxes`."""

@@ -55,7 +55,7 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
                        f"[{'; '.join(r['attributes'])}]")
         click.echo(f"[5/5] evaluate ({len(world['heldout_classes'])} held-out classes; toy-world figures, not real-world ones)")
         click.echo("      " + format_table([evaluate_run(cat, r.run_id) for r in runs]).replace("\n", "\n      "))
-        report = write_report(cat, run_id=runs[-1].run_id, out=out / "report.html", limit=12)
+        report = write_report(cat, run_id=runs[-1].run_id, out=out / "report.html", limit=12, model=model)  # plan-dense maps
         root = cat.root
     click.echo(f"\ndone in {time.perf_counter() - t0:.1f} s. Store: {root}")
     click.echo(f"Report: {report}")
@@ -64,4 +64,12 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
     click.echo(f'  pipeline sql{flag} "select count(*) from alignments"')
     click.echo(f'  pipeline sql{flag} "select class_name, attribute, sum(contribution) as c from contributions '
                'group by all order by c desc limit 10"')
+    click.echo(f"  pipeline explain{flag} {world_dir / 'images'}/{_first_image(world_dir)}   # maps (.png + .npy)")
+    click.echo(f"  pipeline faithfulness{flag} --compare --boxes {world_dir / 'boxes.jsonl'} --tolerance 8 --every 4"
+               "   # map kinds vs random maps")
     return root
+
+
+def _first_image(world_dir: Path) -> str:
+    first = min((world_dir / "images").rglob("*.png"))
+    return str(first.relative_to(world_dir / "images"))

@@ -522,6 +522,35 @@ def m013_contrasts(con) -> None:
     )
 
 
+@migration
+def m014_faithfulness_map_kinds(con) -> None:
+    """``faithfulness --compare``: the map kind of each score, curve and pointing row (NULL = the
+    run's own crop-box maps, as before), and one summary row per (map kind, metric) with the paired
+    bootstrap interval of its difference to random maps."""
+    con.execute(
+        """
+        ALTER TABLE faithfulness_curves ADD COLUMN map_kind VARCHAR;
+        ALTER TABLE faithfulness_scores ADD COLUMN map_kind VARCHAR;
+        ALTER TABLE pointing_game ADD COLUMN map_kind VARCHAR;
+        CREATE TABLE faithfulness_summary(
+            faith_run_id BIGINT NOT NULL,
+            run_id BIGINT NOT NULL,
+            map_kind VARCHAR NOT NULL,    -- plan-dense | crop-boxes | occlusion | random | gradcam | sim-plain | sim-sclip
+            metric VARCHAR NOT NULL,      -- deletion (lower is better) | insertion | road | pointing (higher is better)
+            images INTEGER NOT NULL,      -- images the mean is over
+            value DOUBLE NOT NULL,        -- mean over those images
+            random_value DOUBLE,          -- random maps' mean on the same images
+            chance DOUBLE,                -- pointing: mean grown-box area / image area
+            diff DOUBLE,                  -- mean of (value - random) over the same images
+            diff_low DOUBLE,              -- paired bootstrap 95% interval of diff
+            diff_high DOUBLE,
+            better BOOLEAN,               -- the interval excludes 0 on the good side
+            PRIMARY KEY (faith_run_id, map_kind, metric)
+        );
+        """
+    )
+
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -752,6 +752,7 @@ class FaithfulnessRows:
     curves: list[dict] = field(default_factory=list)  # image_id, class_id, kind, step, fraction, score
     scores: list[dict] = field(default_factory=list)  # image_id, class_id, kind, auc
     pointing: list[dict] = field(default_factory=list)  # image_id, class_id, attr_id, attribute, hit, ...
+    summary: list[dict] = field(default_factory=list)  # map_kind, metric, images, value, ... (faithfulness --compare)
 
 
 def next_faithfulness_run_id(cat: Catalog) -> int:
@@ -767,14 +768,38 @@ def insert_faithfulness(cat: Catalog, rows: FaithfulnessRows) -> None:
             "created_at": pa.array([now_utc()], pa.timestamp("us")),
         })
         for table, data in (("faithfulness_curves", rows.curves), ("faithfulness_scores", rows.scores),
-                            ("pointing_game", rows.pointing)):
+                            ("pointing_game", rows.pointing), ("faithfulness_summary", rows.summary)):
             if data:
                 insert_arrow(cat, table, pa.Table.from_pylist([{**ids, **r} for r in data]))
 
 
+def map_kind_summary(cat: Catalog, run_id: int, map_kind: str) -> dict | None:
+    """How ``map_kind`` scored in the latest ``faithfulness --compare`` that measured it: of this
+    run if there is one, else of any run in the store. {faith_run_id, run_id, metrics: {metric: row}}."""
+    for where, args in (("run_id = ? AND ", [run_id]), ("", [])):
+        row = cat.con.execute(f"SELECT max(faith_run_id) FROM faithfulness_summary WHERE {where}map_kind = ?",
+                              [*args, map_kind]).fetchone()
+        if row and row[0] is not None:
+            fid = int(row[0])
+            cols = ["metric", "images", "value", "random_value", "chance", "diff", "diff_low", "diff_high", "better", "run_id"]
+            rows = cat.con.execute(f"SELECT {', '.join(cols)} FROM faithfulness_summary WHERE faith_run_id = ? AND map_kind = ? "
+                                   "ORDER BY metric", [fid, map_kind]).fetchall()
+            metrics = {r[0]: dict(zip(cols, r)) for r in rows}
+            return dict(faith_run_id=fid, run_id=int(rows[0][-1]), metrics=metrics)
+    return None
+
+
+def faithfulness_summary_rows(cat: Catalog, faith_run_id: int) -> list[dict]:
+    cols = ["map_kind", "metric", "images", "value", "random_value", "chance", "diff", "diff_low", "diff_high", "better"]
+    return [dict(zip(cols, r)) for r in cat.con.execute(
+        f"SELECT {', '.join(cols)} FROM faithfulness_summary WHERE faith_run_id = ? ORDER BY map_kind, metric",
+        [faith_run_id]).fetchall()]
+
+
 def latest_faithfulness(cat: Catalog, run_id: int) -> dict | None:
     """The latest faithfulness run of a classify run: params, mean curves, mean AUCs, pointing."""
-    row = cat.con.execute("SELECT max(faith_run_id) FROM faithfulness_runs WHERE run_id = ?", [run_id]).fetchone()
+    row = cat.con.execute("SELECT max(faith_run_id) FROM faithfulness_runs WHERE run_id = ? AND faith_run_id NOT IN "
+                          "(SELECT faith_run_id FROM faithfulness_summary)", [run_id]).fetchone()  # not --compare runs
     if row is None or row[0] is None:
         return None
     fid = row[0]

@@ -37,15 +37,22 @@ EXPLAIN_COLUMNS = ["image", "class_name", "attribute", "share", "contribution", 
 @limit_option("Attributes listed.", default=10)
 @click.option("--concepts", is_flag=True, help="Only the mutual-knowledge concepts (vision / shared / language, MI) of "
               "the prediction, computed with the store's model if the store has none for this image.")
+@click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
+              help="plan: the plan's crop masses placed inside each crop by dense patch tokens (measured best; "
+                   "docs/explanations.md); boxes: mass over whole crop boxes; occlusion: drop of the class's LaZSL "
+                   "probability under a blurred window (slow, faithful by construction; its cost is printed).")
 @format_option()
 @store_option
-def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, fmt, store):
+def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, map_kind, fmt, store):
     """Attribution maps of one image: PNG overlays per attribute and per class, and each
     attribute's share of the score.
 
     \b
     IMAGE is an indexed image: its path, an image_id, or a unique end of its path.
+    Every map is also written as a .npy array in the image's pixels (--format json lists
+    each map's class, attribute, peak [x, y] and .npy path).
     pipeline explain photos/cat/001.jpg
+    pipeline explain photos/cat/001.jpg --maps occlusion   # the slow reference map
     pipeline explain photos/cat/001.jpg --class "tabby cat" --attribute "striped fur" -o maps/
     pipeline explain photos/cat/001.jpg --concepts      # mutual knowledge (any run, OT or not)
 
@@ -60,18 +67,20 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, f
 
     out_dir = check_output_folder(output)
     with open_store(store, read_only=True, check="explain") as cat:
-        res = explain_image(cat, image, run_id=run_id, class_name=class_name, attribute=attribute, out_dir=out_dir)
+        res = explain_image(cat, image, run_id=run_id, class_name=class_name, attribute=attribute, out_dir=out_dir,
+                            maps=map_kind, model=lambda: load_store_model(cat, None, None, None, required=False))
     if fmt == "table":
         for line in res.summary_lines(top=limit or None):
             click.echo(line)
         return
     rows = []
     for c in res.classes:
-        rows.append(dict(image=res.path, class_name=c.name, attribute=None, share=None, contribution=c.score,
-                         mass=None, similarity=None, overlay=str(c.overlay) if c.overlay else None))
+        common = dict(image=res.path, class_name=c.name, map_kind=c.map_kind)
+        rows.append(dict(common, attribute=None, share=None, contribution=c.score, mass=None, similarity=None,
+                         peak=c.peak, npy=str(c.npy) if c.npy else None, overlay=str(c.overlay) if c.overlay else None))
         for a in c.attributes[: limit or None]:
-            rows.append(dict(image=res.path, class_name=c.name, attribute=a.text, share=a.share,
-                             contribution=a.contribution, mass=a.mass, similarity=a.similarity,
+            rows.append(dict(common, attribute=a.text, share=a.share, contribution=a.contribution, mass=a.mass,
+                             similarity=a.similarity, peak=a.peak, npy=str(a.npy) if a.npy else None,
                              overlay=str(a.overlay) if a.overlay else None))
     for r in rows:
         r["kind"] = "class" if r["attribute"] is None else "attribute"
@@ -107,8 +116,10 @@ def _explain_concepts(image, run_id, fmt, store) -> None:
 @number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Folder to also write the accuracy and deletion/insertion plots to, as PNG files.")
+@click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
+              help="The maps drawn (as `explain --maps`); occlusion is slow (hundreds of encoder passes per image).")
 @store_option
-def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
+def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
     """A static HTML page for a run: predictions, score split, attribute contributions,
     heatmaps, why each prediction and not the runner-up or the true class, accuracy and faithfulness plots. Opens from disk.
 
@@ -121,7 +132,8 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
     if plots_dir:
         check_output_folder(plots_dir)
     with open_store(store, read_only=True, check="report") as cat:
-        res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir)
+        res = build_report(cat, run_id, out, limit=limit or None, top_k=show_classes, plots_dir=plots_dir, maps=map_kind,
+                           model=lambda: load_store_model(cat, None, None, None, required=False))
     click.echo(f"run {res.run_id}: {res.images} images, {res.bytes / 1e6:.1f} MB -> {res.path.resolve()}")
     for p in res.plots:
         click.echo(f"plot: {p}")
@@ -138,12 +150,23 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, store):
 @number_option("--random-maps", "n_random", kind=int, lo=1, hi=100, default=1, show_default=True, help="Random maps per image (curves averaged).")
 @number_option("--tolerance", lo=0, hi=10_000, default=0.0, show_default=True, help="Pointing game: pixels the box is grown by.")
 @number_option("--seed", kind=int, lo=0, hi=2**63 - 1, default=0, show_default=True, help="Seed of the random maps and tie order.")
+@click.option("--compare", is_flag=True, help="Compare map kinds (--maps) with deletion, insertion, ROAD and pointing, "
+              "each paired with random maps (bootstrap 95% intervals); needs the [explain] extra.")
+@click.option("--maps", "map_kinds", default="all", show_default=True, metavar="KINDS",
+              help="--compare: comma-separated map kinds: plan-dense, crop-boxes, occlusion, random, gradcam, sim-plain, "
+                   "sim-sclip (random is always added).")
+@number_option("--every", kind=int, lo=1, hi=10**6, default=1, show_default=True,
+               help="--compare: every N-th image (by image_id), to bound the run time.")
+@number_option("--occlusion-images", kind=int, lo=0, hi=10**6, default=8, show_default=True,
+               help="--compare: occlusion maps on the first N images only (hundreds of encoder passes each).")
+@click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default="faithfulness-maps.png", show_default=True,
+              help="--compare: PNG of the mean deletion and insertion curves per map kind.")
 @byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "A larger --boxes file is refused unread.")
 @format_option()
 @model_options
 @store_option
-def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, max_file_bytes, fmt, model_name,
-                     pretrained, device, store):
+def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, compare, map_kinds, every,
+                     occlusion_images, plot_file, max_file_bytes, fmt, model_name, pretrained, device, store):
     """Deletion/insertion AUC of the run's maps against random maps (re-encoding the
     perturbed images), and the pointing game where ground-truth boxes exist. Results go to
     the tables faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game.
@@ -151,8 +174,29 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
     \b
     pipeline faithfulness --steps 10 --limit 100
     pipeline faithfulness --boxes world/boxes.jsonl
+    pipeline faithfulness --compare --boxes world/boxes.jsonl --tolerance 8 --every 4
+
+    --compare measures map kinds against each other and against random maps; results also go to
+    the table faithfulness_summary, and `explain` / `report` quote them.
     """
     from ..explain.faithfulness import faithfulness
+
+    if compare:
+        from ..explain.compare import compare_maps, parse_kinds
+
+        kinds = parse_kinds(map_kinds)
+        plot = check_output_file(plot_file)
+        with open_store(store, check="faithfulness") as cat:
+            model = load_store_model(cat, model_name, pretrained, device)
+            rep = compare_maps(cat, model, run_id, kinds=kinds, steps=steps, limit=limit or None, every=every,
+                               occlusion_images=occlusion_images, boxes_file=boxes_file, tolerance=tolerance, seed=seed,
+                               plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes, baseline=baseline)
+        if fmt == "table":
+            for line in rep.lines():
+                click.echo(line)
+        else:
+            emit(format_records(rep.records(), fmt))
+        return
 
     with open_store(store, check="faithfulness") as cat:
         model = load_store_model(cat, model_name, pretrained, device)

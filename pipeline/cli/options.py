@@ -98,6 +98,24 @@ def byte_size_option(flag: str, default: int, help: str):
 RUN_ID = Number(int, 1, 2**63 - 1)  # run ids start at 1
 
 
+class IntList(click.ParamType):
+    """Comma-separated integers, e.g. ``-1,-2`` -> (-1, -2)."""
+
+    name = "ints"
+
+    def get_metavar(self, param, ctx=None):
+        return "I[,I...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            return tuple(int(p) for p in parts if p)
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of integers (e.g. -1,-2)", param, ctx)
+
+
 def config_option(config_cls, name: str, *extra_decls: str, default_from_config: bool = False):
     """An option for one field of a frozen config: its flag, help, type and bounds come from
     the field's metadata. The default is None ("not given"), so the config's resolution can
@@ -112,6 +130,8 @@ def config_option(config_cls, name: str, *extra_decls: str, default_from_config:
     common = dict(default=None, help=f"{meta['help']}  [default: {shown}]")
     if meta.get("choices"):
         return click.option(*decls, type=click.Choice(meta["choices"]), **common)
+    if isinstance(f.default, tuple) and all(isinstance(v, int) for v in f.default):
+        return click.option(*decls, type=IntList(), **common)
     if isinstance(f.default, bool) or meta.get("lo") is None and meta.get("hi") is None:
         return click.option(*decls, **common)
     kind = int if isinstance(f.default, int) else float
@@ -131,7 +151,8 @@ METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wc
                         "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
                         "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
                         "nameless")
-REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views")
+REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
+                        "layers")
 
 
 def method_config_options(fn):

@@ -95,9 +95,21 @@ class RegionDataset:
 
 
 # ---- encoding ------------------------------------------------------------------------------
-def encode_patch_tokens(model, pixels):
-    """One forward pass -> (full [B, D], patch tokens [B, L, D]), both L2-normalised, in the joint space."""
+def encode_patch_tokens(model, pixels, specs: list[dict] | None = None):
+    """One forward pass -> (full [B, D], patch tokens [B, L, D]), both L2-normalised, in the joint space.
+
+    ``specs`` (``RegionConfig.dense_specs()``): token sets of
+    :func:`pipeline.explain.dense.dense_feature_sets` (MaskCLIP/ClearCLIP/SCLIP-style blocks, chosen
+    layers), averaged and re-normalised; None or plain last-block = open_clip's own tokens.
+    """
     import torch
+
+    if specs and specs != [{"variant": "plain", "block": -1}]:
+        from ..explain.dense import dense_feature_sets
+
+        sets, pooled, _ = dense_feature_sets(model, pixels, specs)
+        tokens = torch.nn.functional.normalize(torch.stack(sets).mean(0), dim=-1)
+        return pooled.cpu(), tokens.cpu()
 
     visual = model.model.visual
     prev = getattr(visual, "output_tokens", False)
@@ -141,22 +153,24 @@ def encode_views(model, pixels, *, batch_size: int = 256, min_rows: int = MIN_RO
     return torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32)
 
 
-def encode_patches(model, pixels, *, min_rows: int = MIN_ROWS) -> tuple[np.ndarray, np.ndarray]:
+def encode_patches(model, pixels, *, min_rows: int = MIN_ROWS, specs: list[dict] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Patch-token regions: (full [B, D], tokens [B, L, D]) with the same padding rule."""
     n = len(pixels)
-    full, tokens = encode_patch_tokens(model, _pad(pixels, min_rows))
+    full, tokens = encode_patch_tokens(model, _pad(pixels, min_rows), specs)
     return full[:n].numpy(), tokens[:n].numpy()
 
 
-def encode_records(model, records: list[dict], source: str, batch_size: int = 256) -> list[np.ndarray]:
-    """Region embeddings (R_i, D), float32, of each decoded record; row 0 the full view."""
+def encode_records(model, records: list[dict], source: str, batch_size: int = 256,
+                   specs: list[dict] | None = None) -> list[np.ndarray]:
+    """Region embeddings (R_i, D), float32, of each decoded record; row 0 the full view.
+    ``specs``: the dense token sets of patch regions (``RegionConfig.dense_specs()``)."""
     import torch
 
     if not records:
         return []
     pixels = torch.cat([r["pixels"] for r in records])
     if source == "patches":
-        full, tokens = encode_patches(model, pixels)
+        full, tokens = encode_patches(model, pixels, specs=specs)
         return [np.concatenate([full[i : i + 1], tokens[i]]) for i in range(len(records))]
     feats = encode_views(model, pixels, batch_size=batch_size)
     return np.split(feats, np.cumsum([len(r["kinds"]) for r in records])[:-1])
@@ -235,7 +249,8 @@ class RegionBatchFn:
     def encode(self, records: list[dict]) -> dict[str, np.ndarray]:
         """Decoded records (any mix of ok / skip / error, in order) -> one batch of region rows."""
         good = [r for r in records if "error" not in r and not r.get("skip")]
-        embs = dict(zip(map(id, good), encode_records(self.model, good, self.cfg.source, self.batch_size)))
+        embs = dict(zip(map(id, good), encode_records(self.model, good, self.cfg.source, self.batch_size,
+                                                          self.cfg.dense_specs())))
         return rows_from_records(records, embs, self.model.embed_dim, self.dtype)
 
     def __call__(self, batch: Any) -> dict[str, np.ndarray]:

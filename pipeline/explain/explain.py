@@ -50,6 +50,9 @@ class AttributeExplanation:
     weights: np.ndarray = field(repr=False)  # per region (ExplainResult.region_ids order)
     map: np.ndarray | None = field(default=None, repr=False)
     overlay: Path | None = None
+    full_map: np.ndarray | None = field(default=None, repr=False)  # (H, W) in the original image's pixels
+    peak: list[int] | None = None  # [x, y] of full_map's maximum, original pixels
+    npy: Path | None = None  # full_map as written
 
 
 @dataclass
@@ -67,6 +70,12 @@ class ClassExplanation:
     overlay: Path | None = None
     parts: tuple[float, float] | None = None  # ((1-θ)·global, θ·local): they sum to the score
     object: dict | None = None  # object-bound: the object that carried the class (region_id, kind, n_parts, box)
+    map_kind: str = "boxes"  # plan | boxes | occlusion (pipeline.explain.pixel_maps)
+    map_note: str | None = None
+    map_cost: dict | None = None  # occlusion: windows, encoder passes, seconds
+    full_map: np.ndarray | None = field(default=None, repr=False)  # (H, W) original pixels
+    peak: list[int] | None = None
+    npy: Path | None = None
 
     def split_line(self) -> str:
         if self.parts is None:
@@ -98,6 +107,7 @@ class ExplainResult:
     pair_boxes: np.ndarray | None = field(default=None, repr=False)  # boxes of the pair's carrying regions (render px)
     contrasts: list = field(default_factory=list)  # "why A and not B" (explain.contrasts.ContrastPanel), prediction only
     contrast_note: str | None = None  # why a wrong prediction has no contrast with its true class
+    honesty: list[str] = field(default_factory=list)  # how the shown map kind scored on this store (faithfulness)
 
     def summary_lines(self, top: int | None = 10) -> list[str]:
         out = [f"image  {self.path}" + (f"  (label: {self.label})" if self.label else ""),
@@ -113,6 +123,7 @@ class ExplainResult:
                 out.append(f"  {100 * a.share:6.1f}%  {a.contribution:9.4f}  {a.mass:7.4f}  {a.similarity:7.4f}  {a.text}")
             if top and len(c.attributes) > top:
                 out.append(f"  ... {len(c.attributes) - top} more")
+            out += self.map_lines(c)
         for p in self.contrasts:
             out += p.lines()
         if self.contrast_note:
@@ -121,8 +132,24 @@ class ExplainResult:
         if self.concepts is not None:
             out += self.concepts.lines()
         if self.files:
-            out.append("overlays:")
+            out.append("overlays and maps (.npy, image pixels):")
             out += [f"  {f}" for f in self.files]
+        return out
+
+
+    def map_lines(self, c: ClassExplanation) -> list[str]:
+        from .pixel_maps import KIND_NAMES
+
+        out = []
+        if c.full_map is not None:
+            out.append(f"maps   {KIND_NAMES.get(c.map_kind, c.map_kind)}; class map peak at x={c.peak[0]}, y={c.peak[1]} px")
+        if c.map_note:
+            out.append(f"note   {c.map_note}")
+        if c.map_cost:
+            k = c.map_cost
+            out.append(f"cost   occlusion: {k['windows']} windows of {k['window_px']} px, {k['encoder_passes']} encoder "
+                       f"passes, {k['seconds']:.1f} s")
+        out += [f"faith  {h}" for h in self.honesty]
         return out
 
 
@@ -260,15 +287,23 @@ def explain_image(
     attribute: str | None = None,
     out_dir: str | Path = "explanations",
     write: bool = True,
+    maps: str = "plan",
+    model=None,
 ) -> ExplainResult:
     """Explain one image's prediction (or ``class_name``'s score) in a run; write PNG overlays.
 
     Overlays: ``OUT/<stem>-<image_id>.<class>-<hash>.png`` (class map) and
     ``OUT/<stem>-<image_id>.<class>-<hash>.attr<id>-<text>.png`` per attribute (only ``attribute``
     when given); ``<hash>`` is a short hash of the exact class name, so names that slug alike
-    never share a file.
+    never share a file. Each map is also written as ``.npy`` (float32, the original image's
+    pixels) next to its PNG.
+
+    ``maps``: ``plan`` (default: plan-dense), ``boxes`` or ``occlusion``
+    (:mod:`pipeline.explain.pixel_maps`); ``model`` (or a zero-argument loader) is the store's
+    model, needed by ``plan`` and ``occlusion``.
     """
-    from .plots import draw_box, overlay, png_bytes
+    from .pixel_maps import class_maps, peak, resize_map
+    from .plots import heat_overlay, image_scale, png_bytes
 
     run = resolve_run(cat, run_id)
     run_id, method = run.run_id, run.method
@@ -312,6 +347,20 @@ def explain_image(
     if pred["rank"] == 1:  # why the prediction and not the runner-up / the true class
         res.contrasts = contrast_panels(cat, run, img["image_id"])
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
+    if maps != "boxes" or write:
+        original = load_image(img["path"])
+        cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
+        ce.map_kind, ce.map_note, ce.map_cost = cm.kind, cm.note, cm.cost
+        ce.full_map, ce.peak = cm.class_map, peak(cm.class_map)
+        ce.map = resize_map(cm.class_map, (w, h))
+        for a in ce.attributes:
+            a.full_map = cm.attribute_map(a.attr_id)
+            if a.full_map is not None:
+                a.peak = peak(a.full_map)
+                a.map = resize_map(a.full_map, (w, h)) if a.map is not None else None
+        from .compare import honesty_lines
+
+        res.honesty = honesty_lines(cat, run_id, cm.kind)
     if write:
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents
@@ -319,22 +368,36 @@ def explain_image(
         stem = f"{_slug(Path(img['path']).stem)}-{img['image_id']}"  # the image id alone is unique
         cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"
-        class_img = overlay(base, ce.map, ce.mask)
-        if ce.object is not None:
-            class_img = draw_box(class_img, scale_boxes([ce.object["box"]], w / img["width"], h / img["height"])[0])
-        files.write_bytes(ce.overlay, png_bytes(class_img))
+        drawn = [a for a in ce.attributes if a.map is not None]
+        scale_ = image_scale([ce.map] + [a.map for a in drawn])  # one colour scale for every map of the image
+        label = "mass/px" if ce.map_kind != "occlusion" else "drop"
+        obox = scale_boxes([ce.object["box"]], w / img["width"], h / img["height"])[0] if ce.object is not None else None
+        files.write_bytes(ce.overlay, png_bytes(heat_overlay(base, ce.map, scale_, label=label, box=obox)))
         res.files.append(ce.overlay)
-        for a in ce.attributes:
-            if a.map is None:
-                continue
+        ce.npy = files.write_bytes(out / f"{stem}.{cslug}.npy", npy_bytes(ce.full_map))
+        res.files.append(ce.npy)
+        for a in drawn:
             a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
-            files.write_bytes(a.overlay, png_bytes(overlay(base, a.map, ce.mask)))
+            files.write_bytes(a.overlay, png_bytes(heat_overlay(base, a.map, scale_, label=label)))
             res.files.append(a.overlay)
+            if a.full_map is not None:
+                a.npy = files.write_bytes(a.overlay.with_suffix(".npy"), npy_bytes(a.full_map))
+                res.files.append(a.npy)
         if pmaps is not None:  # where the pair's state and its object were found
+            pscale = image_scale([pmaps[0], pmaps[1]])
             for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):
                 path = out / f"{stem}.{cslug}.{what}-{_slug(res.pair[what], 30)}.png"
-                res.files.append(files.write_bytes(path, png_bytes(overlay(base, heat, ce.mask))))
+                res.files.append(files.write_bytes(path, png_bytes(heat_overlay(base, heat, pscale))))
     return res
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    """A map as the bytes of a ``.npy`` file (float32)."""
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(a, np.float32), allow_pickle=False)
+    return buf.getvalue()
 
 
 def _match_attribute(texts: dict[int, str], attribute: str, class_name: str) -> list[int]:

@@ -52,6 +52,80 @@ def overlay(image: Image.Image, heat: np.ndarray, mask: np.ndarray | None = None
     return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))
 
 
+MAP_CMAP = "viridis"  # perceptually uniform: equal steps in value look like equal steps in colour
+DISPLAY_SIDE = 384  # maps smaller than this are drawn upsampled (smoothly) to this long side
+MAP_ALPHA = 0.8  # the map's opacity from OPAQUE_FROM of the image's scale up; it falls to 0 at TRANSPARENT_BELOW
+TRANSPARENT_BELOW = 0.05  # share of the image's scale under which a pixel shows the image alone
+OPAQUE_FROM = 0.4
+
+
+def image_scale(maps) -> tuple[float, float]:
+    """(lo, hi) shared by every map of one image: 0 (or the lowest value, when negative) to the
+    highest value over all of them. One scale per image, so a flat map looks flat."""
+    vals = [np.asarray(m, np.float64) for m in maps if m is not None and np.size(m)]
+    if not vals:
+        return 0.0, 1.0
+    hi = max(float(v.max()) for v in vals)
+    lo = min(0.0, min(float(v.min()) for v in vals))
+    if lo > -1e-9 * abs(hi):  # float round-off of a non-negative density
+        lo = 0.0
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if a.shape == (size[1], size[0]):
+        return a
+    return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR), np.float64)
+
+
+def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float], *, cmap: str = MAP_CMAP,
+                 display_side: int = DISPLAY_SIDE, label: str | None = None, colorbar: bool = True,
+                 box=None) -> Image.Image:
+    """The map drawn over the image on a fixed scale, with a colour bar.
+
+    The image and the map are upsampled to ``display_side`` (long side; Lanczos for the image,
+    bilinear for the map) when smaller. v = (heat - lo) / (hi - lo) clipped to [0, 1]; colour =
+    cmap(v); opacity = MAP_ALPHA · clip((v - t) / (o - t), 0, 1) with t = TRANSPARENT_BELOW and
+    o = OPAQUE_FROM, so low values leave the image visible. The colour bar on the right is labelled lo .. hi (``label``:
+    what the values are). ``box`` (x0, y0, x1, y1 in the image's pixels) is outlined.
+    """
+    from PIL import ImageDraw
+
+    img = image.convert("RGB")
+    W, H = img.size
+    f = max(1.0, display_side / max(W, H))
+    size = (max(1, round(W * f)), max(1, round(H * f)))
+    if size != (W, H):
+        img = img.resize(size, Image.Resampling.LANCZOS)
+    heat = np.asarray(heat, np.float64)
+    if heat.shape != (H, W):
+        raise ValueError(f"heatmap {heat.shape} does not match image {(H, W)}")
+    h = _resize_float(heat, size)
+    lo, hi = scale
+    v = np.clip((h - lo) / (hi - lo), 0.0, 1.0)
+    lut = colormap_lut(cmap).astype(np.float64)
+    colour = lut[np.clip((v * 255).round().astype(np.int64), 0, 255)]
+    a = (MAP_ALPHA * np.clip((v - TRANSPARENT_BELOW) / (OPAQUE_FROM - TRANSPARENT_BELOW), 0.0, 1.0))[..., None]
+    base = np.asarray(img, np.float64)
+    out = Image.fromarray(((1 - a) * base + a * colour).round().clip(0, 255).astype(np.uint8))
+    if box is not None:
+        out = draw_box(out, [float(c) * f for c in box])
+    if not colorbar:
+        return out
+    bar_w, pad, text_w = 14, 6, 64
+    canvas = Image.new("RGB", (size[0] + pad + bar_w + text_w, size[1]), (255, 255, 255))
+    canvas.paste(out, (0, 0))
+    grad = lut[np.linspace(255, 0, size[1]).round().astype(np.int64)].astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1)), (size[0] + pad, 0))
+    d = ImageDraw.Draw(canvas)
+    x = size[0] + pad + bar_w + 3
+    d.text((x, 0), f"{hi:.3g}", fill=(0, 0, 0))
+    d.text((x, size[1] - 12), f"{lo:.3g}", fill=(0, 0, 0))
+    if label:
+        d.text((x, size[1] // 2 - 6), label[:10], fill=(80, 80, 80))
+    return canvas
+
+
 def draw_box(image: Image.Image, box, colour=(255, 255, 255), width: int = 2) -> Image.Image:
     """A copy of the image with a rectangle outline on ``box`` (x0, y0, x1, y1; x1/y1 exclusive),
     e.g. the object that carried a class."""
@@ -132,4 +206,31 @@ def accuracy_png(per_class: list[tuple[str, int, int]], title: str = "Top-1 accu
     ax.set_xlim(0, 1)
     ax.set_xlabel("accuracy")
     ax.set_title(title)
+    return _fig_png(fig)
+
+
+def compare_png(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], aucs: dict[str, dict[str, float]],
+                title: str = "Map kinds: deletion and insertion") -> bytes:
+    """Two panels (deletion, insertion): the mean curve of each map kind (kind -> mode -> (x, y)),
+    AUC in the legend; random maps dashed grey."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
+    colours = matplotlib.colormaps["tab10"]
+    for ax, mode, note in ((axes[0], "deletion", "lower is better"), (axes[1], "insertion", "higher is better")):
+        for i, (kind, modes) in enumerate(curves.items()):
+            if mode not in modes:
+                continue
+            x, y = modes[mode]
+            auc = aucs.get(kind, {}).get(mode)
+            rnd = kind == "random"
+            ax.plot(x, y, linestyle="--" if rnd else "-", color="0.4" if rnd else colours(i % 10), marker="o", markersize=2,
+                    label=f"{_plain(kind)}" + (f" ({auc:.3f})" if auc is not None else ""))
+        ax.set_title(f"{mode} ({note})", fontsize=9)
+        ax.set_xlabel("fraction of pixels deleted / inserted")
+        ax.set_xlim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("class probability")
+    fig.suptitle(title, fontsize=10)
     return _fig_png(fig)

@@ -30,7 +30,7 @@ from ..names import norm_class_name
 from .concepts import concept_view
 from .contrasts import contrast_panels, missing_true_note, pair_text
 from .explain import explain_class, image_predictions, load_image, prepare_image
-from .plots import accuracy_png, curves_png, data_uri, overlay, png_bytes, thumbnail
+from .plots import accuracy_png, curves_png, data_uri, heat_overlay, image_scale, png_bytes, thumbnail
 
 TEMPLATE = "report.html.j2"
 
@@ -84,7 +84,7 @@ def faithfulness_summary(cat: Catalog, run_id: int) -> dict | None:
 
 
 def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, top_k: int, top_attrs: int, attr_maps: int,
-                thumb: int) -> dict:
+                thumb: int, maps: str = "plan", model=None) -> dict:
     run_id = run.run_id
     preds = image_predictions(cat, run, img["image_id"])
     top = preds[0]
@@ -125,13 +125,22 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
     except InputError as exc:
         card["error"] = str(exc)
     else:
+        from .pixel_maps import class_maps, resize_map
+
+        cm = class_maps(cat, run, img, load_image(img["path"]), top["class_id"], al, kind=maps, model=model)
+        card["map_kind"], card["map_note"] = cm.kind, cm.note
+        heats = [resize_map(cm.class_map, (w, h))] + [
+            resize_map(m, (w, h)) if (m := cm.attribute_map(a.attr_id)) is not None else a.map
+            for a in ce.attributes[:attr_maps]]
+        scale = image_scale(heats)  # one colour scale per image
+
         def pic(heat):
-            return data_uri(png_bytes(thumbnail(overlay(base, heat, ce.mask), thumb)))
+            return data_uri(png_bytes(thumbnail(heat_overlay(base, heat, scale, display_side=2 * thumb), round(1.3 * thumb))))
 
         card["maps"].append(dict(title="image", uri=data_uri(png_bytes(thumbnail(base, thumb)))))
-        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(ce.map)))
-        for a in ce.attributes[:attr_maps]:
-            card["maps"].append(dict(title=a.text, uri=pic(a.map)))
+        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(heats[0])))
+        for a, heat in zip(ce.attributes[:attr_maps], heats[1:]):
+            card["maps"].append(dict(title=a.text, uri=pic(heat)))
     card["contrasts"] = [_contrast_card(p) for p in contrast_panels(cat, run, img["image_id"])]
     if card["correct"] is False:
         card["tip_note"] = missing_true_note(cat, run, img["image_id"], img["label"], contrast_panels_of(card))
@@ -175,8 +184,11 @@ def build_report(
     attr_maps: int = 3,
     thumb: int = 200,
     plots_dir: str | Path | None = None,
+    maps: str = "plan",
+    model=None,
 ) -> ReportResult:
-    """Write the run's report; wrong predictions come first, then the rest by path."""
+    """Write the run's report; wrong predictions come first, then the rest by path. ``maps``:
+    plan (plan-dense, needs ``model`` or a zero-argument loader; else crop boxes), boxes or occlusion."""
     import jinja2
 
     out = Path(out)
@@ -194,7 +206,15 @@ def build_report(
                          wrong=norm is not None and norm in by_norm and norm != r["predicted_norm"]))
     imgs.sort(key=lambda d: (not d["wrong"], d["path"]))
     shown = imgs[:limit] if limit else imgs
-    cards = [_image_card(cat, run, im, by_norm, top_k, top_attrs, attr_maps, thumb) for im in shown]
+    if callable(model) and not hasattr(model, "encode_images"):
+        model = model() if maps != "boxes" else None
+    cards = [_image_card(cat, run, im, by_norm, top_k, top_attrs, attr_maps, thumb, maps, model) for im in shown]
+    from .compare import EXPLAIN_KIND, honesty_lines
+
+    shown_kind = next((c["map_kind"] for c in cards if c.get("map_kind")), maps)
+    map_info = dict(kind=EXPLAIN_KIND.get(shown_kind, shown_kind), honesty=honesty_lines(cat, run_id, shown_kind),
+                    note=next((c["map_note"] for c in cards if c.get("map_note")), None),
+                    table=_compare_table(cat, run_id))
     per_class = accuracy_by_class(cat, run_id)
     n_lab = sum(t for _, _, t in per_class)
     n_ok = sum(c for _, c, _ in per_class)
@@ -221,13 +241,29 @@ def build_report(
         n_images=len(imgs), n_shown=len(cards), n_wrong=sum(d["wrong"] for d in imgs),
         accuracy=(n_ok / n_lab) if n_lab else None, n_labelled=n_lab, n_correct=n_ok,
         accuracy_plot=data_uri(acc_png) if acc_png else None,
-        faith=faith, unused_n=unused_n, unused=unused, cards=cards,
+        faith=faith, unused_n=unused_n, unused=unused, cards=cards, map_info=map_info,
     )
     files.write_text(out, html)
     return ReportResult(out, run_id, len(cards), len(html.encode()), plots)
 
 
+def _compare_table(cat: Catalog, run_id: int) -> list[dict] | None:
+    """The latest ``faithfulness --compare`` summary of this run (else of the store), one row per map kind."""
+    import duckdb
+
+    try:
+        s = tables.map_kind_summary(cat, run_id, "random")
+    except duckdb.CatalogException:  # a store from before migration m014 opened read-only
+        return None
+    if s is None:
+        return None
+    rows = {}
+    for r in tables.faithfulness_summary_rows(cat, s["faith_run_id"]):
+        rows.setdefault(r["map_kind"], dict(kind=r["map_kind"], images=r["images"]))[r["metric"]] = r
+    return list(rows.values())
+
+
 def write_report(cat: Catalog, run_id: int | None = None, out: str | Path = "report.html", limit: int | None = 50,
-                 progress: bool = False) -> Path:
+                 progress: bool = False, model=None) -> Path:
     """``build_report`` returning the page's path (what ``pipeline demo`` calls)."""
-    return build_report(cat, run_id, out, limit=limit).path
+    return build_report(cat, run_id, out, limit=limit, model=model).path

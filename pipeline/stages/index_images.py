@@ -85,6 +85,13 @@ def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *
     claim_model(cat, model)
     if cfg.source == "patches" and not patch_grid_size(model):
         raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
+    if cfg.source == "patches" and (cfg.dense != "plain" or cfg.layers):
+        from ..explain.dense import check_specs
+
+        try:
+            check_specs(model, cfg.dense_specs())
+        except (ValueError, NotImplementedError) as exc:
+            raise InputError(f"--dense {cfg.dense} --layers {','.join(map(str, cfg.layers)) or '-1'}: {exc}") from None
     known = tables.known_image_hashes(cat)
     if faiss_index is not None:
         check_faiss_index(faiss_index, model, cfg, images_at_most=len(known) + len(items),

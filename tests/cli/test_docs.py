@@ -33,6 +33,9 @@ def store(tmp_path_factory, tiny_model):
     with Catalog(ts.root) as cat:
         faithfulness(cat, None, steps=2, boxes_file=boxes, progress=False,
                      scorer=lambda b, t: b.reshape(len(b), -1).mean(1) / 255.0)
+        from pipeline.explain.compare import compare_maps
+
+        compare_maps(cat, tiny_model, kinds=["crop-boxes", "random"], steps=2, boxes_file=boxes, progress=False)
     return ts.root
 
 

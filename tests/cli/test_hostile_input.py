@@ -320,8 +320,8 @@ def test_overlays_of_names_that_slug_alike_do_not_collide(tmp_path, tiny_model):
         res = invoke("explain", folder / "x" / "0.png", "--class", name, "-o", out, "--store", store, "--format", "json")
         assert res.exit_code == 0, res.output
         rows = json.loads(res.output)
-        written[name] = {r["overlay"] for r in rows if r["overlay"]}
-    class_files = [next(f for f in fs if ".attr" not in f) for fs in written.values()]
+        written[name] = {r[k] for r in rows for k in ("overlay", "npy") if r[k]}
+    class_files = [next(f for f in fs if ".attr" not in f and f.endswith(".png")) for fs in written.values()]
     assert len(set(class_files)) == 4  # one class overlay each, none overwritten
     all_files = set().union(*written.values())
     assert all_files == {str(p) for p in out.iterdir()}  # every file a command reported is still there

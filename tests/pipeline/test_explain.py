@@ -10,7 +10,6 @@ from PIL import Image
 
 from pipeline.cli import cli
 from pipeline.explain.explain import explain_image, load_image
-from pipeline.explain.plots import OVERLAY_ALPHA, colormap_lut
 from queries.regions import patch_boxes, random_square_crops
 from queries.attribution import (
     Alignment,
@@ -127,21 +126,15 @@ def _inside(xs, ys, box):
     return bool(np.all((xs + 0.5 > x0) & (xs + 0.5 <= x1) & (ys + 0.5 > y0) & (ys + 0.5 <= y1)))
 
 
-def _png_levels(png: Path, base: Image.Image, ys, xs) -> np.ndarray:
-    """Invert an overlay file's blend at the given pixels: the colormap level (0..255) shown there."""
-    ov = np.asarray(Image.open(png).convert("RGB"), float)[ys, xs]
-    colour = (ov - (1 - OVERLAY_ALPHA) * np.asarray(base, float)[ys, xs]) / OVERLAY_ALPHA
-    lut = colormap_lut().astype(float)
-    return ((colour[:, None, :] - lut[None]) ** 2).sum(-1).argmin(-1)
-
-
-def hottest_pixels(png: Path, base: Image.Image, heat: np.ndarray, mask: np.ndarray):
-    """The overlay's hottest pixels: where the map is maximal, checked to be drawn in the top colour."""
-    xs, ys = _plateau(heat)
-    assert np.all(_png_levels(png, base, ys, xs) == 255), png  # the file shows this map
-    far = np.unravel_index(np.argmin(np.where(mask, heat, np.inf)), heat.shape)
-    assert _png_levels(png, base, [far[0]], [far[1]])[0] == 0  # ... and its coldest covered pixel in the bottom one
-    return xs, ys
+def hottest_pixels(npy: Path, png: Path, heat: np.ndarray):
+    """The map's hottest pixels, read back from the .npy explain wrote next to the overlay (the
+    same array in the image's pixels); the overlay is the image drawn at display size plus a colour bar."""
+    saved = np.load(npy)
+    assert saved.dtype == np.float32 and saved.shape == heat.shape
+    np.testing.assert_allclose(saved, heat, rtol=1e-6, atol=1e-9 * np.abs(heat).max())
+    im = Image.open(png)
+    assert im.size[1] == 384 and im.size[0] > 384  # 128 px upsampled to 384, colour bar beside
+    return _plateau(heat)
 
 
 def test_hottest_pixels_lie_in_the_boxes_that_carried_the_most_mass(demo, tmp_path):
@@ -157,19 +150,18 @@ def test_hottest_pixels_lie_in_the_boxes_that_carried_the_most_mass(demo, tmp_pa
     n_maps = top1 = top3 = cls_top3 = 0
     with Catalog(demo.root) as cat:
         for im in demo.images:
-            res = explain_image(cat, im.image_id, run_id=demo.run_id, class_name=im.label, out_dir=tmp_path / "maps")
+            res = explain_image(cat, im.image_id, run_id=demo.run_id, class_name=im.label, out_dir=tmp_path / "maps",
+                                maps="boxes")
             ce = res.classes[0]
-            base = load_image(im.path, (res.width, res.height))
             for a in ce.attributes:
-                xs, ys = hottest_pixels(a.overlay, base, a.map, ce.mask)
+                xs, ys = hottest_pixels(a.npy, a.overlay, a.map)
                 order = np.argsort(-a.weights)
                 top3 += any(_inside(xs, ys, res.boxes[r]) for r in order[:3])
                 top1 += _inside(xs, ys, res.boxes[order[0]])
                 n_maps += 1
             # class map: hottest pixels in a region that contributed most above the class average
-            xs, ys = hottest_pixels(ce.overlay, base, ce.map, ce.mask)
+            xs, ys = hottest_pixels(ce.npy, ce.overlay, ce.map)
             cls_top3 += any(_inside(xs, ys, res.boxes[r]) for r in np.argsort(-ce.weights)[:3])
-            assert Image.open(ce.overlay).size == (128, 128)
     assert n_maps == 3 * len(demo.images)  # every attribute that carried mass, for every image
     assert top3 >= 0.9 * n_maps and top1 >= 0.8 * n_maps, (top1, top3, n_maps)
     assert cls_top3 >= 0.75 * len(demo.images), cls_top3
@@ -180,7 +172,7 @@ def test_colour_attribute_points_at_the_object(demo):
     hits = 0
     with Catalog(demo.root) as cat:
         for im in demo.images:
-            res = explain_image(cat, im.image_id, class_name=im.label, write=False)
+            res = explain_image(cat, im.image_id, class_name=im.label, write=False, maps="boxes")
             colour = next(a for a in res.classes[0].attributes if "colour" in a.text)
             hits += colour.map[im.mask].mean() > colour.map[~im.mask].mean()
             # and the shares are the contributions view's, normalised

@@ -116,3 +116,40 @@ def test_same_content_under_another_label_is_reported(tmp_path, tiny_model, imag
         assert rep3.skipped == 6 and rep3.label_conflicts == []
         labels = dict(cat.query("select path, label from images").fetchall())
         assert all(label == ("cat" if "/cat/" in p else "dog") for p, label in labels.items()) and len(labels) == 6
+
+
+@pytest.mark.parametrize("dense,layers", [("sclip", (-1, -2)), ("plain", (-2,)), ("maskclip", ())])
+def test_dense_patch_regions_are_the_dense_tokens_and_travel_with_the_run(tmp_path, tiny_model, image_folder, dense, layers):
+    """--regions patches --dense V --layers L: each patch row is the normalised mean of the token
+    sets dense_feature_sets gives for that spec (recomputed here from the preprocessed image), and
+    the variant and layers are stored in index_runs.params."""
+    from pipeline.explain.dense import dense_feature_sets
+    from stores import tables
+
+    cfg = RegionConfig(source="patches", dense=dense, layers=layers)
+    with Catalog(tmp_path / "s") as cat:
+        index_images(cat, tiny_model, [str(image_folder)], cfg, progress=False, dtype="float32")
+        path, iid = cat.query("select path, image_id from images order by path limit 1").fetchone()
+        rows = cat.query("select kind, embedding from regions where image_id = ? order by y0, x0, kind", [iid]).fetchall()
+        params = tables.index_run_params(cat)
+    pixels = tiny_model.preprocess(Image.open(path).convert("RGB")).unsqueeze(0)
+    specs = ([{"variant": "layers", "layers": list(layers)}] if dense == "plain"
+             else [{"variant": dense, "block": b} for b in (layers or (-1,))])
+    sets, pooled, grid = dense_feature_sets(tiny_model, pixels, specs)
+    ref = torch.nn.functional.normalize(torch.stack(sets).mean(0), dim=-1)[0].numpy()
+    got = np.array([r[1] for r in rows if r[0] == "patch"], np.float32)
+    assert got.shape == (grid[0] * grid[1], ref.shape[1])
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    full = np.array([r[1] for r in rows if r[0] == "full"][0], np.float32)
+    np.testing.assert_allclose(full, pooled[0].numpy(), atol=2e-5)
+    assert [(p["regions"]["dense"], p["regions"]["layers"]) for p in params] == [(dense, list(layers))]
+
+
+def test_dense_options_refused_off_patches(tmp_path, tiny_model, image_folder):
+    with pytest.raises(InputError, match="--regions patches"):
+        RegionConfig(source="crops", dense="sclip")
+    with pytest.raises(InputError, match="--layers"):
+        RegionConfig(source="patches", layers=(-1, -1))
+    with Catalog(tmp_path / "s") as cat, pytest.raises(InputError, match="--layers 9: layer 9 is out of range for a tower of 4 blocks"):
+        index_images(cat, tiny_model, [str(image_folder)], RegionConfig(source="patches", dense="sclip", layers=(9,)),
+                     progress=False)
