@@ -110,6 +110,17 @@ class RegionConfig(_Config):
                                      "modify (maskclip/clearclip/sclip: the token sets averaged); negative counts from "
                                      "the end, e.g. -1,-2. Empty = the last block.")
 
+    def label(self) -> str:
+        """A short name of the region set, e.g. ``crops 90``, ``patches sclip [-1,-2]``, ``grid 2,3``."""
+        if self.source == "patches":
+            out = f"patches {self.dense}" + (f" [{','.join(map(str, self.layers))}]" if self.layers else "")
+        elif self.source == "grid":
+            out = f"grid {','.join(map(str, self.grid_scales))}"
+        else:
+            out = f"crops {self.n_crops}"
+        extras = [f"{n} {k}" for n, k in ((self.n_parts, "parts"), (self.n_views, "views")) if n]
+        return " + ".join([out, *extras])
+
     def __post_init__(self):
         super().__post_init__()
         if self.crop_min > self.crop_max:

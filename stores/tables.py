@@ -773,10 +773,11 @@ def insert_faithfulness(cat: Catalog, rows: FaithfulnessRows) -> None:
                 insert_arrow(cat, table, pa.Table.from_pylist([{**ids, **r} for r in data]))
 
 
-def map_kind_summary(cat: Catalog, run_id: int, map_kind: str) -> dict | None:
+def map_kind_summary(cat: Catalog, run_id: int, map_kind: str, *, this_run: bool = False) -> dict | None:
     """How ``map_kind`` scored in the latest ``faithfulness --compare`` that measured it: of this
-    run if there is one, else of any run in the store. {faith_run_id, run_id, metrics: {metric: row}}."""
-    for where, args in (("run_id = ? AND ", [run_id]), ("", [])):
+    run if there is one, else (unless ``this_run``) of any run in the store.
+    {faith_run_id, run_id, metrics: {metric: row}}."""
+    for where, args in (("run_id = ? AND ", [run_id]), ("", []))[: 1 if this_run else 2]:
         row = cat.con.execute(f"SELECT max(faith_run_id) FROM faithfulness_summary WHERE {where}map_kind = ?",
                               [*args, map_kind]).fetchone()
         if row and row[0] is not None:

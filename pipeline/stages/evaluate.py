@@ -27,6 +27,7 @@ from stores import files, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 
+from ..config import RegionConfig
 from ..errors import InputError
 from ..names import norm_class_name
 from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
@@ -41,6 +42,12 @@ class RunEval:
     metrics: dict
     unmatched_labels: dict = field(default_factory=dict)  # label -> count
     params: dict = field(default_factory=dict)
+    regions: str = ""  # the region set the run scored (RegionConfig.label of its index runs)
+    maps: dict | None = None  # this run's default maps as faithfulness --compare measured them, by metric
+
+
+MAP_KIND = "plan-dense"  # the maps explain draws by default (on patch regions: the plan over patch cells)
+MAP_METRICS = ("pointing", "deletion", "insertion")
 
 
 def latest_runs(cat: Catalog, methods: list[str] | None = None) -> list[int]:
@@ -97,7 +104,34 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         metrics["acc1_per_draw_std"] = float(per_draw.std())
         metrics["n_draws"] = len(per_draw)
     metrics.update(czsl_columns(czsl_evaluation(cat, run_id)))  # (state, object) pairs marked seen/unseen
-    return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params)
+    return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params,
+                   regions=region_set_label(run.params.get("index_runs") or []), maps=map_quality(cat, run_id))
+
+
+def region_set_label(index_runs: list[dict]) -> str:
+    """The region sets of the index runs a classify run read, e.g. ``crops 90`` (distinct, in order)."""
+    labels = []
+    for p in index_runs:
+        if "regions" in p:
+            try:
+                label = RegionConfig.from_dict(p["regions"]).label()
+            except InputError:  # settings of another version: name the source alone
+                label = str(p["regions"].get("source", "?"))
+            if label not in labels:
+                labels.append(label)
+    return " | ".join(labels)
+
+
+def map_quality(cat: Catalog, run_id: int) -> dict | None:
+    """{metric: faithfulness_summary row} of this run's default maps, if ``faithfulness --compare``
+    measured them for this run (pointing, deletion, insertion; each with random maps' value)."""
+    import duckdb
+
+    try:
+        s = tables.map_kind_summary(cat, run_id, MAP_KIND, this_run=True)
+    except duckdb.CatalogException:  # a store from before migration m014, opened read-only
+        return None
+    return None if s is None else {m: s["metrics"][m] for m in MAP_METRICS if m in s["metrics"]}
 
 
 def classification_metrics(truth: np.ndarray, ranked: list[list[int]], n_classes: int) -> dict:
@@ -210,16 +244,47 @@ def table_rows(evals: list[RunEval]) -> list[dict]:
         group = seeds.get(ev.run_id)
         acc = np.array([g.metrics["acc1"] for g in group]) if group else None
         rows.append({
-            "method": ev.method, "run_id": ev.run_id, "images": ev.n_images, "acc1": m["acc1"], "acc5": m["acc5"],
+            "method": ev.method, "run_id": ev.run_id, "regions": ev.regions, "images": ev.n_images, "acc1": m["acc1"],
+            "acc5": m["acc5"],
             "mean_per_class_recall": m["mean_per_class_recall"], "shortlist_recall": m.get("shortlist_recall"),
             "acc1_per_draw_mean": m.get("acc1_per_draw_mean"), "acc1_per_draw_std": m.get("acc1_per_draw_std"),
             "seed": ev.params["config"]["seed"] if group else None,
             "acc1_seeds_mean": float(acc.mean()) if group else None, "acc1_seeds_std": float(acc.std()) if group else None,
             "n_seeds": len(group) if group else None,
         })
+        rows[-1].update(_map_columns(ev.maps))
         if any("closed_hm" in e.metrics for e in evals):  # CZSL columns only where pairs are marked seen/unseen
             rows[-1].update({k: m.get(k) for k in CZSL_COLUMNS})
     return rows
+
+
+def _map_columns(maps: dict | None) -> dict:
+    """maps_<metric> and maps_<metric>_random (pointing: its chance), maps_better: metrics whose
+    difference to random maps has a 95% interval on the good side, of those measured."""
+    out = {}
+    for m in MAP_METRICS:
+        r = (maps or {}).get(m)
+        out[f"maps_{m}"] = r["value"] if r else None
+        out[f"maps_{m}_{'chance' if m == 'pointing' else 'random'}"] = (r["chance"] if m == "pointing" else
+                                                                        r["random_value"]) if r else None
+    out["maps_better"] = f"{sum(bool(r['better']) for r in maps.values())}/{len(maps)}" if maps else None
+    return out
+
+
+def format_maps_table(rows: list[dict]) -> list[str]:
+    """Map quality beside accuracy, for runs whose default maps faithfulness --compare measured."""
+    measured = [r for r in rows if r["maps_better"] is not None]
+    if not measured:
+        return []
+    head = f"{'method':14s} {'run':>4s} {'regions':24s} {'acc1':>7s} {'pointing (chance)':>18s} {'deletion (random)':>18s} " \
+           f"{'insertion (random)':>19s} {'better':>6s}"
+    out = ["", f"maps ({MAP_KIND}, `faithfulness --compare`; deletion lower is better):", head, "-" * len(head)]
+    for r in measured:
+        cell = lambda m, ref: "-" if r[f"maps_{m}"] is None else f"{r[f'maps_{m}']:.3f} ({r[f'maps_{m}_{ref}']:.3f})"  # noqa: E731
+        out.append(f"{r['method']:14s} {r['run_id']:>4d} {r['regions'][:24]:24s} {_pct(r['acc1'])} "
+                   f"{cell('pointing', 'chance'):>18s} {cell('deletion', 'random'):>18s} {cell('insertion', 'random'):>19s} "
+                   f"{r['maps_better']:>6s}")
+    return out
 
 
 def format_table(evals: list[RunEval]) -> str:
@@ -241,4 +306,7 @@ def format_table(evals: list[RunEval]) -> str:
         seeds = [g.params["config"]["seed"] for g in group]
         notes.append(f"{group[0].method} (runs {group[0].run_id}-{group[-1].run_id}, seeds {min(seeds)}-{max(seeds)}): "
                      f"acc1 {100 * r['acc1_seeds_mean']:.2f} ± {100 * r['acc1_seeds_std']:.2f}% over {len(group)} seeds")
-    return "\n".join(lines + notes + format_czsl_table(evals))
+    sets = sorted({r["regions"] for r in rows if r["regions"]})
+    if sets:
+        notes.append(f"regions: {'; '.join(sets)}")
+    return "\n".join(lines + notes + format_maps_table(rows) + format_czsl_table(evals))

@@ -164,3 +164,22 @@ def test_map_errors_are_one_line(shapes, tmp_path):
                       (["explain", ts.images[0].path, "--maps", "rise"], "Invalid value for '--maps'")):
         r = CliRunner().invoke(cli, [*args, "--store", str(ts.root)])
         assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, r.output
+    # evaluate puts the run's measured default maps beside its accuracy, with its region set
+    with Catalog(ts.root, read_only=True) as cat:
+        run_id = cat.query("SELECT DISTINCT run_id FROM faithfulness_summary WHERE faith_run_id = ?", [fid]).fetchone()[0]
+        index = tables.index_run_params(cat)
+    r = CliRunner().invoke(cli, ["evaluate", "--store", str(ts.root), "--run", str(run_id), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    [row] = json.loads(r.stdout)
+    from pipeline.config import RegionConfig
+
+    assert row["regions"] == RegionConfig.from_dict(index[0]["regions"]).label()
+    assert row["maps_pointing"] == pytest.approx(summ[("plan-dense", "pointing")]["value"])
+    assert row["maps_pointing_chance"] == pytest.approx(chance)
+    for m in ("deletion", "insertion"):
+        assert row[f"maps_{m}"] == pytest.approx(summ[("plan-dense", m)]["value"])
+        assert row[f"maps_{m}_random"] == pytest.approx(summ[("plan-dense", m)]["random_value"])
+    better = sum(bool(summ[("plan-dense", m)]["better"]) for m in ("pointing", "deletion", "insertion"))
+    assert row["maps_better"] == f"{better}/3"
+    r = CliRunner().invoke(cli, ["evaluate", "--store", str(ts.root), "--run", str(run_id)])
+    assert "maps (plan-dense" in r.output and f"{summ[('plan-dense', 'pointing')]['value']:.3f} ({chance:.3f})" in r.output
