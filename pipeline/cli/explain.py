@@ -24,8 +24,10 @@ from .options import (
 from .output import emit, format_records
 
 
-EXPLAIN_COLUMNS = ["image", "class_name", "attribute", "share", "contribution", "mass", "similarity", "overlay", "kind",
-                   "other_class", "other_attribute", "shared", "term", "reason_rank", "gap", "runner_up", "true_class"]
+# map rows (kind class | attribute) fill the first block, contrast rows (kind contrast) the last
+EXPLAIN_COLUMNS = ["image", "class_name", "attribute", "kind", "share", "contribution", "mass", "similarity", "map_kind",
+                   "peak", "npy", "overlay", "other_class", "other_attribute", "shared", "term", "reason_rank", "gap",
+                   "runner_up", "true_class"]
 
 
 @command(cli, "explain")

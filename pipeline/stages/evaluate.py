@@ -105,7 +105,8 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         metrics["n_draws"] = len(per_draw)
     metrics.update(czsl_columns(czsl_evaluation(cat, run_id)))  # (state, object) pairs marked seen/unseen
     return RunEval(run_id, run.method, run.model, len(truth), metrics, unmatched, run.params,
-                   regions=region_set_label(run.params.get("index_runs") or []), maps=map_quality(cat, run_id))
+                   regions=region_set_label(run.params.get("index_runs") or tables.index_run_params(cat)),
+                   maps=map_quality(cat, run_id))
 
 
 def region_set_label(index_runs: list[dict]) -> str:
