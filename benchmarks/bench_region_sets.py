@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 REGION_SETS = {
-    "crops 30 (toy-demo, default)": ["--preset", "toy-demo"],
+    "crops 30 (toy-demo default)": ["--preset", "toy-demo"],
     "patches plain": ["--regions", "patches", "--dense", "plain"],
     "patches maskclip": ["--regions", "patches", "--dense", "maskclip"],
     "patches clearclip": ["--regions", "patches", "--dense", "clearclip"],
