@@ -80,6 +80,15 @@ def _grown(box, tol, h, w):
 
 
 # ---------------------------------------------------------------------------------- maps
+def _plan_and_fused(w, i: int, c: int, theta: float = 0.8):
+    """Image i, class c: the plan's attribute columns, the plan T and the fused similarity F
+    ((1-θ)·full + θ·crop) it was paid with."""
+    cols = w.attr_index[i, c]
+    cols = cols[cols >= 0]
+    A = w.attr[cols]
+    return cols, w.plan[i, c][:, : len(cols)], (1 - theta) * (w.full[i] @ A.T)[None] + theta * (w.crops[i] @ A.T)
+
+
 def make_maps(w, i: int, kinds: list[str], *, tau: float, occ_stride: int, rng) -> dict:
     """{kind: {"attr": (4, H, W) maps of the true class's attributes, "class": (H, W) map of the predicted class}}."""
     import torch
@@ -99,15 +108,10 @@ def make_maps(w, i: int, kinds: list[str], *, tau: float, occ_stride: int, rng) 
     ct, cp = int(w.labels[i]), int(w.predictions[i])
     kept = w.crop_mass[i] > 0
     boxes = w.boxes[i]
-    th = 0.8
+    th = 0.8  # LaZSL's θ of the toy world's runs
 
     def plan_and_fused(c):
-        cols = w.attr_index[i, c]
-        cols = cols[cols >= 0]
-        T = w.plan[i, c][:, : len(cols)]
-        A = w.attr[cols]
-        Fm = (1 - th) * (w.full[i] @ A.T)[None] + th * (w.crops[i] @ A.T)
-        return cols, T, Fm
+        return _plan_and_fused(w, i, c, th)
 
     out: dict[str, dict] = {}
     ctx = {}
@@ -249,21 +253,12 @@ def contrast_stats(w) -> dict:
         return {"skipped": "queries.contrast is not on this branch"}
     from queries.attribution import Alignment, tipping_attribute
 
-    th = 0.8
     rows = []
     err = 0.0
     for i in np.flatnonzero(w.predictions != w.labels):
         cp, ct = int(w.predictions[i]), int(w.labels[i])
-
-        def parts(c):
-            cols = w.attr_index[i, c]
-            cols = cols[cols >= 0]
-            T = w.plan[i, c][:, : len(cols)]
-            A = w.attr[cols]
-            Fm = (1 - th) * (w.full[i] @ A.T)[None] + th * (w.crops[i] @ A.T)
-            return cols, T, Fm
-        cols_p, Tp, Fp = parts(cp)
-        cols_t, Tt, Ft = parts(ct)
+        cols_p, Tp, Fp = _plan_and_fused(w, i, cp)
+        cols_t, Tt, Ft = _plan_and_fused(w, i, ct)
         r = contrast_terms(plan_contributions(Tp, Fp), plan_contributions(Tt, Ft),
                            [w.attr_text[a] for a in cols_p], [w.attr_text[a] for a in cols_t],
                            emb_a=w.attr[cols_p], emb_b=w.attr[cols_t])
