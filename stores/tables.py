@@ -545,15 +545,22 @@ def insert_contrast_terms(cat: Catalog, columns: dict[str, Any]) -> int:
     return insert_columns(cat, "contrast_terms", columns)
 
 
+def run_image_ids(cat: Catalog, run_id: int) -> list[int]:
+    """The images a run stored predictions for, ascending."""
+    return [r[0] for r in cat.con.execute(
+        "SELECT DISTINCT image_id FROM predictions WHERE run_id = ? ORDER BY image_id", [run_id]).fetchall()]
+
+
 def top_two_with_labels(cat: Catalog, run_id: int, image_ids: Sequence[int] | None = None) -> list[tuple]:
     """(image_id, label, [class_id by rank, at most 2], [score by rank]) of each image of a run."""
-    where, args = "", [run_id]
+    where = ""
     if image_ids is not None:
-        where, args = " AND list_contains(?, p.image_id)", [run_id, [int(i) for i in image_ids]]
+        wanted_ids = pa.table({"image_id": pa.array([int(i) for i in image_ids], pa.int64())})  # noqa: F841 (by name)
+        where = " AND p.image_id IN (SELECT image_id FROM wanted_ids)"
     return cat.con.execute(
         "SELECT p.image_id, any_value(i.label), list(p.class_id ORDER BY p.rank), list(p.score ORDER BY p.rank) "
         "FROM predictions p JOIN images i USING (image_id) WHERE p.run_id = ? AND p.rank <= 2" + where +
-        " GROUP BY p.image_id ORDER BY p.image_id", args).fetchall()
+        " GROUP BY p.image_id ORDER BY p.image_id", [run_id]).fetchall()
 
 
 def class_contributions(cat: Catalog, run_id: int, image_ids: Sequence[int], class_ids: Sequence[int]) -> list[tuple]:

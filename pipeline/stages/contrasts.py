@@ -114,9 +114,16 @@ def contrast_columns(run_id: int, contrasts: list[Contrast]) -> dict:
             "gap": pa.array(cols["gap"], pa.float64())}
 
 
+IMAGES_PER_CHUNK = 20_000  # contrasts are computed and written this many images at a time (bounded memory)
+
+
 def store_contrasts(cat: Catalog, run_id: int, image_ids=None) -> int:
-    """Compute and insert the run's contrast terms (the caller holds the transaction). Rows written."""
-    contrasts = compute_contrasts(cat, run_id, image_ids)
-    if not contrasts:
-        return 0
-    return tables.insert_contrast_terms(cat, contrast_columns(run_id, contrasts))
+    """Compute and insert the run's contrast terms (the caller holds the transaction), in chunks
+    of :data:`IMAGES_PER_CHUNK` images. Rows written."""
+    ids = sorted({int(i) for i in (image_ids if image_ids is not None else tables.run_image_ids(cat, run_id))})
+    written = 0
+    for start in range(0, len(ids), IMAGES_PER_CHUNK):
+        contrasts = compute_contrasts(cat, run_id, ids[start : start + IMAGES_PER_CHUNK])
+        if contrasts:
+            written += tables.insert_contrast_terms(cat, contrast_columns(run_id, contrasts))
+    return written

@@ -167,3 +167,24 @@ def test_alignments_top_decides_which_contrasts_exist(tmp_path, tiny_model):
     assert got == (n_images, 0)
     assert not two.notes and any("--alignments-top 1" in n for n in one.notes)
     assert deep and all("no plan stored for the true class" in n and "--alignments-top" in n for n in notes)
+
+
+def test_contrasts_written_in_chunks_equal_one_pass(truth, tmp_path, monkeypatch):
+    """store_contrasts in chunks of 2 images writes the rows one pass over all images writes."""
+    import shutil
+
+    from pipeline.stages import contrasts as stage
+
+    store = tmp_path / "s"
+    shutil.copytree(truth.root, store)
+    with Catalog(store) as cat:
+        run_id = truth.run_id
+        cols = "image_id, class_id, other_class_id, attr_id, other_attr_id, shared, term, reason_rank, gap"
+        before = cat.query(f"SELECT {cols} FROM contrast_terms WHERE run_id = ? ORDER BY ALL", [run_id]).fetchall()
+        n_images = len(tables.run_image_ids(cat, run_id))
+        with cat.transaction():
+            cat.con.execute("DELETE FROM contrast_terms WHERE run_id = ?", [run_id])
+            monkeypatch.setattr(stage, "IMAGES_PER_CHUNK", 2)
+            assert stage.store_contrasts(cat, run_id) == len(before)
+        after = cat.query(f"SELECT {cols} FROM contrast_terms WHERE run_id = ? ORDER BY ALL", [run_id]).fetchall()
+    assert n_images > 2 and len(before) > 0 and after == before
