@@ -6,6 +6,7 @@ device), numpy otherwise. Computation always happens in torch.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,3 +89,47 @@ def check_dims(**arrays: torch.Tensor) -> int:
     if len(set(dims.values())) != 1:
         raise ValueError(f"embedding dimensions differ: {dims}")
     return next(iter(dims.values()))
+
+
+@dataclass(frozen=True)
+class CandidateTexts:
+    """Each image's candidate classes and their texts, laid out for batched OT.
+
+    ``cand`` (B, K) class indices; ``n_pair`` (B, K) texts of each candidate; ``order``, ``ptr``:
+    the class -> text rows CSR (texts in ``attr`` order); ``attr_index`` (B, K, n_max) the text
+    rows of each candidate, -1 past its own count (``valid``); ``n_max`` the longest candidate."""
+
+    cand: torch.Tensor
+    n_pair: torch.Tensor
+    order: torch.Tensor
+    ptr: torch.Tensor
+    n_max: int
+    valid: torch.Tensor
+    attr_index: torch.Tensor
+
+
+def candidate_texts(attr_class: torch.Tensor, candidates: Any, n_images: int, device: torch.device) -> CandidateTexts:
+    """The layout of :class:`CandidateTexts`; ``candidates`` None means every class for every
+    image. A candidate class without texts, or a negative index, is a ValueError."""
+    n_cls = int(attr_class.max()) + 1 if attr_class.numel() else 0
+    if candidates is None:
+        cand = torch.arange(n_cls, device=device).expand(n_images, -1).contiguous()
+    else:
+        cand = as_index(candidates, device)
+        if cand.ndim != 2 or cand.shape[0] != n_images:
+            raise ValueError(f"candidates must be (B, K); got {tuple(cand.shape)}")
+        if cand.numel() and int(cand.min()) < 0:
+            raise ValueError("candidate class indices must be >= 0")
+        n_cls = max(n_cls, int(cand.max()) + 1 if cand.numel() else 0)
+    counts = torch.bincount(attr_class, minlength=n_cls)
+    n_pair = counts[cand]
+    if (n_pair == 0).any():
+        raise ValueError(f"candidate classes without descriptors: {torch.unique(cand[n_pair == 0])[:5].tolist()}")
+    order = torch.argsort(attr_class, stable=True)
+    ptr = torch.zeros(n_cls + 1, dtype=torch.int64, device=device)
+    ptr[1:] = torch.cumsum(counts, 0)
+    n_max = int(n_pair.max()) if n_pair.numel() else 0
+    j = torch.arange(n_max, device=device)
+    valid = j < n_pair.unsqueeze(-1)
+    attr_index = torch.where(valid, order[torch.where(valid, ptr[cand].unsqueeze(-1) + j, 0)], -1)
+    return CandidateTexts(cand, n_pair, order, ptr, n_max, valid, attr_index)

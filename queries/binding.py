@@ -47,7 +47,7 @@ from typing import Any
 
 import torch
 
-from queries._arrays import any_torch, as_float, as_index, out, pick_device
+from queries._arrays import any_torch, as_float, as_index, candidate_texts, out, pick_device
 from queries.transport import PLAIN_MAX_SCALE
 
 __all__ = ["BindingResult", "object_bound_scores", "part_structure"]
@@ -226,23 +226,9 @@ def object_bound_scores(
     if 2.01 / eps > PLAIN_MAX_SCALE[dt]:
         raise ValueError(f"eps={eps} is too small for the plain Sinkhorn kernel in {dt}")
     B, R, _ = X.shape
-    n_cls = int(ac.max()) + 1 if ac.numel() else 0
-    if candidates is None:
-        cand = torch.arange(n_cls, device=dev).expand(B, -1).contiguous()
-    else:
-        cand = as_index(candidates, dev)
-        if cand.ndim != 2 or cand.shape[0] != B:
-            raise ValueError(f"candidates must be (B, K); got {tuple(cand.shape)}")
-        n_cls = max(n_cls, int(cand.max()) + 1 if cand.numel() else 0)
+    ct = candidate_texts(ac, candidates, B, dev)
+    cand, npair, n_max, valid, attr_index = ct.cand, ct.n_pair, ct.n_max, ct.valid, ct.attr_index
     K = cand.shape[1]
-    counts = torch.bincount(ac, minlength=n_cls)
-    if (counts[cand] == 0).any():
-        raise ValueError(f"candidate classes without descriptors: {torch.unique(cand[counts[cand] == 0])[:5].tolist()}")
-    order = torch.argsort(ac, stable=True)
-    ptr = torch.zeros(n_cls + 1, dtype=torch.int64, device=dev)
-    ptr[1:] = torch.cumsum(counts, 0)
-    n_max = int(counts.max()) if counts.numel() else 0
-    j = torch.arange(n_max, device=dev)
 
     scores = torch.full((B, K), float("-inf"), dtype=dt, device=dev)
     glob = torch.zeros((B, K), dtype=dt, device=dev)
@@ -252,9 +238,6 @@ def object_bound_scores(
     fused = torch.zeros((B, K, R, n_max), dtype=dt, device=dev) if return_plan else None
     n_parts_all = torch.zeros((B, R), dtype=torch.int64, device=dev)
     n_solved = torch.zeros(B, dtype=torch.int64, device=dev)
-    npair = counts[cand]  # (B, K)
-    valid = j < npair.unsqueeze(2)  # (B, K, n_max)
-    attr_index = torch.where(valid, order[torch.where(valid, ptr[cand].unsqueeze(2) + j, 0)], -1)
     col_bucket = torch.clamp(torch.ceil(torch.log2(npair.to(torch.float64))), min=2).to(torch.int64)
 
     step = max(1, chunk_elements // max(1, R * K * max(1, n_max)))

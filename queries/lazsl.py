@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from queries._arrays import any_torch, as_float, as_index, check_dims, out, pick_device
+from queries._arrays import any_torch, as_float, as_index, candidate_texts, check_dims, out, pick_device
 from queries.transport import PLAIN_MAX_SCALE, _solve_plain, _solve_transposed
 
 __all__ = ["LazslResult", "lazsl_scores"]
@@ -149,32 +149,9 @@ def lazsl_scores(
     if ac.shape != (t.shape[0],):
         raise ValueError("attr_class must have one entry per attr row")
     B, M, D = x.shape
-    n_cls = int(ac.max()) + 1 if ac.numel() else 0
-    if candidates is None:
-        cand = torch.arange(n_cls, device=dev).expand(B, -1).contiguous()
-    else:
-        cand = as_index(candidates, dev)
-        if cand.ndim != 2 or cand.shape[0] != B:
-            raise ValueError(f"candidates must be (B, K); got {tuple(cand.shape)}")
-        if cand.numel() and int(cand.min()) < 0:
-            raise ValueError("candidate class indices must be >= 0")
-        n_cls = max(n_cls, int(cand.max()) + 1 if cand.numel() else 0)
+    ct = candidate_texts(ac, candidates, B, dev)  # class -> descriptor rows (attr order), per image
+    cand, n_pair, order, ptr, n_max, attr_index = ct.cand, ct.n_pair, ct.order, ct.ptr, ct.n_max, ct.attr_index
     K = cand.shape[1]
-    counts = torch.bincount(ac, minlength=n_cls)
-    n_pair = counts[cand]  # (B, K) descriptors per pair
-    if (n_pair == 0).any():
-        bad = torch.unique(cand[n_pair == 0])[:5].tolist()
-        raise ValueError(f"candidate classes without descriptors: {bad}")
-
-    # Class -> its descriptor rows (in attr order), as CSR.
-    order = torch.argsort(ac, stable=True)
-    ptr = torch.zeros(n_cls + 1, dtype=torch.int64, device=dev)
-    ptr[1:] = torch.cumsum(counts, 0)
-    n_max = int(n_pair.max()) if n_pair.numel() else 0
-    j = torch.arange(n_max, device=dev)
-    start = ptr[cand].unsqueeze(-1) + j  # (B, K, n_max)
-    valid = j < n_pair.unsqueeze(-1)
-    attr_index = torch.where(valid, order[torch.where(valid, start, 0)], -1)
 
     # Crop marginal (OP.py l.107-113): drop crops below the mean crop-full similarity.
     sim_rg = torch.einsum("bmd,bd->bm", x, f)
