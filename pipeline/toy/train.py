@@ -28,6 +28,24 @@ _logger = logging.getLogger(__name__)
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "data" / "toy-clip.pt"  # the repository's data/
 
 
+def view_around(box, rng: np.random.Generator, size: int, min_side: float) -> tuple[int, int, int, int]:
+    """A square view (side ~ U(min_side, 0.7)·size) centred near ``box``, inside the image."""
+    side = int(round(rng.uniform(min_side, 0.7) * size))
+    cx = (box[0] + box[2]) / 2 + rng.uniform(-0.25, 0.25) * side
+    cy = (box[1] + box[3]) / 2 + rng.uniform(-0.25, 0.25) * side
+    x0 = int(round(min(max(cx - side / 2, 0), size - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), size - side)))
+    return (x0, y0, x0 + side, y0 + side)
+
+
+def random_view(rng: np.random.Generator, size: int, crop_range) -> tuple[int, int, int, int]:
+    """A square view anywhere in the image, side ~ U(crop_range)·size."""
+    side = int(round(rng.uniform(*crop_range) * size))
+    x0 = int(rng.integers(0, size - side + 1))
+    y0 = int(rng.integers(0, size - side + 1))
+    return (x0, y0, x0 + side, y0 + side)
+
+
 def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, views_per_scene: int = 2,
                  nonce_pool: list[str] | None = None, p_two_birds: float = 0.25,
                  scale=tw.TRAIN_SCALE, p_full: float = 0.35, p_part: float = 0.35,
@@ -47,18 +65,9 @@ def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, 
             elif r < p_full + p_part:
                 bird = scene.birds[rng.integers(len(scene.birds))]
                 part = tw.PART_NAMES[rng.integers(len(tw.PART_NAMES))]
-                b = bird.boxes[part]
-                side = int(round(rng.uniform(crop_range[0], 0.7) * size))
-                cx = (b[0] + b[2]) / 2 + rng.uniform(-0.25, 0.25) * side
-                cy = (b[1] + b[3]) / 2 + rng.uniform(-0.25, 0.25) * side
-                x0 = int(round(min(max(cx - side / 2, 0), size - side)))
-                y0 = int(round(min(max(cy - side / 2, 0), size - side)))
-                view = (x0, y0, x0 + side, y0 + side)
+                view = view_around(bird.boxes[part], rng, size, crop_range[0])
             else:
-                side = int(round(rng.uniform(*crop_range) * size))
-                x0 = int(rng.integers(0, size - side + 1))
-                y0 = int(rng.integers(0, size - side + 1))
-                view = (x0, y0, x0 + side, y0 + side)
+                view = random_view(rng, size, crop_range)
             nonce = nonce_pool[rng.integers(len(nonce_pool))] if nonce_pool else None
             cap = tw.caption_view(scene, view, rng, nonce=nonce, p_dclip=p_dclip)
             img = scene.image if view == (0, 0, size, size) else scene.image.crop(view)

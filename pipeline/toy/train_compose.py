@@ -23,7 +23,7 @@ import numpy as np
 
 from . import compose_world as cw
 from . import world as tw
-from .train import fit_clip, save_weights
+from .train import fit_clip, random_view, save_weights, view_around
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "data" / "toy-compose.pt"  # the repository's data/
 MODEL_NAME = "zsl-compose"
@@ -48,17 +48,9 @@ def sample_views(rng: np.random.Generator, split: cw.PairSplit, n_scenes: int, v
             elif r < p_full + p_local:
                 it = scene.items[rng.integers(len(scene.items))]
                 b = it.state_box if rng.random() < 0.6 else it.part_box
-                side_px = int(round(rng.uniform(crop_range[0], 0.7) * size))
-                cx = (b[0] + b[2]) / 2 + rng.uniform(-0.25, 0.25) * side_px
-                cy = (b[1] + b[3]) / 2 + rng.uniform(-0.25, 0.25) * side_px
-                x0 = int(round(min(max(cx - side_px / 2, 0), size - side_px)))
-                y0 = int(round(min(max(cy - side_px / 2, 0), size - side_px)))
-                view = (x0, y0, x0 + side_px, y0 + side_px)
+                view = view_around(b, rng, size, crop_range[0])
             else:
-                side_px = int(round(rng.uniform(*crop_range) * size))
-                x0 = int(rng.integers(0, size - side_px + 1))
-                y0 = int(rng.integers(0, size - side_px + 1))
-                view = (x0, y0, x0 + side_px, y0 + side_px)
+                view = random_view(rng, size, crop_range)
             nonce = nonce_pool[rng.integers(len(nonce_pool))] if nonce_pool else None
             cap = cw.caption_view(scene, view, rng, nonce=nonce, p_dclip=p_dclip)
             img = scene.image if view == (0, 0, size, size) else scene.image.crop(view)
