@@ -247,6 +247,18 @@ class PointingResult:
     energy_inside: float  # SCH: share of the map's mass (above its minimum) inside the box
 
 
+def pointing_chance(box, height: int, width: int, tolerance: float = 0.0) -> float:
+    """The pointing game's chance level for one box: the share of the image the grown box covers
+    (a uniformly random hottest point hits it that often).
+
+    >>> pointing_chance((10, 10, 20, 20), 100, 100, tolerance=5)
+    0.04
+    """
+    x0, y0, x1, y1 = box
+    return (min(width, x1 + tolerance) - max(0, x0 - tolerance)) * (min(height, y1 + tolerance) - max(0, y0 - tolerance)) \
+        / (height * width)
+
+
 def pointing_game(saliency: np.ndarray, box, tolerance: float = 0.0) -> PointingResult | None:
     """Does the map's maximum fall in the ground-truth box (grown by ``tolerance`` pixels)?
 

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from queries.attribution import pointing_game
+from queries.attribution import pointing_chance, pointing_game
 from queries.perturb import curve_auc, perturbation_series, pixel_order, step_counts
 from queries.stats import paired_bootstrap
 from stores import tables
@@ -214,11 +214,6 @@ def curve_metrics(probs: np.ndarray, steps: int, n_pixels: int) -> tuple[dict, n
              "road_morf": morf, "road_lerf": lerf, "road": (lerf - morf) / 2}, frac, probs[:n], probs[n : 2 * n])
 
 
-def _grown_area(box, tol, H, W) -> float:
-    x0, y0, x1, y1 = box
-    return (min(W, x1 + tol) - max(0, x0 - tol)) * (min(H, y1 + tol) - max(0, y0 - tol)) / (H * W)
-
-
 @dataclass
 class CompareReport:
     faith_run_id: int
@@ -367,7 +362,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
         hits: dict[str, list[bool]] = {}
         for p in pts:
             box = [p["box"][0] * sx, p["box"][1] * sy, p["box"][2] * sx, p["box"][3] * sy]
-            chance.append(_grown_area(box, tolerance * sx, H, W))
+            chance.append(pointing_chance(box, H, W, tolerance * sx))
             for kind in kinds:
                 m = maps.attr_maps.get((kind, p["class_id"], p["attr_id"]))
                 if m is None:
