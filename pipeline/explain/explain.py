@@ -221,9 +221,12 @@ def load_image(path: str, size: tuple[int, int] | None = None) -> Image.Image:
         raise InputError(f"{path}: {exc}") from None
     except OSError as exc:
         raise InputError(f"{path}: unreadable ({exc.strerror or exc}).") from None
-    if size is not None and img.size != tuple(size):
-        img = img.resize(size, Image.Resampling.BILINEAR)
-    return img
+    return resized(img, size)
+
+
+def resized(img: Image.Image, size: tuple[int, int] | None) -> Image.Image:
+    """``img`` at (w, h) (bilinear), or as it is."""
+    return img if size is None or img.size == tuple(size) else img.resize(size, Image.Resampling.BILINEAR)
 
 
 # ---- maps -------------------------------------------------------------------------------
@@ -347,6 +350,7 @@ def explain_image(
     if pred["rank"] == 1:  # why the prediction and not the runner-up / the true class
         res.contrasts = contrast_panels(cat, run, img["image_id"])
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
+    original = None  # decoded once, for the maps and the overlays
     if maps != "boxes" or write:
         original = load_image(img["path"])
         cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
@@ -364,7 +368,7 @@ def explain_image(
     if write:
         out = Path(out_dir)
         out.mkdir(exist_ok=True)  # the folder the user named; never its parents
-        base = load_image(img["path"], (w, h))
+        base = resized(original, (w, h))
         stem = f"{_slug(Path(img['path']).stem)}-{img['image_id']}"  # the image id alone is unique
         cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"

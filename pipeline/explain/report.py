@@ -29,7 +29,7 @@ from ..errors import InputError
 from ..names import norm_class_name
 from .concepts import concept_view
 from .contrasts import contrast_panels, missing_true_note, pair_text
-from .explain import explain_class, image_predictions, load_image, prepare_image
+from .explain import explain_class, image_predictions, load_image, prepare_image, resized
 from .plots import accuracy_png, curves_png, data_uri, heat_overlay, image_scale, png_bytes, thumbnail
 
 TEMPLATE = "report.html.j2"
@@ -121,13 +121,14 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
                                        negative=a.contribution < 0))
     card["more_attributes"] = max(0, len(ce.attributes) - top_attrs)
     try:
-        base = load_image(img["path"], (w, h))
+        original = load_image(img["path"])
     except InputError as exc:
         card["error"] = str(exc)
     else:
         from .pixel_maps import class_maps, resize_map
 
-        cm = class_maps(cat, run, img, load_image(img["path"]), top["class_id"], al, kind=maps, model=model)
+        base = resized(original, (w, h))
+        cm = class_maps(cat, run, img, original, top["class_id"], al, kind=maps, model=model)
         card["map_kind"], card["map_note"] = cm.kind, cm.note
         heats = [resize_map(cm.class_map, (w, h))] + [
             resize_map(m, (w, h)) if (m := cm.attribute_map(a.attr_id)) is not None else a.map
