@@ -8,7 +8,7 @@ import click
 
 from ..inputs import DEFAULT_MAX_FILE_BYTES
 from ..names import check_text
-from . import cli
+from .group import cli
 from .compositional import build_pairs, pair_options, pairs_given
 from .options import (
     byte_size_option,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ..config import MethodConfig
-from . import cli
+from .group import cli
 from .options import check_output_folder, command, config_option, number_option, output_option, stack
 
 _FILE = click.Path(dir_okay=False)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from . import cli
+from .group import cli
 from .options import check_output_folder, command, number_option, output_option, show_progress, store_option
 
 

@@ -11,6 +11,9 @@ import sys
 from pathlib import Path
 
 import click
+from click.testing import CliRunner
+
+from . import cli
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "cli.md"
 HEADER = """# Command-line reference
@@ -33,17 +36,11 @@ def iter_commands(group: click.Group, prefix: tuple[str, ...] = ()):
 
 
 def help_text(path: tuple[str, ...]) -> str:
-    from click.testing import CliRunner
-
-    from . import cli
-
     res = CliRunner().invoke(cli, [*path, "--help"], prog_name="pipeline", terminal_width=100)
     return res.output
 
 
 def render() -> str:
-    from . import cli
-
     parts = [HEADER, "## pipeline\n\n```\n" + help_text(()) + "```\n"]
     for path, _ in iter_commands(cli):
         parts.append(f"## pipeline {' '.join(path)}\n\n```\n{help_text(path)}```\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import click
 
 from ..inputs import DEFAULT_MAX_FILE_BYTES
-from . import cli
+from .group import cli
 from .options import (
     RUN_ID,
     byte_size_option,

@@ -7,7 +7,7 @@ import click
 
 from ..config import resolve_region_config
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
-from . import cli
+from .group import cli
 from .options import (
     byte_size_option,
     check_engine,

@@ -26,6 +26,7 @@ from stores.errors import StoreError
 
 from ..config import MethodConfig, RegionConfig, preset_names
 from ..errors import InputError
+from ..method_names import METHODS
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -221,15 +222,11 @@ def model_options(fn):
 
 
 def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
-    from ..stages.classify import METHODS
-
     return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
                         help=f"{', '.join(METHODS)}; repeat or comma-separate for several.{help_extra}")
 
 
 def parse_methods(values) -> list[str]:
-    from ..stages.classify import METHODS
-
     names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
     unknown = [m for m in names if m not in METHODS]
     if unknown:

@@ -5,7 +5,7 @@ import click
 
 from ..config import resolve_method_config
 from ..names import check_text
-from . import cli
+from .group import cli
 from .compositional import czsl_config, czsl_method_options, run_notes
 from .options import (
     RUN_ID,

@@ -6,7 +6,7 @@ import click
 from stores.catalog import resolve_store_path
 
 from ..config import list_presets
-from . import cli
+from .group import cli
 from .options import check_output_file, command, format_option, limit_option, open_store, output_option, store_option
 from .output import emit, format_records, format_rows
 

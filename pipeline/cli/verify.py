@@ -8,7 +8,7 @@ import click
 from stores.catalog import CATALOG_FILE, Catalog, resolve_store_path
 from stores.errors import StoreError, StoreVersionError
 
-from . import cli
+from .group import cli
 from .options import (
     command,
     format_option,

@@ -47,10 +47,10 @@ from ..errors import InputError
 from ..inputs import read_text_bounded
 from ..names import check_text
 from .attributes import add_class_prompts, add_class_texts, dclip_sentence, encode_class_prompts
-from .compositional import CZSL_METHODS
+from ..method_names import CZSL_METHODS, IMAGE_METHODS
 from .control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
 
-METHODS = ("clip", "clip-e", "dclip", "cupl", "wca", "lazsl", "awt", "waffle", "dclip-nameless", "object-bound")
+METHODS = IMAGE_METHODS
 #: class prompts may have to be encoded (awt also takes its logit scale from the model)
 NEEDS_TEXT_ENCODER = ("clip", "clip-e", "wca", "awt", "waffle", "dclip-nameless")
 SHORTLISTED = ("lazsl", "object-bound")  # methods that score only the Faiss shortlist

@@ -46,11 +46,11 @@ from stores.errors import StoreError
 from ..config import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
+from ..method_names import CZSL_METHODS
 from ..names import clean_class_name, norm_class_name
 from .attributes import (add_attributes, add_class_prompts, claim_model, encode_attributes, encode_class_prompts,
                          read_attribute_json, render_prompt)
 
-CZSL_METHODS = ("czsl-clip", "czsl-dclip", "czsl-local")
 PAIR_TEMPLATE = "a photo of a {}."  # the clip method's template: czsl-clip's pair branch shares its prompts
 STATE_TEMPLATE = "a photo of something {}."
 OBJECT_TEMPLATE = "a photo of a {}."
