@@ -34,11 +34,10 @@ DuckDB's external access off and its configuration locked (:mod:`stores.sandbox`
 """
 from __future__ import annotations
 
-import json
 import os
+import shutil
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,7 +46,8 @@ import duckdb
 from . import sandbox as sb
 from .errors import ModelMismatchError, StoreError, StoreVersionError
 from .locks import DEFAULT_WAIT, WriterLock, copy_file, file_signature, fsync_dir
-from .migrations import SCHEMA_VERSION, migrate, pending_migrations
+from .migrations import MIGRATIONS, SCHEMA_VERSION, applied_migrations, migrate, pending_migrations
+from .values import dumps, now_utc  # noqa: F401  (re-exported: stores.catalog.now_utc, dumps)
 
 try:
     import fcntl
@@ -400,8 +400,6 @@ class Catalog:
 
     def _check_newer(self) -> None:
         # migrate() raises on unknown migrations; in read-only mode do the same check by hand.
-        from .migrations import MIGRATIONS, applied_migrations
-
         known = {m.__name__ for m in MIGRATIONS}
         unknown = [n for n in applied_migrations(self.con) if n not in known]
         if unknown:
@@ -447,8 +445,6 @@ class Catalog:
 
     def destroy(self) -> None:
         """Remove the whole store folder (for a store a failed command had just created)."""
-        import shutil
-
         self._abandon()
         shutil.rmtree(self.root, ignore_errors=True)
 
@@ -533,7 +529,7 @@ class Catalog:
 
     def _remove_orphan_shards(self) -> None:
         """Settle what a killed writer left (stores.shards.recover); never touches a recorded shard."""
-        from .shards import recover
+        from .shards import recover  # heavy: imported on use (pyarrow; only a writer recovers)
 
         self.recovery = recover(self)
 
@@ -569,7 +565,7 @@ class Catalog:
             try:
                 self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
             except duckdb.Error as exc:
-                from .parquet import parquet_problem
+                from .parquet import parquet_problem  # heavy: imported on use (pyarrow)
 
                 unreadable = [f for f in files if parquet_problem(f) is not None]
                 if not unreadable:
@@ -596,11 +592,3 @@ class Catalog:
             ).fetchall()
         ]
         return {n: int(self.con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in dict.fromkeys(names)}
-
-
-def now_utc() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, default=str)

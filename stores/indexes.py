@@ -16,15 +16,18 @@ attribute and prototype indexes are always ``Flat`` (small, and read back exactl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from queries.shortlist import class_prototypes
 
 from . import tables
-from .catalog import Catalog
 from .errors import StoreError
 from .faiss_index import build_flat_ip, ids_digest, write_index
+
+if TYPE_CHECKING:  # the type only: stores.catalog imports this module (to recover) at run time
+    from .catalog import Catalog
 
 INDEX_FILES = {"attributes": "attributes.index", "class_prototypes": "class_prototypes.index", "images": "images.index",
                "regions": "regions.index"}

@@ -31,16 +31,18 @@ import re
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import files, tables
-from .catalog import Catalog
 from .parquet import embedding_array
 from .tables import IMAGE_SHARD_SCHEMA
+
+if TYPE_CHECKING:  # the type only: stores.catalog imports this module (to recover) at run time
+    from .catalog import Catalog
 
 PAIR_TABLES = ("regions", "images")  # staged and renamed in this order
 IMAGES_PER_ROW_GROUP = 16  # ~1.5 MB a row group at 91 float16 regions of D = 512

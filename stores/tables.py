@@ -12,15 +12,18 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 
-from .catalog import Catalog, dumps, now_utc
 from .errors import StoreError
 from .parquet import embedding_array, embeddings_to_numpy, read_tables
+from .values import dumps, now_utc
+
+if TYPE_CHECKING:  # the type only: stores.catalog imports this module (to recover) at run time
+    from .catalog import Catalog
 
 def insert_arrow(cat: Catalog, table: str, data: pa.Table, *, replace: bool = False) -> int:
     """Insert an Arrow table into ``table`` by column name. Returns the number of rows."""
@@ -154,6 +157,10 @@ def find_attribute(cat: Catalog, class_id: int, text: str) -> int | None:
         [class_id, text.strip().lower()],
     ).fetchone()
     return int(row[0]) if row else None
+
+
+def attribute_count(cat: Catalog) -> int:
+    return int(cat.con.execute("SELECT count(*) FROM attributes").fetchone()[0])
 
 
 def attribute_embedding_counts(cat: Catalog, model: str) -> tuple[int, int]:
@@ -596,10 +603,6 @@ def contrast_rows(cat: Catalog, run_id: int, image_id: int) -> list[dict]:
     return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
-def run_has_contrasts(cat: Catalog, run_id: int) -> bool:
-    return cat.con.execute("SELECT count(*) FROM contrast_terms WHERE run_id = ?", [run_id]).fetchone()[0] > 0
-
-
 def object_binding(cat: Catalog, run_id: int, image_id: int, class_id: int) -> dict | None:
     """The object that carried a class (object-bound runs): region_id, kind, n_parts, score and
     its box (x0, y0, x1, y1); None for other runs."""
@@ -976,12 +979,6 @@ def czsl_text_matrix(cat: Catalog, model: str, kind: str, style: str) -> TextMat
         "SELECT t.text_id, t.vocab_id, e.embedding FROM czsl_texts t JOIN czsl_vocab v USING (vocab_id) "
         "JOIN czsl_text_embeddings e USING (text_id) WHERE e.model = ? AND v.kind = ? AND t.style = ? ORDER BY t.text_id",
         [model, kind, style]).fetchall())
-
-
-def czsl_text_counts(cat: Catalog) -> dict[tuple[str, str], int]:
-    """(kind, style) -> how many state / object texts are stored."""
-    return {(k, s): int(n) for k, s, n in cat.con.execute(
-        "SELECT v.kind, t.style, count(*) FROM czsl_texts t JOIN czsl_vocab v USING (vocab_id) GROUP BY ALL").fetchall()}
 
 
 def insert_attribute_roles(cat: Catalog, attr_ids: Sequence[int], roles: Sequence[str]) -> int:

@@ -21,7 +21,6 @@ damaged attribute embeddings are re-encoded only when the caller asks (``--reenc
 """
 from __future__ import annotations
 
-import json
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -777,7 +776,3 @@ def repair(cat: Catalog, problems: list[Problem] | None = None, *, reencode: boo
         cat.refresh_views()
         report.add("views", "catalog.duckdb", "re-created the views")
     return report
-
-
-def problems_json(problems: list[Problem]) -> str:
-    return json.dumps([p.record() for p in problems], indent=2)

@@ -36,9 +36,11 @@ def _print(records: list[dict], fmt: str) -> None:
 
 
 def _summary(cat: Catalog) -> str:
-    images = cat.con.execute("SELECT count(*) FROM images").fetchone()[0]
+    from stores import tables  # heavy: imported on use (numpy, pyarrow)
+
+    images = tables.image_count(cat)
     shards = len(cat.shard_files("images")) + len(cat.shard_files("regions"))
-    attrs = cat.con.execute("SELECT count(*) FROM attributes").fetchone()[0]
+    attrs = tables.attribute_count(cat)
     return f"{images} images in {shards} shards, {attrs} attributes, model {cat.model}"
 
 
