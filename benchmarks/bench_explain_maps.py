@@ -94,7 +94,7 @@ def make_maps(w, i: int, kinds: list[str], *, tau: float, occ_stride: int, rng) 
     import torch
     from PIL import Image
 
-    from pipeline.explain.dense import dense_feature_sets
+    from pipeline.dense import dense_feature_sets
     from pipeline.explain.maps import DEFAULT_DENSE, LazslScorer, crop_attribute_sims, gradcam_map, occlusion_maps
     from pipeline.explain.faithfulness import baseline_image
     from queries.attribution import attribution_map
@@ -473,7 +473,7 @@ def quantus_pointing(w, i, maps: np.ndarray) -> list[bool]:
 def run_speed(args) -> dict:
     import torch
 
-    from pipeline.explain.dense import dense_feature_sets
+    from pipeline.dense import dense_feature_sets
     from pipeline.explain.maps import DEFAULT_DENSE, LazslScorer, crop_attribute_sims, gradcam_map, occlusion_maps
     from pipeline.models import load_model
     from queries.regions import random_square_crops

@@ -5,7 +5,7 @@
 
 The toy world's 12 held-out classes (``pipeline/toy/world.py``, setting ``parts``, the scenes
 ``benchmarks/toy_eval.py`` builds), written as PNG files and indexed by the stages' own batch
-function (``pipeline.engines.region_batches.RegionBatchFn``: decode, LaZSL's crops seeded by the
+function (``pipeline.stages.region_batches.RegionBatchFn``: decode, LaZSL's crops seeded by the
 content hash, encode with ``toy-clip``, D = 128): full view + ``--n-crops`` square crops of side
 U(``--crop-lo``, 0.9). Region embeddings come out in float32, then are stored as:
 
@@ -44,7 +44,7 @@ def encode_regions(lm, items, n_crops: int, crop_lo: float, folder: Path, batch_
     import pyarrow as pa
 
     from pipeline.config import RegionConfig
-    from pipeline.engines.region_batches import RegionBatchFn, records_from_rows
+    from pipeline.stages.region_batches import RegionBatchFn, records_from_rows
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []

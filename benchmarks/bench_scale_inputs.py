@@ -8,7 +8,7 @@
   256 images per shard (the default),
   random unit vectors (embeddings compress about as badly as noise).
 * ``preprocess``: decode + 90 crops + resize/normalise to 224 px (ViT-B-32's preprocess) per
-  CPU core, through the stages' own ``RegionDataset`` (``pipeline.engines.region_batches``) on
+  CPU core, through the stages' own ``RegionDataset`` (``pipeline.stages.region_batches``) on
   500x375 JPEGs: views per second.
 * ``encode_cpu``: ViT-B-32 (random weights: the real cost) image passes per second on one CPU
   thread, fp32, batch 64. The machine's load average is printed with it: the 2 cores are shared,
@@ -58,7 +58,7 @@ def preprocess_views_per_s(n_images: int = 6) -> float:
     from PIL import Image
 
     from pipeline.config import RegionConfig
-    from pipeline.engines.region_batches import RegionDataset
+    from pipeline.stages.region_batches import RegionDataset
     from pipeline.imaging import ImageItem
     from pipeline.models import load_model
 

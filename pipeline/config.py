@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from .errors import InputError
 
 PRESET_DIR = Path(__file__).parent / "presets"
-DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.explain.dense
+DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.dense
 
 
 def _f(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tuple | None = None, option: str | None = None):
@@ -145,7 +145,7 @@ class RegionConfig(_Config):
                              "one forward pass and take no extra regions.")
 
     def dense_specs(self) -> list[dict]:
-        """Token sets of :func:`pipeline.explain.dense.dense_feature_sets` for patch regions; their
+        """Token sets of :func:`pipeline.dense.dense_feature_sets` for patch regions; their
         normalised mean is the region embedding (``plain`` + no layers = open_clip's own tokens)."""
         if self.dense == "plain":
             return [{"variant": "layers", "layers": list(self.layers)}] if self.layers else [{"variant": "plain", "block": -1}]

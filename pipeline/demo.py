@@ -6,18 +6,21 @@ from pathlib import Path
 
 import click
 
-from stores.catalog import resolve_store_path
+from stores import tables
+from stores.catalog import Catalog, resolve_store_path
+
+from .config import get_preset, resolve_method_config
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
 
 
-def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: int = 20, progress: bool = True) -> Path:
+def run_demo(cat: Catalog, out: str | Path, *, n_per_class: int = 20, progress: bool = True) -> Path:
     """The toy bird world (held-out classes) with the shipped toy-clip model: all stages, then
-    the per-method accuracy table and the HTML report. Offline and a few tens of seconds on 2
-    CPU cores. The store is ``store`` (else ZSL_STORE, else ./zsl-store) so the next command finds it."""
-    from .cli.options import open_store
-    from .config import get_preset, resolve_method_config
+    the per-method accuracy table and the HTML report, into the open store ``cat`` (the command
+    opens --store, else ZSL_STORE, else ./zsl-store, so the next command finds it). Offline and a
+    few tens of seconds on 2 CPU cores."""
+    # heavy: imported on use (the stages import torch; `pipeline --help` imports this module)
     from .explain.report import write_report
     from .models import load_model
     from .stages.attributes import import_attribute_file
@@ -25,38 +28,36 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
     from .stages.evaluate import evaluate_run, format_table
     from .stages.index_images import index_images
     from .toy.world import make_toyworld
-    from stores import tables
 
     t0 = time.perf_counter()
     out = Path(out).resolve()
     world_dir = out / "world"
     model = load_model(None, "toy-clip", device="cpu")
     preset = get_preset(DEMO_PRESET)
-    with open_store(store) as cat:
-        cat.check_model(model.fingerprint)  # a store of another model fails here, before any work
-        out.mkdir(exist_ok=True)
-        click.echo(f"[1/5] make-toyworld: birds of parts, held-out classes, in {world_dir}")
-        world = make_toyworld(world_dir, n_per_class=n_per_class, seed=1, setting="parts")
-        click.echo(f"      model: {model.fingerprint} (the tiny CLIP trained on this world; these classes were never seen)")
-        click.echo("[2/5] build-attributes")
-        for line in import_attribute_file(cat, model, world_dir / "attributes.json", progress=progress).lines():
-            click.echo("      " + line)
-        click.echo(f"[3/5] index-images --preset {DEMO_PRESET}")
-        rep = index_images(cat, model, [str(world_dir / "images")], preset.region_config(), preset=DEMO_PRESET,
-                           progress=progress)
-        for line in rep.lines():
-            click.echo("      " + line)
-        click.echo(f"[4/5] classify --method {','.join(DEMO_METHODS)}")
-        resolved = resolve_method_config({}, DEMO_PRESET)
-        runs = [classify(cat, m, resolved.config, model=model, provenance={"preset": DEMO_PRESET}, progress=False)
-                for m in DEMO_METHODS]
-        for r in tables.top_attributes(cat, runs[-1].run_id, n_classes=1)[:3]:
-            click.echo(f"      {Path(r['path']).parent.name}/{Path(r['path']).name}: {r['name']} ({r['score']:.3f}) "
-                       f"[{'; '.join(r['attributes'])}]")
-        click.echo(f"[5/5] evaluate ({len(world['heldout_classes'])} held-out classes; toy-world figures, not real-world ones)")
-        click.echo("      " + format_table([evaluate_run(cat, r.run_id) for r in runs]).replace("\n", "\n      "))
-        report = write_report(cat, run_id=runs[-1].run_id, out=out / "report.html", limit=12, model=model)  # plan-dense maps
-        root = cat.root
+    cat.check_model(model.fingerprint)  # a store of another model fails here, before any work
+    out.mkdir(exist_ok=True)
+    click.echo(f"[1/5] make-toyworld: birds of parts, held-out classes, in {world_dir}")
+    world = make_toyworld(world_dir, n_per_class=n_per_class, seed=1, setting="parts")
+    click.echo(f"      model: {model.fingerprint} (the tiny CLIP trained on this world; these classes were never seen)")
+    click.echo("[2/5] build-attributes")
+    for line in import_attribute_file(cat, model, world_dir / "attributes.json", progress=progress).lines():
+        click.echo("      " + line)
+    click.echo(f"[3/5] index-images --preset {DEMO_PRESET}")
+    rep = index_images(cat, model, [str(world_dir / "images")], preset.region_config(), preset=DEMO_PRESET,
+                       progress=progress)
+    for line in rep.lines():
+        click.echo("      " + line)
+    click.echo(f"[4/5] classify --method {','.join(DEMO_METHODS)}")
+    resolved = resolve_method_config({}, DEMO_PRESET)
+    runs = [classify(cat, m, resolved.config, model=model, provenance={"preset": DEMO_PRESET}, progress=False)
+            for m in DEMO_METHODS]
+    for r in tables.top_attributes(cat, runs[-1].run_id, n_classes=1)[:3]:
+        click.echo(f"      {Path(r['path']).parent.name}/{Path(r['path']).name}: {r['name']} ({r['score']:.3f}) "
+                   f"[{'; '.join(r['attributes'])}]")
+    click.echo(f"[5/5] evaluate ({len(world['heldout_classes'])} held-out classes; toy-world figures, not real-world ones)")
+    click.echo("      " + format_table([evaluate_run(cat, r.run_id) for r in runs]).replace("\n", "\n      "))
+    report = write_report(cat, run_id=runs[-1].run_id, out=out / "report.html", limit=12, model=model)  # plan-dense maps
+    root = cat.root
     click.echo(f"\ndone in {time.perf_counter() - t0:.1f} s. Store: {root}")
     click.echo(f"Report: {report}")
     flag = "" if root == resolve_store_path(None) else f" --store {root}"  # the next command finds it unaided

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import click
 
+from stores.catalog import resolve_store_path
+
+from ..errors import InputError
 from .group import cli
-from .options import check_output_folder, command, number_option, output_option, show_progress, store_option
+from .options import check_output_folder, command, number_option, open_store, output_option, show_progress, store_option
 
 
 @command(cli, "demo")
@@ -15,16 +18,14 @@ def demo_cmd(output, store):
 
     The store is --store / ZSL_STORE (default ./zsl-store), so `pipeline sql` finds it next.
     """
-    from stores.catalog import resolve_store_path
-
-    from ..demo import run_demo
-    from ..errors import InputError
+    from ..demo import run_demo  # heavy: imported on use (every stage, torch)
 
     out = check_output_folder(output)
     root = resolve_store_path(store)
     if not root.parent.is_dir() or (root.exists() and not root.is_dir()):  # checked before any work
         raise InputError(f"--store {root}: give a folder whose parent exists (none is created for you).")
-    run_demo(out, store=store, progress=show_progress())
+    with open_store(store) as cat:
+        run_demo(cat, out, progress=show_progress())
 
 
 @command(cli, "make-toyworld")

@@ -9,7 +9,7 @@ and :func:`require_ray` turns its absence into one line saying how to install it
   and yields the output batches on the driver in input order
   (``DataContext.execution_options.preserve_order``).
 * :func:`index_images_ray` is :func:`pipeline.stages.index_images.index_images` on that engine:
-  actors run :class:`pipeline.engines.region_batches.RegionBatchFn` (paths -> region rows) and the
+  actors run :class:`pipeline.stages.region_batches.RegionBatchFn` (paths -> region rows) and the
   driver streams the rows, in input order, through the local stage's writer
   (:func:`pipeline.stages.index_images.store_rows`): same shards, same records, same resume
   rule (images already in the store are skipped by content hash; a killed run leaves only
@@ -151,7 +151,7 @@ def index_images_ray(cat, model, inputs: list[str], cfg=None, *, preset: str | N
     from ..config import RegionConfig
     from ..inputs import DEFAULT_MAX_IMAGE_BYTES
     from ..stages.index_images import IndexReport, finish_index_run, start_index_run, store_rows
-    from .region_batches import ModelSpec, RegionBatchFn
+    from ..stages.region_batches import ModelSpec, RegionBatchFn
 
     ray = connect(address)
     cfg = cfg or RegionConfig()

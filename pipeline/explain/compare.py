@@ -12,7 +12,7 @@ predicted class's map and, for pointing, the maps of the ground-truth boxes' att
 ``random``      U(0, 1) on an 8×8 grid, bilinear (a fresh draw per map, seeded)
 ``gradcam``     Grad-CAM (``grad-cam`` package) on the image tower's last block for the text
 ``sim-plain``   cosine of the full image's plain last-layer patch tokens to the text
-``sim-sclip``   the same with SCLIP-style tokens (:mod:`pipeline.explain.dense`)
+``sim-sclip``   the same with SCLIP-style tokens (:mod:`pipeline.dense`)
 ==============  ===============================================================================
 
 Metrics (per image; the class map of the predicted class orders the pixels):
@@ -136,7 +136,7 @@ def image_maps(cat: Catalog, model, run, img: dict, image: Image.Image, pred_cla
                 out.attr_maps[("random", c, a)] = _up(rng.random((8, 8)), (H, W))
     text_kinds = [k for k in ("gradcam", "sim-plain", "sim-sclip") if k in kinds]
     if text_kinds:
-        from .dense import dense_feature_sets
+        from ..dense import dense_feature_sets
         from .maps import gradcam_map
         from .pixel_maps import _attr_embeddings
 

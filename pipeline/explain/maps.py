@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from queries.occlusion import occlusion_map, sliding_windows
 from queries.plan_maps import plan_class_map, plan_density_map, within_region_weights
 
-from .dense import dense_feature_sets
+from ..dense import dense_feature_sets
 
 #: the measured default (docs/explanations.md): SCLIP-style attention in the last block and in
 #: the second-to-last block, attribute-contrasted, at the model's temperature

@@ -1,7 +1,7 @@
 """Stage 2: encode each image's regions once and stream them into Parquet shards.
 
 One path, two engines. The work on images is the pure batch function of
-:mod:`pipeline.engines.region_batches` (paths in, region rows out: decode, boxes, encode with
+:mod:`pipeline.stages.region_batches` (paths in, region rows out: decode, boxes, encode with
 chunks padded to >= 8 rows so a row never depends on its batch); the rows go through one writer,
 :func:`store_rows` (:class:`stores.shards.ShardWriter`: a shard pair every ``shard_size`` images,
 committed by its record). ``index_images`` runs the batch function here, decoding in DataLoader
@@ -21,7 +21,7 @@ from stores.catalog import Catalog
 from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
-from ..engines.region_batches import (  # noqa: F401  (RegionDataset, encode_*: re-exported for callers)
+from .region_batches import (  # noqa: F401  (RegionDataset, encode_*: re-exported for callers)
     RegionBatchFn,
     RegionDataset,
     encode_patch_tokens,
@@ -86,7 +86,7 @@ def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *
     if cfg.source == "patches" and not patch_grid_size(model):
         raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
     if cfg.source == "patches" and (cfg.dense != "plain" or cfg.layers):
-        from ..explain.dense import check_specs
+        from ..dense import check_specs
 
         try:
             check_specs(model, cfg.dense_specs())
@@ -170,7 +170,7 @@ def index_images(
 def store_rows(cat: Catalog, run_id: int, model: str, row_batches, *, dtype: str = "float16", shard_size: int = 256,
                report: IndexReport | None = None, progress=None) -> IndexReport:
     """The one writer of both engines: region-row batches (in input order,
-    :mod:`pipeline.engines.region_batches`) -> shard pairs of ``shard_size`` images
+    :mod:`pipeline.stages.region_batches`) -> shard pairs of ``shard_size`` images
     (:class:`stores.shards.ShardWriter`: named ``part-RUN-SEQ``, committed by their records),
     ``image_errors`` for files that failed, in-run duplicates of the same bytes skipped, and the
     failures of files now indexed forgotten. ``progress``: called with 1 per image."""

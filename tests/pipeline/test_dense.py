@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.explain.dense import VARIANTS, dense_feature_sets, dense_features, resize_pos_embed
+from pipeline.dense import VARIANTS, dense_feature_sets, dense_features, resize_pos_embed
 from pipeline.models import load_model
 
 

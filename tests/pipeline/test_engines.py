@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.config import RegionConfig
-from pipeline.engines.region_batches import MIN_ROWS, RegionBatchFn, encode_views, records_from_rows
+from pipeline.stages.region_batches import MIN_ROWS, RegionBatchFn, encode_views, records_from_rows
 from pipeline.imaging import discover_images
 from pipeline.stages.index_images import index_images, store_rows
 from stores import tables

@@ -123,7 +123,7 @@ def test_dense_patch_regions_are_the_dense_tokens_and_travel_with_the_run(tmp_pa
     """--regions patches --dense V --layers L: each patch row is the normalised mean of the token
     sets dense_feature_sets gives for that spec (recomputed here from the preprocessed image), and
     the variant and layers are stored in index_runs.params."""
-    from pipeline.explain.dense import dense_feature_sets
+    from pipeline.dense import dense_feature_sets
     from stores import tables
 
     cfg = RegionConfig(source="patches", dense=dense, layers=layers)

@@ -99,13 +99,13 @@ def encode_patch_tokens(model, pixels, specs: list[dict] | None = None):
     """One forward pass -> (full [B, D], patch tokens [B, L, D]), both L2-normalised, in the joint space.
 
     ``specs`` (``RegionConfig.dense_specs()``): token sets of
-    :func:`pipeline.explain.dense.dense_feature_sets` (MaskCLIP/ClearCLIP/SCLIP-style blocks, chosen
+    :func:`pipeline.dense.dense_feature_sets` (MaskCLIP/ClearCLIP/SCLIP-style blocks, chosen
     layers), averaged and re-normalised; None or plain last-block = open_clip's own tokens.
     """
     import torch
 
     if specs and specs != [{"variant": "plain", "block": -1}]:
-        from ..explain.dense import dense_feature_sets
+        from ..dense import dense_feature_sets
 
         sets, pooled, _ = dense_feature_sets(model, pixels, specs)
         tokens = torch.nn.functional.normalize(torch.stack(sets).mean(0), dim=-1)
