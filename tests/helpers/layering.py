@@ -170,15 +170,22 @@ def import_cycles(root: Path) -> list[list[str]]:
     return strongly_connected(import_graph(root))
 
 
-def package_cycles(root: Path, depth: int = 2) -> list[list[str]]:
-    """Cycles between packages (``pipeline.stages`` <-> ``pipeline.engines``): modules collapsed to
-    their first ``depth`` name parts; a package importing itself is no cycle."""
+def _package_of(module: str) -> str:
+    """``stores`` and ``queries`` are one package each; ``pipeline`` is its subpackages
+    (``pipeline.stages``) and its top-level modules (``pipeline.config``), each on its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "pipeline" else parts[0]
+
+
+def package_cycles(root: Path) -> list[list[str]]:
+    """Cycles between packages (``pipeline.stages`` <-> ``pipeline.engines``, ``stores`` <->
+    ``pipeline.config``); a package importing itself is no cycle."""
     graph: dict[str, set[str]] = {}
     for src, targets in import_graph(root).items():
-        a = ".".join(src.split(".")[:depth])
+        a = _package_of(src)
         graph.setdefault(a, set())
         for t in targets:
-            b = ".".join(t.split(".")[:depth])
+            b = _package_of(t)
             if b != a:
                 graph[a].add(b)
     return strongly_connected(graph)
