@@ -32,6 +32,25 @@ def _f(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tup
     return field(default=default, metadata=dict(help=help, lo=lo, hi=hi, lo_open=lo_open, choices=choices, option=option))
 
 
+def range_text(lo=None, hi=None, lo_open: bool = False) -> str:
+    """``>= 1 and <= 1024``: the bounds of a number, as every error and help text says them."""
+    low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+    high = "" if hi is None else f"<= {hi}"
+    return " and ".join(t for t in (low, high) if t)
+
+
+def number_problem(value, lo=None, hi=None, lo_open: bool = False) -> str | None:
+    """What is wrong with a number (``must be >= 1 and <= 1024 (got 0)``), or None: the one
+    number validator of configs and command-line options."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"must be a number (got {value!r})"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number (got {value})"
+    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
+        return f"must be {range_text(lo, hi, lo_open)} (got {value})"
+    return None
+
+
 def check_value(name: str, value, meta: dict, option: str | None = None):
     """Validate one value against a field's metadata; return it (ints stay ints)."""
     opt = option or meta.get("option") or "--" + name.replace("_", "-")
@@ -42,15 +61,9 @@ def check_value(name: str, value, meta: dict, option: str | None = None):
         return value
     if isinstance(value, (str, tuple)) or (lo is None and hi is None and not isinstance(value, float)):
         return value  # free text (a template file) or a tuple checked by its config
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{opt} must be a number (got {value!r}).")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{opt} must be a finite number (got {value}).")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise InputError(f"{opt} must be {bound}" + (f" and <= {hi}" if hi is not None else "") + f" (got {value}).")
-    if hi is not None and value > hi:
-        raise InputError(f"{opt} must be <= {hi} (got {value}).")
+    problem = number_problem(value, lo, hi, lo_open)
+    if problem is not None:
+        raise InputError(f"{opt} {problem}.")
     return value
 
 

@@ -24,7 +24,7 @@ import click
 from stores.catalog import Catalog, resolve_store_path
 from stores.errors import StoreError
 
-from ..config import MethodConfig, RegionConfig, preset_names
+from ..config import MethodConfig, RegionConfig, number_problem, preset_names, range_text
 from ..errors import InputError
 from ..method_names import METHODS
 
@@ -43,9 +43,7 @@ class Number(click.ParamType):
         return "INTEGER" if self.kind is int else "FLOAT"
 
     def range_text(self) -> str:
-        lo = "" if self.lo is None else (f"> {self.lo}" if self.lo_open else f">= {self.lo}")
-        hi = "" if self.hi is None else f"<= {self.hi}"
-        return " and ".join(t for t in (lo, hi) if t)
+        return range_text(self.lo, self.hi, self.lo_open)
 
     def convert(self, value, param, ctx):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -57,10 +55,9 @@ class Number(click.ParamType):
             except ValueError:
                 self.fail(f"{value!r} is not {'an integer' if self.kind is int else 'a number'}"
                           + (f" ({self.range_text()})" if self.range_text() else ""), param, ctx)
-        if isinstance(v, float) and not math.isfinite(v):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        if (self.lo is not None and (v < self.lo or (self.lo_open and v == self.lo))) or (self.hi is not None and v > self.hi):
-            self.fail(f"{v} is out of range (must be {self.range_text()})", param, ctx)
+        problem = number_problem(v, self.lo, self.hi, self.lo_open)  # the configs' validator: one wording
+        if problem is not None:
+            self.fail(problem, param, ctx)
         return v
 
 

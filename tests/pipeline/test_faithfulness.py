@@ -178,4 +178,4 @@ def test_pointing_game_and_cli(store, tmp_path):
         assert np.mean(lift) > 1.0
         assert all(0 <= x <= 128 and 0 <= y <= 128 for *_, x, y, _a, _b, _c, _d in rows)
     r = CliRunner().invoke(cli, ["faithfulness", "--store", str(store.root), "--steps", "0"])
-    assert r.exit_code == 2 and "--steps" in r.output and "out of range" in r.output and len(r.output.strip().splitlines()) == 1
+    assert r.exit_code == 2 and "--steps" in r.output and "must be >= 1 and <=" in r.output and len(r.output.strip().splitlines()) == 1
