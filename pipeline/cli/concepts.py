@@ -9,8 +9,8 @@ from .options import (
     RUN_ID,
     command,
     format_option,
-    limit_option,
     load_store_model,
+    max_images_option,
     model_options,
     number_option,
     open_store,
@@ -24,11 +24,11 @@ from .output import emit, format_records
 def concept_options(fn):
     """How the concepts are found (defaults: pipeline.stages.mutual_knowledge.ConceptConfig)."""
     return stack(
-        number_option("--n-parts", kind=int, lo=1, hi=64, default=4, show_default=True,
+        number_option("--concept-parts", "n_parts", kind=int, lo=1, hi=64, default=4, show_default=True,
                       help="Parts the image's patch tokens are clustered into."),
-        number_option("--part-topk", kind=int, lo=1, hi=100, default=2, show_default=True,
+        number_option("--part-top-k", "part_topk", kind=int, lo=1, hi=100, default=2, show_default=True,
                       help="Concepts describing each part (its nearest concept-bank entries)."),
-        number_option("--language-topk", kind=int, lo=1, hi=1000, default=4, show_default=True,
+        number_option("--language-top-k", "language_topk", kind=int, lo=1, hi=1000, default=4, show_default=True,
                       help="Concepts nearest the predicted class's text (the language side)."),
         click.option("--clustering", type=click.Choice(["ward", "kmeans"]), default="ward", show_default=True,
                      help="How patch tokens become parts."),
@@ -54,12 +54,12 @@ def _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_pa
 
 @command(cli, "mutual-knowledge")
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run).")
-@limit_option("Images to explain, by path (0 = all).", default=0)
+@max_images_option("Images to explain, by path.", default=0)
 @concept_options
 @format_option()
 @model_options
 @store_option
-def mutual_knowledge_cmd(run_id, limit, n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side,
+def mutual_knowledge_cmd(run_id, max_images, n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side,
                          class_text, bank_file, sinkhorn, fmt, model_name, pretrained, device, store):
     """Mutual-knowledge explanations of a run's predictions: vision concepts (parts of the image
     found without labels, described by the concept bank), language concepts (nearest the
@@ -68,7 +68,7 @@ def mutual_knowledge_cmd(run_id, limit, n_parts, part_topk, language_topk, clust
 
     \b
     pipeline mutual-knowledge --run 3
-    pipeline mutual-knowledge --bank world/concepts.txt --limit 50
+    pipeline mutual-knowledge --bank world/concepts.txt --max-images 50
     pipeline sql "select * from concept_sets limit 5"
     pipeline explain IMAGE --concepts
     """
@@ -77,7 +77,7 @@ def mutual_knowledge_cmd(run_id, limit, n_parts, part_topk, language_topk, clust
     cfg = _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side, class_text, sinkhorn)
     with open_store(store) as cat:
         model = load_store_model(cat, model_name, pretrained, device)
-        rep = explain_concepts(cat, model, run_id, config=cfg, limit=limit or None, bank_file=bank_file,
+        rep = explain_concepts(cat, model, run_id, config=cfg, limit=max_images or None, bank_file=bank_file,
                                progress=show_progress())
     if fmt == "table":
         for line in rep.lines():
@@ -92,11 +92,11 @@ def mutual_knowledge_cmd(run_id, limit, n_parts, part_topk, language_topk, clust
               help="Compare the latest run of this method in each store (default: each store's latest explained run, "
                    "else its latest run).")
 @click.option("--no-compute", is_flag=True, help="Refuse a run without mutual-knowledge rows instead of explaining it first.")
-@limit_option("Images to explain where a run has no explanations yet (0 = all).", default=0)
+@max_images_option("Images to explain where a run has no explanations yet.", default=0)
 @concept_options
 @format_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")
-def compare_cmd(stores, methods, no_compute, limit, n_parts, part_topk, language_topk, clustering, no_foreground,
+def compare_cmd(stores, methods, no_compute, max_images, n_parts, part_topk, language_topk, clustering, no_foreground,
                 min_part_side, class_text, bank_file, sinkhorn, fmt, device):
     """Compare models, one store each: accuracy beside the mean mutual-knowledge score (MI) and
     concept-deletion AUC, over all predictions and over correct and wrong ones.
@@ -114,5 +114,5 @@ def compare_cmd(stores, methods, no_compute, limit, n_parts, part_topk, language
         raise click.BadParameter("one method: the same run kind is compared across stores", param_hint="--method")
     cfg = _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side, class_text, sinkhorn)
     rows = compare_stores(list(stores), method=names[0] if names else None, compute=not no_compute, config=cfg,
-                          bank_file=bank_file, limit=limit or None, device=device, progress=show_progress())
+                          bank_file=bank_file, limit=max_images or None, device=device, progress=show_progress())
     emit(format_records(rows, fmt, columns=list(COMPARE_COLUMNS)))

@@ -116,7 +116,7 @@ def _explain_concepts(image, run_id, fmt, store) -> None:
 @output_option("file", "the HTML page.", default="report.html")
 @limit_option("Images on the page; wrong predictions first.", default=50)
 @number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
-@click.option("--plots", "plots_dir", default=None, type=click.Path(file_okay=False),
+@click.option("--plot", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Folder to also write the accuracy and deletion/insertion plots to, as PNG files.")
 @click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
               help="The maps drawn (as `explain --maps`); occlusion is slow (hundreds of encoder passes per image).")

@@ -9,17 +9,17 @@ from ..config import resolve_region_config
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from .group import cli
 from .options import (
+    REGION_CONFIG_FIELDS,
     byte_size_option,
     check_engine,
     command,
     engine_options,
-    limit_option,
     load_store_model,
+    max_images_option,
     model_options,
     number_option,
     open_store,
     preset_option,
-    REGION_CONFIG_FIELDS,
     region_config_options,
     show_progress,
     store_option,
@@ -35,7 +35,7 @@ from .options import (
 @click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True,
               help="How region embeddings are stored.")
 @number_option("--shard-size", kind=int, lo=1, hi=1_000_000, default=256, show_default=True, help="Images per Parquet shard (the unit of resume).")
-@limit_option("Index at most this many images (a quick look).")
+@max_images_option("Index at most this many images (a quick look).")
 @byte_size_option("--max-image-bytes", DEFAULT_MAX_IMAGE_BYTES,
                   "Image files larger than this are recorded as failed without being read.")
 @click.option("--faiss-index", "faiss_index", default=None, metavar="FACTORY",
@@ -44,7 +44,7 @@ from .options import (
 @engine_options()
 @model_options
 @store_option
-def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, limit, max_image_bytes, faiss_index,
+def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, max_images, max_image_bytes, faiss_index,
                      engine, address, ray_concurrency, actors_per_gpu, model_name, pretrained, device, store, **regions):
     """Encode each image's full view and regions once, into the store.
 
@@ -73,7 +73,7 @@ def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, lim
             from stores.faiss_factory import train_plan
 
             train_plan(faiss_index, model.embed_dim)  # one line for a string Faiss cannot build, before any work
-        common = dict(preset=preset, batch_size=batch_size, dtype=dtype, shard_size=shard_size, max_images=limit or None,
+        common = dict(preset=preset, batch_size=batch_size, dtype=dtype, shard_size=shard_size, max_images=max_images or None,
                       max_image_bytes=max_image_bytes, faiss_index=faiss_index, progress=show_progress())
         if engine == "ray":
             from ..engines.ray_engine import index_images_ray

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 import sys
 from contextlib import contextmanager
@@ -280,8 +279,16 @@ def output_option(kind: str, help: str, default: str | None = None, required: bo
 
 
 def limit_option(help: str, default: int | None = None):
+    """``--limit``: how many rows a command shows (prints, lists, puts on a page), never how much
+    work it does: a cap on the images a command works through is :func:`max_images_option`."""
     return number_option("--limit", kind=int, lo=0, hi=2**31 - 1, default=default, show_default=default is not None,
                          help=help[:-1] + (" (0 = all)." if default is not None else "."))
+
+
+def max_images_option(help: str, default: int | None = None):
+    """``--max-images``: the cap on how many images a command works through (``--limit`` is rows shown)."""
+    return number_option("--max-images", "max_images", kind=int, lo=0, hi=2**31 - 1, default=default,
+                         show_default=default is not None, help=help[:-1] + (" (0 = all)." if default is not None else "."))
 
 
 # ---- errors, stores, models -------------------------------------------------------------

@@ -50,7 +50,7 @@ def test_classify_evaluate_explain_pairs(flow):
 def test_mutual_knowledge_explain_concepts_and_compare(flow):
     root, w, s = flow
     run(["classify", "--method", "clip", "--limit", "0", *s])
-    (row,) = json.loads(run(["mutual-knowledge", "--limit", "3", "--bank", w / "concepts.txt", "--format", "json", *s]).stdout)
+    (row,) = json.loads(run(["mutual-knowledge", "--max-images", "3", "--bank", w / "concepts.txt", "--format", "json", *s]).stdout)
     assert row["method"] == "clip" and row["images"] == 3 and row["bank"] == 36
     img = w / "images" / "striped_cup" / "0000.png"
     concepts = json.loads(run(["explain", img, "--concepts", "--format", "json", *s]).stdout)

@@ -148,7 +148,7 @@ def test_report_out_a_folder_is_one_line_and_leaves_nothing(tmp_path, small):
 @pytest.mark.parametrize("cmd", [["report", "-o", "{missing}/x.html"], ["sql", "select 1", "-o", "{missing}/x.csv"],
                                  ["export-attributes", "--schema", "dclip", "-o", "{missing}/x.json"],
                                  ["evaluate", "-o", "{missing}/results"], ["explain", "{image}", "-o", "{missing}/maps"],
-                                 ["report", "--plots", "{missing}/plots"], ["make-toyworld", "-o", "{missing}/world"],
+                                 ["report", "--plot", "{missing}/plots"], ["make-toyworld", "-o", "{missing}/world"],
                                  ["classify", "--store", "{missing}/store"], ["demo", "-o", "{missing}/demo"],
                                  ["demo", "-o", "{tmp}/demo", "--store", "{missing}/store"]])
 def test_no_folder_is_created_that_was_not_asked_for(tmp_path, small, cmd):

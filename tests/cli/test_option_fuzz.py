@@ -48,8 +48,8 @@ def test_the_fuzz_finds_the_options_it_should():
                      ("index-images", "--batch-size"), ("index-images", "--workers"), ("index-images", "--max-image-bytes"),
                      ("faithfulness", "--steps"), ("evaluate", "--run"), ("build-attributes", "--concurrency"),
                      ("build-attributes", "--max-file-bytes"), ("make-toyworld", "--n-per-class"), ("sql", "--limit"),
-                     ("classify", "--pair-weight"), ("classify", "--feasibility-threshold"), ("mutual-knowledge", "--n-parts"),
-                     ("compare", "--part-topk"), ("make-composeworld", "--n-per-pair")]:
+                     ("classify", "--pair-weight"), ("classify", "--feasibility-threshold"), ("mutual-knowledge", "--concept-parts"),
+                     ("compare", "--part-top-k"), ("make-composeworld", "--n-per-pair")]:
         assert expected in found
     unbounded = [(p, o) for p, o, _ in CASES if not _bounded(p, o)]
     assert not unbounded, f"numeric options without bounds: {unbounded}"
@@ -99,8 +99,8 @@ def base_args(path: tuple[str, ...], small, out) -> list[str]:
         # the small store holds another model, so the demo stops at once (one line) after --wait is parsed
         ("demo",): ["-o", str(out / "demo"), *s],
         ("make-composeworld",): ["-o", str(out / "world"), "--n-per-pair", "1"],
-        ("mutual-knowledge",): ["--limit", "1", *s],
-        ("compare",): [str(small.store), "--limit", "1"],
+        ("mutual-knowledge",): ["--max-images", "1", *s],
+        ("compare",): [str(small.store), "--max-images", "1"],
     }.get(path, s)
 
 

@@ -100,7 +100,7 @@ def test_canary_key_is_found_nowhere(tmp_path, image_folder, caplog, monkeypatch
     run(["index-images", str(image_folder), "--n-crops", "3", "--workers", "0", "--store", store, "-q", *MODEL])
     run(["classify", "--method", "lazsl,dclip", "--store", store, "-q", "--limit", "0", "--format", "jsonl"])
     run(["evaluate", "--store", store, "-o", str(out / "results"), "--format", "json"])
-    run(["report", "--store", store, "-o", str(out / "report.html"), "--plots", str(out / "plots")])
+    run(["report", "--store", store, "-o", str(out / "report.html"), "--plot", str(out / "plots")])
     run(["explain", str(next(image_folder.rglob("*.png"))), "--store", store, "-o", str(out / "maps"), "--format", "json"])
     run(["export-attributes", "--schema", "dclip", "-o", str(out / "dclip.json"), "--store", store])
     run(["export-attributes", "--schema", "clip-benchmark", "-o", str(out / "cb.json"), "--store", store])

@@ -79,7 +79,7 @@ def test_report_cli_and_errors(evil, tmp_path):
     ts, _ = evil
     out = tmp_path / "r.html"
     r = CliRunner().invoke(cli, ["report", "--store", str(ts.root), "-o", str(out), "--limit", "2", "--run", str(ts.run_id),
-                                 "--plots", str(tmp_path / "plots")])
+                                 "--plot", str(tmp_path / "plots")])
     assert r.exit_code == 0, r.output
     assert "2 images" in r.output and out.is_file()
     pngs = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
