@@ -13,41 +13,33 @@
 * :mod:`queries.attribution`: attribution maps, score shares, pointing game.
 * :mod:`queries.perturb`: deletion / insertion curves.
 
-Every array function accepts numpy arrays or torch tensors and returns the same kind.
+Every array function accepts numpy arrays or torch tensors and returns the same kind. The
+names below are imported from their submodule on first use: importing this package loads no
+torch.
 """
-from queries.awt import AwtResult, awt_scores
-from queries.baselines import (
-    WcaResult,
-    class_text_from_templates,
-    clip_scores,
-    cupl_class_text,
-    cupl_scores,
-    dclip_scores,
-    wca_class_text,
-    wca_scores,
-)
-from queries.binding import BindingResult, object_bound_scores
-from queries.lazsl import LazslResult, lazsl_scores
-from queries.shortlist import class_prototypes, shortlist_candidates
-from queries.transport import SinkhornResult, sinkhorn_batch
+import importlib
 
-__all__ = [
-    "AwtResult",
-    "BindingResult",
-    "LazslResult",
-    "SinkhornResult",
-    "WcaResult",
-    "awt_scores",
-    "class_prototypes",
-    "class_text_from_templates",
-    "clip_scores",
-    "cupl_class_text",
-    "cupl_scores",
-    "dclip_scores",
-    "lazsl_scores",
-    "object_bound_scores",
-    "shortlist_candidates",
-    "sinkhorn_batch",
-    "wca_class_text",
-    "wca_scores",
-]
+#: public name -> the submodule that defines it; imported on first use (PEP 562), so that
+#: ``import queries.regions`` does not load torch through this package's __init__
+_EXPORTS = {
+    "AwtResult": "awt", "awt_scores": "awt",
+    "WcaResult": "baselines", "class_text_from_templates": "baselines", "clip_scores": "baselines",
+    "cupl_class_text": "baselines", "cupl_scores": "baselines", "dclip_scores": "baselines",
+    "wca_class_text": "baselines", "wca_scores": "baselines",
+    "BindingResult": "binding", "object_bound_scores": "binding",
+    "LazslResult": "lazsl", "lazsl_scores": "lazsl",
+    "class_prototypes": "shortlist", "shortlist_candidates": "shortlist",
+    "SinkhornResult": "transport", "sinkhorn_batch": "transport",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"queries.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'queries' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -227,3 +227,48 @@ def heavy_at_startup(root: Path, entries=STARTUP_MODULES, heavy=HEAVY) -> list[s
                        f"`pipeline --help`/`pipeline sql` import (via {closure[i.source]}); import it inside the "
                        "function that uses it")
     return out
+
+
+
+def heavy_libraries(root: Path, heavy=HEAVY) -> dict[str, set[str]]:
+    """module -> the heavy libraries importing it loads (its module-level imports, followed,
+    and the package ``__init__`` of each module imported)."""
+    known = modules(Path(root))
+    edges: dict[str, set[str]] = {m: set() for m in known}
+    libs: dict[str, set[str]] = {m: set() for m in known}
+    for i in imports(root):
+        if i.in_function:
+            continue
+        if _top(i.target) in heavy:
+            libs[i.source].add(_top(i.target))
+        elif i.target in known:
+            edges[i.source].add(i.target)
+    for m in known:
+        parts = m.split(".")
+        edges[m].update(".".join(parts[:k]) for k in range(1, len(parts)) if ".".join(parts[:k]) in known)
+    changed = True
+    while changed:
+        changed = False
+        for m, targets in edges.items():
+            for t in targets:
+                if not libs[t] <= libs[m]:
+                    libs[m] |= libs[t]
+                    changed = True
+    return libs
+
+
+def needless_deferrals(root: Path, heavy=HEAVY) -> list[str]:
+    """Function-level imports that defer no heavy library the importing module does not load
+    already: they belong at module level (an import inside a function is for deferring a heavy
+    library, not for hiding an import cycle)."""
+    known = modules(Path(root))
+    libs = heavy_libraries(root, heavy)
+    out = []
+    for i in imports(root):
+        if not i.in_function:
+            continue
+        wanted = {_top(i.target)} & set(heavy) if i.target not in known else libs[i.target]
+        if not wanted - libs[i.source]:
+            out.append(f"{i.path}:{i.line}: {i.target} defers nothing heavy that {i.source} does not load: "
+                       "import it at module level")
+    return out
