@@ -10,6 +10,7 @@ from stores import tables
 from stores.catalog import Catalog, resolve_store_path
 
 from .config import get_preset, resolve_method_config
+from .models import load_model
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
@@ -22,7 +23,6 @@ def run_demo(cat: Catalog, out: str | Path, *, n_per_class: int = 20, progress: 
     few tens of seconds on 2 CPU cores."""
     # heavy: imported on use (the stages import torch; `pipeline --help` imports this module)
     from .explain.report import write_report
-    from .models import load_model
     from .stages.attributes import import_attribute_file
     from .stages.classify import classify
     from .stages.evaluate import evaluate_run, format_table

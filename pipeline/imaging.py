@@ -6,6 +6,7 @@ faithfulness), so an image is decoded the same way everywhere.
 from __future__ import annotations
 
 import csv
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,8 +134,6 @@ def read_image_file(path: str | Path, max_bytes: int = DEFAULT_MAX_IMAGE_BYTES) 
 
 def open_image(data: bytes) -> Image.Image:
     """Decode to RGB with EXIF orientation applied; raise ValueError with a reason."""
-    import io
-
     if not data:
         raise ValueError("empty file")
     with warnings.catch_warnings():

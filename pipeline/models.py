@@ -14,10 +14,12 @@ with :class:`ModelLoadError` saying how to supply the weights offline.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
 import os
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -106,8 +108,6 @@ def register_project_configs() -> None:
 def data_dir() -> Path:
     """Where the shipped weights are: the installed ``pipeline.data`` package (the repository's
     top-level ``data/``, mapped there by pyproject.toml), or ``data/`` of a source checkout."""
-    import importlib.util
-
     checkout = Path(__file__).resolve().parent.parent  # a source checkout: its own data/ (the tree being run)
     if (checkout / "pyproject.toml").is_file() and (checkout / "data").is_dir():
         return checkout / "data"
@@ -276,8 +276,6 @@ def load_model(
     try:
         if seed is not None:
             torch.manual_seed(seed)
-        import warnings
-
         # open_clip logs through the root logger ("No pretrained weights loaded" for random
         # init, "Failed to download" before raising): our own message replaces both.
         root = logging.getLogger()

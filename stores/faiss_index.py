@@ -5,6 +5,7 @@ Cosine similarity = inner product on L2-normalised vectors; ids are the store's 
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -25,8 +26,6 @@ def build_flat_ip(vectors: np.ndarray, ids: np.ndarray) -> faiss.Index:
 
 def ids_digest(ids) -> str:
     """A short fingerprint of a set of int64 ids (order-free): what an index was built from."""
-    import hashlib
-
     arr = np.unique(np.asarray(ids, dtype=np.int64)).astype("<i8")
     return hashlib.sha256(arr.tobytes()).hexdigest()[:32]
 

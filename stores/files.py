@@ -6,6 +6,7 @@ and their sidecars, reports, exports, overlays) goes through :func:`atomic_write
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,8 +75,6 @@ class Staged:
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
-    import hashlib
-
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while True:

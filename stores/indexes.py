@@ -24,7 +24,8 @@ from queries.shortlist import class_prototypes
 
 from . import tables
 from .errors import StoreError
-from .faiss_index import build_flat_ip, ids_digest, write_index
+from .faiss_factory import FactoryIndexError, build_factory_index, build_from_shards
+from .faiss_index import build_flat_ip, ids_digest, read_sidecar, write_index
 
 if TYPE_CHECKING:  # the type only: stores.catalog imports this module (to recover) at run time
     from .catalog import Catalog
@@ -87,8 +88,6 @@ def recorded_factory(cat: Catalog, which: str) -> tuple[str | None, int]:
     """(factory string, training seed) an index was built for (its sidecar: ``wanted`` when a
     rebuild had to fall back to ``Flat``, else ``factory``); (None, 0) when it does not exist,
     (``Flat``, 0) when its sidecar is damaged or predates factory indexes."""
-    from .faiss_index import read_sidecar
-
     path = index_path(cat, which)
     if not path.exists():
         return None, 0
@@ -121,8 +120,6 @@ def rebuild_region_index(cat: Catalog, model: str, factory: str | None = None, *
     shard by shard (:func:`stores.faiss_factory.build_from_shards`: ids first, then the seeded
     training sample, then the vectors), so the regions never sit in memory at once. ``factory``
     as in :func:`rebuild_image_index`."""
-    from .faiss_factory import build_from_shards
-
     bad = set(cat.unreadable_shards)
     shards = [p for p in cat.committed_shard_files("regions") if p not in bad]
     crops = [("kind", "!=", "full")]
@@ -139,15 +136,12 @@ def _build(vectors: np.ndarray, ids: np.ndarray, factory: str, seed: int):
     not re-normalised), any other factory string goes through :mod:`stores.faiss_factory`."""
     if factory == DEFAULT_FACTORY:
         return build_flat_ip(vectors, ids), {"factory": DEFAULT_FACTORY}
-    from .faiss_factory import build_factory_index
 
     return build_factory_index(vectors, ids, factory, seed=seed, normalize=False)
 
 
 def _write_search_index(cat: Catalog, which: str, model: str, factory: str | None, seed: int | None, build,
                         n_sources: int, extra: dict | None = None) -> None:
-    from .faiss_factory import FactoryIndexError
-
     path = index_path(cat, which)
     had, had_seed = recorded_factory(cat, which)
     explicit = factory is not None
@@ -176,8 +170,6 @@ def _write_search_index(cat: Catalog, which: str, model: str, factory: str | Non
 
 
 def _index_dim(path: Path) -> int:
-    from .faiss_index import read_sidecar
-
     try:
         return int(read_sidecar(path).get("dim") or 1)
     except StoreError:

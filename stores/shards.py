@@ -38,8 +38,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from . import files, tables
+from .errors import StoreError
 from .parquet import embedding_array
-from .tables import IMAGE_SHARD_SCHEMA
+from .tables import IMAGE_SHARD_SCHEMA, IMAGES_PER_ROW_GROUP_KEY
 
 if TYPE_CHECKING:  # the type only: stores.catalog imports this module (to recover) at run time
     from .catalog import Catalog
@@ -129,8 +130,6 @@ def write_regions_table(regions: pa.Table, where, *, images: pa.Table | None = N
     The embedding column is written without dictionary encoding: its values are all distinct,
     and a dictionary that each row group restarts (and abandons at 1 MB) made float32 shards 20%
     bigger (2,327 against 1,905 bytes a region, D = 512; float16 1,000 against 951)."""
-    from .tables import IMAGES_PER_ROW_GROUP_KEY
-
     opts = dict(compression="zstd", use_dictionary=[c for c in regions.column_names if c != "embedding"])
     img = regions["image_id"].to_numpy() if regions.num_rows else np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, img[1:] != img[:-1]]) if len(img) else np.zeros(0, np.int64)
@@ -255,8 +254,7 @@ def recover(cat: Catalog) -> Recovery:
             p.unlink()
             out.removed_orphans.append(f"regions/{p.name}")
     if (out.published or out.removed_retired) and cat.model is not None:
-        from .errors import StoreError
-        from .indexes import rebuild_image_index
+        from .indexes import rebuild_image_index  # heavy: imported on use (faiss)
 
         try:
             rebuild_image_index(cat, cat.model)  # what the interrupted command would have done next

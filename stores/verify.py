@@ -22,6 +22,7 @@ damaged attribute embeddings are re-encoded only when the caller asks (``--reenc
 from __future__ import annotations
 
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,10 +32,10 @@ import pyarrow.parquet as pq
 from . import files, indexes, tables
 from .catalog import Catalog
 from .errors import StoreError
-from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_sidecar
-from .migrations import SCHEMA_VERSION
-from .parquet import embeddings_to_numpy, has_magic, parquet_problem
+from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_index, read_sidecar
 from .locks import WriterLock
+from .migrations import MIGRATIONS, SCHEMA_VERSION
+from .parquet import embeddings_to_numpy, has_magic, parquet_problem
 from .shards import PAIR_TABLES, describe_file, legacy_shards, run_id_of
 
 NORM_TOL = 1e-2  # |‖e‖ - 1| allowed: float16 storage rounds each component to ~5e-4
@@ -426,8 +427,6 @@ def _shards_full(cat: Catalog, fp: str | None, dim: int | None) -> tuple[list[Pr
 
 
 def _embedding_table(cat: Catalog, table: str, key: str) -> tuple[np.ndarray, list[str], np.ndarray]:
-    import warnings
-
     with warnings.catch_warnings():  # DuckDB warns that DB-API Arrow output copies once; that copy is fine here
         warnings.simplefilter("ignore")
         t = cat.con.execute(f"SELECT {key}, model, embedding FROM {table} ORDER BY {key}").to_arrow_table()
@@ -460,8 +459,6 @@ def _attributes_full(cat: Catalog, fp: str | None, dim: int | None) -> list[Prob
 def _index_problems(cat: Catalog, which: str, fp: str | None, want_ids: np.ndarray, want_vecs: np.ndarray | None,
                     scope: str) -> list[Problem]:
     """One Faiss index against the ids (and vectors) the tables give."""
-    from .faiss_index import read_index
-
     path = indexes.index_path(cat, which)
     where = _rel(cat, path)
     if not path.exists():
@@ -768,8 +765,6 @@ def repair(cat: Catalog, problems: list[Problem] | None = None, *, reencode: boo
         indexes.rebuild_image_index(cat, fp)
         report.add("index", "faiss/images.index", "rebuilt from the full-view embeddings")
     if "views" in checks:
-        from .migrations import MIGRATIONS
-
         for v in EXPLANATION_VIEWS:
             cat.con.execute(f"DROP VIEW IF EXISTS {v}")
         next(m for m in MIGRATIONS if m.__name__ == "m004_explanation_views")(cat.con)

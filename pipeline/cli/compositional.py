@@ -6,7 +6,17 @@ import click
 
 from ..config import MethodConfig
 from .group import cli
-from .options import check_output_folder, command, config_option, number_option, output_option, stack
+from .options import (
+    check_output_folder,
+    command,
+    config_option,
+    load_store_model,
+    number_option,
+    open_store,
+    output_option,
+    show_progress,
+    stack,
+)
 
 _FILE = click.Path(dir_okay=False)
 
@@ -41,7 +51,6 @@ def pairs_given(values: dict) -> bool:
 def build_pairs(values: dict, classes, from_json, max_file_bytes, model_name, pretrained, device, store) -> None:
     """``build-attributes --states/--objects/--pairs ...``: store and encode the pair vocabulary."""
     from ..stages.compositional import build_compositional, read_vocabulary
-    from .options import load_store_model, open_store, show_progress
 
     if classes or from_json:
         raise click.UsageError("Give a class list / --from-json, or a pair vocabulary (--states/--objects/--pairs), not both.")

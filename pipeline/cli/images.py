@@ -6,6 +6,7 @@ import sys
 import click
 
 from ..config import resolve_region_config
+from ..engines.ray_engine import index_images_ray
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from .group import cli
 from .options import (
@@ -76,8 +77,6 @@ def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, max
         common = dict(preset=preset, batch_size=batch_size, dtype=dtype, shard_size=shard_size, max_images=max_images or None,
                       max_image_bytes=max_image_bytes, faiss_index=faiss_index, progress=show_progress())
         if engine == "ray":
-            from ..engines.ray_engine import index_images_ray
-
             report = index_images_ray(cat, model, list(inputs), resolved.config, address=address,
                                       concurrency=ray_concurrency, actors_per_gpu=actors_per_gpu, **common)
         else:

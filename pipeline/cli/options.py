@@ -16,16 +16,22 @@ import functools
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 
 import click
+import duckdb
 
 from stores.catalog import Catalog, resolve_store_path
 from stores.errors import StoreError
+from stores.locks import DEFAULT_WAIT
 
 from ..config import MethodConfig, RegionConfig, number_problem, preset_names, range_text
+from ..engines.ray_engine import require_ray
 from ..errors import InputError
+from ..inputs import human_bytes, parse_byte_size
 from ..method_names import METHODS
+from ..models import ModelLoadError, load_model
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -75,8 +81,6 @@ class ByteSize(Number):
         return "SIZE"
 
     def convert(self, value, param, ctx):
-        from ..inputs import parse_byte_size
-
         if isinstance(value, str) and not value.strip().lstrip("-").isdigit():
             n = parse_byte_size(value)
             if n is None:
@@ -86,8 +90,6 @@ class ByteSize(Number):
 
 
 def byte_size_option(flag: str, default: int, help: str):
-    from ..inputs import human_bytes
-
     return click.option(flag, type=ByteSize(), default=default, show_default=human_bytes(default).replace(".0 ", " "),
                         help=help + " Units K, M, G (binary) or bytes.")
 
@@ -117,8 +119,6 @@ def config_option(config_cls, name: str, *extra_decls: str, default_from_config:
     """An option for one field of a frozen config: its flag, help, type and bounds come from
     the field's metadata. The default is None ("not given"), so the config's resolution can
     tell an explicit value from the default; the help shows the config's default."""
-    from dataclasses import fields
-
     f = next(f for f in fields(config_cls) if f.name == name)
     meta = f.metadata
     flag = meta.get("option") or "--" + name.replace("_", "-")
@@ -192,8 +192,6 @@ def _set_wait(ctx, param, value):
 
 def store_option(fn):
     """``--store`` and ``--wait`` (how long to wait while another process writes the store)."""
-    from stores.locks import DEFAULT_WAIT
-
     fn = click.option(
         "--wait", type=Number(float, 0, 7 * 24 * 3600), default=None, expose_value=False, callback=_set_wait,
         metavar="SECONDS",
@@ -261,7 +259,6 @@ def check_engine(engine: str, address: str | None, **ray_settings) -> None:
         if given:
             raise click.UsageError(f"{', '.join(given)} need --engine ray")
         return
-    from ..engines.ray_engine import require_ray
 
     require_ray()
 
@@ -294,8 +291,6 @@ def max_images_option(help: str, default: int | None = None):
 # ---- errors, stores, models -------------------------------------------------------------
 def friendly_errors(fn):
     """Turn the errors a user can fix into one-line messages (exit status 1, no traceback)."""
-    from ..models import ModelLoadError
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -317,8 +312,6 @@ def friendly_errors(fn):
 def store_damage_message(exc: BaseException) -> str | None:
     """One line for an error that comes from a damaged store file (a shard DuckDB could not
     read mid-query, a Faiss file); None for anything else (a bug keeps its traceback)."""
-    import duckdb
-
     text = " ".join(str(exc).split())
     if isinstance(exc, duckdb.Error) and (".parquet" in text or "Parquet" in text):
         return f"A store file cannot be read: {text[:300]}; run `pipeline verify`."
@@ -350,8 +343,6 @@ def open_store(store, *, read_only: bool = False, create: bool = True, check: st
     ``check`` names the stage about to run: the store's quick check (``stores.verify``) must
     find no problem that stage cannot live with, or the command stops with one line naming
     ``pipeline verify``."""
-    from stores.locks import DEFAULT_WAIT
-
     ctx = click.get_current_context(silent=True)
     wait = ctx.meta.get("zsl_wait", DEFAULT_WAIT) if ctx is not None else DEFAULT_WAIT
     root = resolve_store_path(store)
@@ -385,8 +376,6 @@ def open_store(store, *, read_only: bool = False, create: bool = True, check: st
 def load_store_model(cat: Catalog, model_name, pretrained, device, required: bool = True):
     """The model the user named, or the one the store was built with (None if not required
     and neither is known)."""
-    from ..models import load_model
-
     rec = cat.model_record()
     if model_name is None and pretrained is None and rec:
         model_name, pretrained = rec["name"], rec["pretrained"]

@@ -1,13 +1,17 @@
 """``classify`` and ``evaluate``."""
 from __future__ import annotations
 
+from functools import partial
+
 import click
 
-from ..config import resolve_method_config
+from ..config import recorded_preset, resolve_method_config
+from ..engines.ray_engine import classify_ray
 from ..names import check_text
-from .group import cli
 from .compositional import czsl_config, czsl_method_options, run_notes
+from .group import cli
 from .options import (
+    METHOD_CONFIG_FIELDS,
     RUN_ID,
     check_engine,
     check_output_folder,
@@ -16,7 +20,6 @@ from .options import (
     format_option,
     limit_option,
     load_store_model,
-    METHOD_CONFIG_FIELDS,
     method_config_options,
     method_option,
     model_options,
@@ -29,6 +32,7 @@ from .options import (
 )
 from .output import emit, format_records
 
+
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
                 engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
@@ -36,7 +40,6 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     ``engine``: ``{"engine": "ray", "address": ..., "concurrency": ...}`` runs them on Ray."""
     from stores import tables
 
-    from ..config import recorded_preset
     from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
 
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
@@ -47,10 +50,6 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
     scorer = None
     if engine and engine.get("engine") == "ray":
-        from functools import partial
-
-        from ..engines.ray_engine import classify_ray
-
         scorer = partial(classify_ray, address=engine.get("address"), concurrency=engine.get("concurrency"))
     return [r for m in methods
             for r in classify_runs(cat, m, resolved.config, model=model, provenance=provenance, progress=show_progress(),

@@ -6,6 +6,7 @@ import click
 from stores.catalog import resolve_store_path
 
 from ..config import list_presets
+from ..sql import parse_allow_read, run_sql
 from .group import cli
 from .options import check_output_file, command, format_option, limit_option, open_store, output_option, store_option
 from .output import emit, format_records, format_rows
@@ -33,8 +34,6 @@ def sql_cmd(query, params, allow_read, limit, fmt, output, store):
     EXPORT, INSTALL/LOAD or SET) and no other file read unless named with --allow-read.
     A writer running meanwhile is not disturbed: this reads the last state it published.
     """
-    from ..sql import parse_allow_read, run_sql
-
     out = check_output_file(output)
     allowed = parse_allow_read(allow_read)
     with open_store(store, read_only=True, sandbox=True, allow_read=allowed) as cat:

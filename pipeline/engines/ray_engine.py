@@ -26,11 +26,14 @@ store's shards and the model weights at the same paths (shared storage).
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any, Iterator
 
+from ..config import MethodConfig, RegionConfig
 from ..errors import InputError
+from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 
 RAY_HELP = ("Ray is not installed; --engine ray needs it: pip install 'zsl-pipeline[ray]' "
             "(or pip install 'ray[data]>=2.9' beside this package).")
@@ -59,8 +62,6 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, quiet: b
         if address is None and num_cpus is not None:
             kwargs["num_cpus"] = num_cpus
         if quiet:
-            import logging
-
             kwargs.update(log_to_driver=False, logging_level="error")
             for name in ("ray", "ray.data"):  # Ray Data's INFO/WARNING lines (progress, auth token notes)
                 logging.getLogger(name).setLevel(logging.ERROR)
@@ -148,8 +149,6 @@ def index_images_ray(cat, model, inputs: list[str], cfg=None, *, preset: str | N
     ``model``: the driver's loaded model (fingerprint, provenance); each actor loads
     ``model.name``/``model.pretrained`` itself on its own device and must get the same
     fingerprint. ``batch_images``: images per Ray batch (what one actor call decodes and encodes)."""
-    from ..config import RegionConfig
-    from ..inputs import DEFAULT_MAX_IMAGE_BYTES
     from ..stages.index_images import IndexReport, finish_index_run, start_index_run, store_rows
     from ..stages.region_batches import ModelSpec, RegionBatchFn
 
@@ -213,7 +212,6 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     Texts are read (and class prompts encoded, when a method needs them) on the driver; each
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
-    from ..config import MethodConfig
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
     from ..stages.compositional import CZSL_METHODS
 

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
 from stores import files, tables
@@ -126,8 +127,6 @@ def region_set_label(index_runs: list[dict]) -> str:
 def map_quality(cat: Catalog, run_id: int) -> dict | None:
     """{metric: faithfulness_summary row} of this run's default maps, if ``faithfulness --compare``
     measured them for this run (pointing, deletion, insertion; each with random maps' value)."""
-    import duckdb
-
     try:
         s = tables.map_kind_summary(cat, run_id, MAP_KIND, this_run=True)
     except duckdb.CatalogException:  # a store from before migration m014, opened read-only

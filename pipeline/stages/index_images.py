@@ -14,13 +14,21 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from torch.utils.data import DataLoader
 
 from queries.regions import region_boxes
 from stores import indexes, tables
 from stores.catalog import Catalog
+from stores.faiss_factory import FactoryIndexError, train_plan
 from stores.shards import IndexedImage, ShardWriter
 
 from ..config import RegionConfig
+from ..dense import check_specs
+from ..errors import InputError
+from ..imaging import ImageItem, discover_images
+from ..inputs import DEFAULT_MAX_IMAGE_BYTES
+from ..names import escape_controls
+from .attributes import claim_model
 from .region_batches import (  # noqa: F401  (RegionDataset, encode_*: re-exported for callers)
     RegionBatchFn,
     RegionDataset,
@@ -29,11 +37,6 @@ from .region_batches import (  # noqa: F401  (RegionDataset, encode_*: re-export
     patch_grid_size,
     records_from_rows,
 )
-from ..errors import InputError
-from ..imaging import ImageItem, discover_images
-from ..inputs import DEFAULT_MAX_IMAGE_BYTES
-from ..names import escape_controls
-from .attributes import claim_model
 
 
 @dataclass
@@ -86,8 +89,6 @@ def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *
     if cfg.source == "patches" and not patch_grid_size(model):
         raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
     if cfg.source == "patches" and (cfg.dense != "plain" or cfg.layers):
-        from ..dense import check_specs
-
         try:
             check_specs(model, cfg.dense_specs())
         except (ValueError, NotImplementedError) as exc:
@@ -128,7 +129,6 @@ def index_images(
     without being read. ``faiss_index``: a Faiss factory string for faiss/images.index and
     faiss/regions.index (None keeps what the store has: ``Flat`` images.index, no regions.index).
     """
-    from torch.utils.data import DataLoader
     from tqdm import tqdm
 
     run = start_index_run(cat, model, inputs, cfg, preset=preset, batch_size=batch_size, dtype=dtype,
@@ -221,8 +221,6 @@ def finish_index_run(cat: Catalog, model: str, report: IndexReport, faiss_index:
     faiss/regions.index when asked for or already there) with ``faiss_index`` or the type they
     were built with. A factory that cannot be trained on what is there stops with one line that
     says the images were indexed; the indexes are then rebuilt with their previous type."""
-    from stores.faiss_factory import FactoryIndexError
-
     cat.refresh_views()
     if faiss_index is None:
         indexes.rebuild_image_index(cat, model)
@@ -246,8 +244,6 @@ def check_faiss_index(factory: str, model, cfg: RegionConfig, *, images_at_most:
     """Refuse, before any image is read, a factory string Faiss cannot build at the model's
     dimension, or one that needs more training vectors than the store can hold after this run
     (one line, :class:`stores.faiss_factory.FactoryIndexError`)."""
-    from stores.faiss_factory import FactoryIndexError, train_plan
-
     plan = train_plan(factory, model.embed_dim)
     for what, n in (("images (faiss/images.index)", images_at_most), ("regions (faiss/regions.index)", regions_at_most)):
         if plan.needs_training and n < plan.minimum:

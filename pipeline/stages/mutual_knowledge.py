@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from queries.mutual_knowledge import cluster_parts, foreground_mask, mutual_knowledge, part_boxes
 from stores import tables
@@ -36,6 +37,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
+from ..models import load_model
 from ..names import check_text, norm_class_name
 from .attributes import add_class_prompts, encode_class_prompts
 from .index_images import encode_patch_tokens, patch_grid_size
@@ -159,8 +161,6 @@ def image_parts(model, images: list, cfg: ConceptConfig):
     """Per image: (full embedding (D,), part labels of the patch grid, part boxes in image pixels
     (K, 4), part embeddings (K, D)). The grid covers the centre square of the image (open_clip's
     resize-shortest-side + centre crop)."""
-    import torch
-
     grid = patch_grid_size(model)
     if not grid:
         raise InputError(f"Mutual knowledge needs patch tokens; {model.name} is not a ViT.")
@@ -307,8 +307,6 @@ def compare_stores(stores: list[str], *, method: str | None = None, compute: boo
     concept-deletion AUC of one run (the latest of ``method``, else the latest explained run,
     else the latest run). A run not explained yet is explained first with the store's model
     (``compute``), else refused."""
-    from ..models import load_model
-
     out = []
     for path in stores:
         root = Path(path)

@@ -44,6 +44,7 @@ from stores.shards import content_id, region_id
 from ..config import RegionConfig
 from ..imaging import ImageItem, open_image, read_image_file, region_image
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
+from ..models import ModelLoadError, load_model
 
 MIN_ROWS = 8  # pad encoder chunks to at least this many rows (see module doc)
 STATUS_OK, STATUS_SKIP, STATUS_ERROR = "ok", "skip", "error"
@@ -204,8 +205,6 @@ class ModelSpec:
     fingerprint: str | None = None
 
     def load(self):
-        from ..models import ModelLoadError, load_model
-
         model = load_model(self.name, self.pretrained, device=self.device, precision=self.precision)
         if self.fingerprint is not None and model.fingerprint != self.fingerprint:
             raise ModelLoadError(f"this worker loaded {model.fingerprint}, the driver {self.fingerprint}: every node "

@@ -13,6 +13,7 @@ Writes the fp16 state dict and ``<out>.json`` (config, seed, steps, final loss, 
 """
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import math
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from ..models import load_model, sha256_file
 from . import world as tw
 
 _logger = logging.getLogger(__name__)
@@ -97,10 +100,7 @@ def fit_clip(model_name: str, seed: int, sample_batch, *, steps: int, lr: float 
     early (the cosine schedule is then cut; ``steps_done`` says where). Returns the trained
     model (eval mode) and what the metadata records: loss history, final loss, wall time.
     """
-    import torch
     import open_clip
-
-    from ..models import load_model
 
     torch.set_num_threads(threads)
     lm = load_model(model_name, f"random:{seed}", device="cpu", precision="fp32")
@@ -162,9 +162,6 @@ def fit_clip(model_name: str, seed: int, sample_batch, *, steps: int, lr: float 
 def save_weights(model, out_path, meta: dict) -> dict:
     """Write the fp16 state dict to ``out_path`` and ``meta`` (plus file facts) to ``<out>.json``."""
     import open_clip
-    import torch
-
-    from ..models import sha256_file
 
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,8 +224,6 @@ def train_toy_clip(
 
 
 def main(argv=None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m pipeline.toy.train", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--steps", type=int, default=1500)

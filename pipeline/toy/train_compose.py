@@ -17,6 +17,7 @@ sha256, the seen pairs). Load with ``load_model("zsl-compose", "toy-compose")`` 
 """
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -85,8 +86,6 @@ def train_compose_clip(out_path=DEFAULT_OUT, steps: int = 1400, seed: int = 0, b
 
 
 def main(argv=None) -> None:
-    import argparse
-
     ap = argparse.ArgumentParser(prog="python -m pipeline.toy.train_compose", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(DEFAULT_OUT))
     ap.add_argument("--steps", type=int, default=1400)

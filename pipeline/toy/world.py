@@ -34,6 +34,7 @@ Everything is a pure function of the seeds: the same call writes identical bytes
 """
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import math
@@ -516,8 +517,6 @@ def caption_view(scene: Scene, view, rng: np.random.Generator, nonce: str | None
 
 
 def _png_bytes(img: Image.Image) -> bytes:
-    import io
-
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
     return buf.getvalue()

@@ -6,6 +6,7 @@ talk HTTP, every database write happens in the calling thread.
 """
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -122,8 +123,6 @@ def secrets_in_url(url: str | None) -> list[str]:
     except ValueError:
         return []
     if parts.password:  # httpx sends userinfo as Basic auth: base64("user:password"), which servers echo
-        import base64
-
         pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
         found.append(base64.b64encode(pair).decode("ascii"))
     found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(k)]
