@@ -96,6 +96,7 @@ def _read_manifest(p: Path) -> list[ImageItem]:
             raise InputError(f"{p}: line {reader.line_num}: not readable as CSV ({exc}).") from None
         where = "line"
     else:
+        # heavy: imported on use
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -63,6 +63,7 @@ class LoadedModel:
 
     def encode_images(self, batch):
         """batch: float tensor [B,3,H,W] already preprocessed -> L2-normalised float32 [B,D]."""
+        # heavy: imported on use
         import torch
 
         with torch.inference_mode():
@@ -71,6 +72,7 @@ class LoadedModel:
 
     def encode_texts(self, texts: list[str], batch_size: int = 256):
         """texts -> L2-normalised float32 numpy [N,D]."""
+        # heavy: imported on use
         import numpy as np
         import torch
 
@@ -99,6 +101,7 @@ class LoadedModel:
 
 def register_project_configs() -> None:
     """Make the project's JSON configs visible to open_clip (idempotent)."""
+    # heavy: imported on use
     import open_clip
 
     if "zsl-tiny" not in open_clip.list_models():
@@ -152,6 +155,7 @@ def resolve_model_name(name: str | None, pretrained: str | None) -> tuple[str, s
 
 
 def pick_device(device: str | None = None) -> str:
+    # heavy: imported on use
     import torch
 
     if device:
@@ -200,6 +204,7 @@ def _go_offline() -> None:
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     try:
+        # heavy: imported on use
         import huggingface_hub.constants as hf_constants
 
         hf_constants.HF_HUB_OFFLINE = True
@@ -225,9 +230,11 @@ def load_model(
         device: ``cpu``/``cuda``/``cuda:1``; picked automatically when None.
         precision: ``fp32``/``fp16``/``bf16``; fp16 on CUDA, fp32 on CPU when None.
     """
+    # heavy: imported on use
     import torch
 
     register_project_configs()
+    # heavy: imported on use
     import open_clip
 
     device = pick_device(device)

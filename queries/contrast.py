@@ -59,6 +59,7 @@ def pair_attributes(texts_a, texts_b, emb_a=None, emb_b=None, *, min_similarity:
     cosine >= ``min_similarity``. Without embeddings the rest stay unpaired.
     Returns (pairs, unpaired_a, unpaired_b).
     """
+    # heavy: imported on use
     from scipy.optimize import linear_sum_assignment
 
     na, nb = len(texts_a), len(texts_b)

@@ -73,6 +73,7 @@ def foreground_mask(tokens, grid: tuple[int, int], *, threshold: float = 0.5, se
     >>> np.nonzero(foreground_mask(t, (4, 4)))[0].tolist()
     [5, 6, 9, 10]
     """
+    # heavy: imported on use
     from scipy import linalg, ndimage
 
     x = _np(tokens)
@@ -124,10 +125,12 @@ def cluster_parts(tokens, *, n_parts: int = 4, mask=None, method: str = "ward", 
     if k == 1:
         raw = np.zeros(len(idx), dtype=np.int64)
     elif method == "ward":
+        # heavy: imported on use
         from scipy.cluster.hierarchy import fcluster, linkage
 
         raw = fcluster(linkage(x[idx], method="ward"), t=k, criterion="maxclust")
     elif method == "kmeans":
+        # heavy: imported on use
         from scipy.cluster.vq import kmeans2
 
         _, raw = kmeans2(x[idx], k, minit="++", seed=np.random.default_rng(seed), iter=50)

@@ -72,6 +72,7 @@ def occlusion_map(base_score: float, scores, windows, height: int, width: int) -
 def rise_masks(n: int, height: int, width: int, *, grid: int = 8, p: float = 0.5,
                rng: np.random.Generator) -> np.ndarray:
     """N soft masks (N, H, W) in [0, 1], as RISE draws them (module doc)."""
+    # heavy: imported on use
     import torch
     import torch.nn.functional as F
 

@@ -36,6 +36,7 @@ class BootstrapCI:
 
 def bootstrap_mean(values, *, n_resamples: int = 2000, confidence: float = 0.95, seed: int = 0) -> BootstrapCI:
     """Mean of ``values`` with a percentile bootstrap interval (NaNs dropped)."""
+    # heavy: imported on use
     from scipy.stats import bootstrap
 
     v = np.asarray(values, dtype=np.float64).reshape(-1)

@@ -276,6 +276,7 @@ def build_from_shards(paths, factory: str = "Flat", *, id_column: str, embedding
     provenance as :func:`build_factory_index` on the concatenated rows (same sample, same order).
     ``filters``: pyarrow filters, e.g. ``[("kind", "!=", "full")]`` for a regions index.
     """
+    # heavy: imported on use
     import pyarrow.parquet as pq
 
     from .parquet import embeddings_to_numpy

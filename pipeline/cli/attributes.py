@@ -82,6 +82,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
     pipeline build-attributes --states states.txt --objects objects.txt --seen seen_pairs.txt \\
         --attributes-states states.json --attributes-objects objects.json   # (state, object) pairs
     """
+    # heavy: imported on use
     from ..stages.attributes import encode_attributes, import_attribute_file
 
     if pairs_given(pairs):  # compositional pairs: docs/compositional.md
@@ -104,11 +105,13 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
     if not llm_model:
         raise click.UsageError("--llm-model is required to write attributes with an LLM (or import a file with --from-json).")
     check_text(llm_model, "--llm-model", "model name")
+    # heavy: imported on use
     from ..stages.llm import generate_attributes, read_class_list
     from ..stages.llm.calls import check_base_url
 
     check_base_url(base_url)  # before reading anything (the message never quotes the URL)
     if prompt_version:
+        # heavy: imported on use
         from ..stages.llm import get_prompt_set
 
         get_prompt_set(prompt_version)  # a shipped name, refused before any work
@@ -147,6 +150,7 @@ def export_attributes_cmd(schema, dataset, style, output, store):
     clip_benchmark eval --dataset cifar10 --custom_template_file templates.json ...
     pipeline export-attributes --schema dclip -o descriptors_mine.json
     """
+    # heavy: imported on use
     from ..stages.export import export_attributes
 
     check_output_file(output)

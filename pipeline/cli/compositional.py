@@ -50,6 +50,7 @@ def pairs_given(values: dict) -> bool:
 
 def build_pairs(values: dict, classes, from_json, max_file_bytes, model_name, pretrained, device, store) -> None:
     """``build-attributes --states/--objects/--pairs ...``: store and encode the pair vocabulary."""
+    # heavy: imported on use
     from ..stages.compositional import build_compositional, read_vocabulary
 
     if classes or from_json:
@@ -91,6 +92,7 @@ def czsl_config(values: dict) -> dict:
 
 def run_notes(cat, report) -> list[str]:
     """What a czsl-* run should tell the user: its notes and the pairs feasibility left out."""
+    # heavy: imported on use
     from stores import tables
 
     lines = [f"run {report.run_id}: note: {n}" for n in report.notes]
@@ -127,6 +129,7 @@ def make_composeworld_cmd(output, n_per_pair, seed, setting, split_seed):
     pipeline index-images cw/images --n-crops 40 --crop-min 0.4
     pipeline evaluate --method clip,czsl-local --theta 0.95
     """
+    # heavy: imported on use
     from ..toy.compose_world import make_compose_world
 
     w = make_compose_world(check_output_folder(output), n_per_pair=n_per_pair, seed=seed, setting=setting,

@@ -45,6 +45,7 @@ def concept_options(fn):
 
 
 def _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side, class_text, sinkhorn):
+    # heavy: imported on use
     from ..stages.mutual_knowledge import ConceptConfig
 
     return ConceptConfig(n_parts=n_parts, part_topk=part_topk, language_topk=language_topk, clustering=clustering,
@@ -72,6 +73,7 @@ def mutual_knowledge_cmd(run_id, max_images, n_parts, part_topk, language_topk, 
     pipeline sql "select * from concept_sets limit 5"
     pipeline explain IMAGE --concepts
     """
+    # heavy: imported on use
     from ..stages.mutual_knowledge import explain_concepts
 
     cfg = _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_part_side, class_text, sinkhorn)
@@ -107,6 +109,7 @@ def compare_cmd(stores, methods, no_compute, max_images, n_parts, part_topk, lan
 
     A run without explanations is explained first with its store's own model.
     """
+    # heavy: imported on use
     from ..stages.mutual_knowledge import COMPARE_COLUMNS, compare_stores
 
     names = [m.strip() for v in methods or () for m in str(v).split(",") if m.strip()]

@@ -48,6 +48,7 @@ def make_toyworld_cmd(output, n_per_class, seed, setting, split_seed, classes):
     pipeline index-images toy/images --preset toy-demo
     pipeline classify --method lazsl
     """
+    # heavy: imported on use
     from ..toy.world import make_toyworld
 
     w = make_toyworld(check_output_folder(output), n_per_class=n_per_class, seed=seed, setting=setting,

@@ -62,6 +62,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, m
     object (czsl-local), and writes a map of each; after `pipeline mutual-knowledge` it lists
     the prediction's vision, shared and language concepts.
     """
+    # heavy: imported on use
     from ..explain.explain import explain_image
 
     if concepts:
@@ -99,6 +100,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, m
 
 
 def _explain_concepts(image, run_id, fmt, store) -> None:
+    # heavy: imported on use
     from ..explain.concepts import explain_image_concepts
 
     with open_store(store) as cat:
@@ -128,6 +130,7 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
     \b
     pipeline report -o run3.html --run 3
     """
+    # heavy: imported on use
     from ..explain.report import build_report
 
     out = check_output_file(output)
@@ -181,9 +184,11 @@ def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, toler
     --compare measures map kinds against each other and against random maps; results also go to
     the table faithfulness_summary, and `explain` / `report` quote them.
     """
+    # heavy: imported on use
     from ..explain.faithfulness import faithfulness
 
     if compare:
+        # heavy: imported on use
         from ..explain.compare import compare_maps, parse_kinds
 
         kinds = parse_kinds(map_kinds)

@@ -61,6 +61,7 @@ def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, max
     With --engine ray the images are decoded and encoded by Ray actors (one model each) and this
     process writes the same shards the local engine would (docs/scale.md).
     """
+    # heavy: imported on use
     from ..stages.index_images import index_images
 
     check_engine(engine, address, ray_concurrency=ray_concurrency, actors_per_gpu=None if actors_per_gpu == 1 else actors_per_gpu)
@@ -71,6 +72,7 @@ def index_images_cmd(inputs, preset, batch_size, workers, dtype, shard_size, max
     with open_store(store, check="index-images") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
         if faiss_index is not None:
+            # heavy: imported on use
             from stores.faiss_factory import train_plan
 
             train_plan(faiss_index, model.embed_dim)  # one line for a string Faiss cannot build, before any work

@@ -355,6 +355,7 @@ def open_store(store, *, read_only: bool = False, create: bool = True, check: st
     cat = Catalog(root, read_only=read_only, create=create, wait=wait, on_wait=_say_waiting, **catalog_options)
     try:
         if check is not None:
+            # heavy: imported on use
             from stores.verify import require_usable
 
             require_usable(cat, check)

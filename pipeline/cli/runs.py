@@ -38,6 +38,7 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
     say where values came from, and run each method. Returns the ClassifyReports.
     ``engine``: ``{"engine": "ray", "address": ..., "concurrency": ...}`` runs them on Ray."""
+    # heavy: imported on use
     from stores import tables
 
     from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
@@ -84,6 +85,7 @@ def classify_cmd(methods, preset, limit, fmt, engine, address, ray_concurrency, 
     were indexed, else the defaults; every run stores what it used (runs.params). With
     --engine ray, Ray actors score the regions shards and this process writes the run.
     """
+    # heavy: imported on use
     from stores import tables
 
     check_engine(engine, address, ray_concurrency=ray_concurrency)
@@ -139,6 +141,7 @@ def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretra
     unseen, best harmonic mean and the seen-unseen AUC as a calibration bias sweeps, closed and
     open world (docs/compositional.md).
     """
+    # heavy: imported on use
     from ..stages.evaluate import evaluate_run, format_table, latest_runs, table_rows, write_results
 
     names = parse_methods(methods)

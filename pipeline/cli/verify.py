@@ -68,6 +68,7 @@ def verify_cmd(repair, reencode, quick, fmt, model_name, pretrained, device, sto
     attribute embedded; one class prototype per class with attributes; one model fingerprint;
     template prompts apart from attributes and prototypes. docs/store.md lists each check.
     """
+    # heavy: imported on use
     from stores import verify as v
 
     if reencode and not repair:
@@ -111,6 +112,7 @@ def verify_cmd(repair, reencode, quick, fmt, model_name, pretrained, device, sto
         report = v.repair(cat, problems, reencode=reencode)
         records += [dict(check=c, where=w, problem=a, repair="done") for c, w, a in report.actions]
         if reencode and report.reencode_needed:
+            # heavy: imported on use
             from ..stages.attributes import encode_attributes
 
             model = load_store_model(cat, model_name, pretrained, device)
@@ -151,6 +153,7 @@ def remove_images_cmd(paths, image_ids, labels, index_runs, yes, limit, fmt, sto
     the new one is committed); their rows in predictions, alignments, sample_predictions and the
     faithfulness tables are dropped in the same transaction; faiss/images.index is rebuilt.
     """
+    # heavy: imported on use
     from stores.removal import plan_removal, remove_images
 
     if not (paths or image_ids or labels or index_runs):

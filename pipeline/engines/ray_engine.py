@@ -46,6 +46,7 @@ class RayNotInstalled(InputError):
 def require_ray():
     """Import ray and ray.data, or raise :class:`RayNotInstalled` with the one-line install hint."""
     try:
+        # heavy: imported on use
         import ray
         import ray.data  # noqa: F401
     except ImportError as exc:  # ray missing, or ray without the [data] extra
@@ -108,6 +109,7 @@ def map_batches_ordered(fn_cls, rows: list[dict], *, fn_constructor_kwargs: dict
     Closing the generator (or an error on the driver) stops the pipeline and frees its actors.
     """
     ray = connect()
+    # heavy: imported on use
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -134,6 +136,7 @@ def map_batches_ordered(fn_cls, rows: list[dict], *, fn_constructor_kwargs: dict
 
 def engine_params(address: str | None, plan: dict, **extra) -> dict:
     """What ``index_runs.params`` / ``runs.params`` record about a Ray run."""
+    # heavy: imported on use
     import ray
 
     return {"name": "ray", "address": address, "ray": ray.__version__, **plan, **extra}
@@ -149,6 +152,7 @@ def index_images_ray(cat, model, inputs: list[str], cfg=None, *, preset: str | N
     ``model``: the driver's loaded model (fingerprint, provenance); each actor loads
     ``model.name``/``model.pretrained`` itself on its own device and must get the same
     fingerprint. ``batch_images``: images per Ray batch (what one actor call decodes and encodes)."""
+    # heavy: imported on use
     from ..stages.index_images import IndexReport, finish_index_run, start_index_run, store_rows
     from ..stages.region_batches import ModelSpec, RegionBatchFn
 
@@ -183,9 +187,11 @@ class ShardScorer:
     actor), maps batches of ``{"path", "seq"}`` rows (regions shards) to scored rows."""
 
     def __init__(self, context: dict, image_ids=None, threads: int | None = None):
+        # heavy: imported on use
         from ..stages.classify import ScoreContext
 
         if threads:
+            # heavy: imported on use
             import torch
 
             torch.set_num_threads(threads)
@@ -193,6 +199,7 @@ class ShardScorer:
         self.image_ids = None if image_ids is None else list(image_ids)
 
     def __call__(self, batch) -> dict:
+        # heavy: imported on use
         import numpy as np
 
         from ..stages.classify import score_shard
@@ -212,6 +219,7 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     Texts are read (and class prompts encoded, when a method needs them) on the driver; each
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
+    # heavy: imported on use
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
     from ..stages.compositional import CZSL_METHODS
 
@@ -222,6 +230,7 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     run = prepare_run(cat, method, config or MethodConfig(), model=model, image_ids=image_ids, provenance=provenance,
                       engine=engine_params(address, plan))
     t0 = time.perf_counter()
+    # heavy: imported on use
     from stores import tables
 
     shards = tables.region_shard_plan(cat, image_ids)

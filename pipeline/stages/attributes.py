@@ -220,6 +220,7 @@ def add_class_texts(cat: Catalog, texts: dict[int, list[tuple[str | None, str]]]
 
 def _encode_missing(cat: Catalog, model, todo: list[tuple[int, str]], insert, what: str, batch_size: int,
                     progress: bool) -> int:
+    # heavy: imported on use
     from tqdm import tqdm
 
     bar = tqdm(total=len(todo), desc=f"encode {what}", unit="text", disable=not progress or not todo)

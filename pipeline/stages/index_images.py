@@ -129,6 +129,7 @@ def index_images(
     without being read. ``faiss_index``: a Faiss factory string for faiss/images.index and
     faiss/regions.index (None keeps what the store has: ``Flat`` images.index, no regions.index).
     """
+    # heavy: imported on use
     from tqdm import tqdm
 
     run = start_index_run(cat, model, inputs, cfg, preset=preset, batch_size=batch_size, dtype=dtype,

@@ -201,6 +201,7 @@ def explain_concepts(cat: Catalog, model, run_id: int | None = None, *, config: 
                      batch_size: int = 32, progress: bool = True) -> ConceptReport:
     """Mutual-knowledge explanations of a run's predictions (every image, or ``image_ids``, or
     the first ``limit`` by path) into ``mutual_knowledge`` and ``concepts``."""
+    # heavy: imported on use
     from tqdm import tqdm
 
     t0 = time.perf_counter()

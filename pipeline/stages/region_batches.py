@@ -69,6 +69,7 @@ class RegionDataset:
         return len(self.items)
 
     def __getitem__(self, i: int) -> dict:
+        # heavy: imported on use
         import torch
 
         item = self.items[i]
@@ -103,9 +104,11 @@ def encode_patch_tokens(model, pixels, specs: list[dict] | None = None):
     :func:`pipeline.dense.dense_feature_sets` (MaskCLIP/ClearCLIP/SCLIP-style blocks, chosen
     layers), averaged and re-normalised; None or plain last-block = open_clip's own tokens.
     """
+    # heavy: imported on use
     import torch
 
     if specs and specs != [{"variant": "plain", "block": -1}]:
+        # heavy: imported on use
         from ..dense import dense_feature_sets
 
         sets, pooled, _ = dense_feature_sets(model, pixels, specs)
@@ -135,6 +138,7 @@ def patch_grid_size(model) -> int:
 
 
 def _pad(chunk, min_rows: int):
+    # heavy: imported on use
     import torch
 
     n = len(chunk)
@@ -147,6 +151,7 @@ def encode_views(model, pixels, *, batch_size: int = 256, min_rows: int = MIN_RO
     A chunk shorter than ``min_rows`` is padded by repeating its last view (the padding rows'
     outputs are dropped), so every row goes through the same kernels whatever the chunking.
     """
+    # heavy: imported on use
     import torch
 
     out = [model.encode_images(_pad(pixels[i : i + batch_size], min_rows))[: len(pixels[i : i + batch_size])]
@@ -165,6 +170,7 @@ def encode_records(model, records: list[dict], source: str, batch_size: int = 25
                    specs: list[dict] | None = None) -> list[np.ndarray]:
     """Region embeddings (R_i, D), float32, of each decoded record; row 0 the full view.
     ``specs``: the dense token sets of patch regions (``RegionConfig.dense_specs()``)."""
+    # heavy: imported on use
     import torch
 
     if not records:
@@ -229,6 +235,7 @@ class RegionBatchFn:
     def __init__(self, model, cfg: RegionConfig | dict = RegionConfig(), *, dtype: str = "float16", batch_size: int = 256,
                  known_sha=(), max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES, threads: int | None = None):
         if threads:
+            # heavy: imported on use
             import torch
 
             torch.set_num_threads(threads)

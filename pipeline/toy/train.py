@@ -100,6 +100,7 @@ def fit_clip(model_name: str, seed: int, sample_batch, *, steps: int, lr: float 
     early (the cosine schedule is then cut; ``steps_done`` says where). Returns the trained
     model (eval mode) and what the metadata records: loss history, final loss, wall time.
     """
+    # heavy: imported on use
     import open_clip
 
     torch.set_num_threads(threads)
@@ -161,6 +162,7 @@ def fit_clip(model_name: str, seed: int, sample_batch, *, steps: int, lr: float 
 
 def save_weights(model, out_path, meta: dict) -> dict:
     """Write the fp16 state dict to ``out_path`` and ``meta`` (plus file facts) to ``<out>.json``."""
+    # heavy: imported on use
     import open_clip
 
     out_path = Path(out_path)

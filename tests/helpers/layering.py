@@ -21,7 +21,7 @@ from pathlib import Path
 PACKAGES = ("pipeline", "stores", "queries")
 #: libraries that cost tenths of a second (or hundreds of MB) to import
 HEAVY = ("torch", "torchvision", "open_clip", "faiss", "matplotlib", "ray", "PIL", "scipy", "ot", "numpy", "pyarrow",
-         "pandas", "openai", "pytorch_grad_cam", "quantus", "jinja2", "tqdm", "pydantic")
+         "pandas", "openai", "pytorch_grad_cam", "quantus", "jinja2", "tqdm", "pydantic", "huggingface_hub")
 #: what ``pipeline --help`` and ``pipeline sql`` import first (the console script's module, the sql stage)
 STARTUP_MODULES = ("pipeline.cli", "pipeline.sql")
 #: where SQL may be executed outside stores/: the sandbox of `pipeline sql`
@@ -272,3 +272,35 @@ def needless_deferrals(root: Path, heavy=HEAVY) -> list[str]:
             out.append(f"{i.path}:{i.line}: {i.target} defers nothing heavy that {i.source} does not load: "
                        "import it at module level")
     return out
+
+
+MARK = "# heavy: imported on use"
+
+
+def unmarked_deferrals(root: Path) -> list[str]:
+    """Function-level imports without the ``# heavy: imported on use`` comment on the line above
+    their group (consecutive import statements) or on their own first line."""
+    root = Path(root)
+    lines_by_path: dict[str, set[int]] = {}
+    for i in imports(root):
+        if i.in_function:
+            lines_by_path.setdefault(i.path, set()).add(i.line)
+    out = []
+    for rel, wanted in sorted(lines_by_path.items()):
+        text = (root / rel).read_text(encoding="utf-8")
+        lines = text.split("\n")
+        for node in ast.walk(ast.parse(text)):
+            for field in ("body", "orelse", "finalbody"):
+                body = getattr(node, field, None)
+                if not isinstance(body, list):
+                    continue
+                group_start = None
+                for st in body:
+                    if isinstance(st, (ast.Import, ast.ImportFrom)) and st.lineno in wanted:
+                        group_start = group_start or st.lineno
+                        marked = any("heavy:" in lines[k - 1] for k in (group_start - 1, group_start, st.lineno) if k >= 1)
+                        if not marked:
+                            out.append(f"{rel}:{st.lineno}: import inside a function without `{MARK}`")
+                    else:
+                        group_start = None
+    return sorted(set(out))

@@ -18,6 +18,7 @@ _BULLET_RE = re.compile(r"^\s*(?:[-*\u2022]+|\d+[.)])\s*")
 
 
 def _answer_model(key: str):
+    # heavy: imported on use
     from pydantic import create_model
 
     return create_model(f"{key.title()}Answer", **{key: (list[str], ...)})
@@ -41,6 +42,7 @@ def _load_json_loose(text: str) -> Any:
 
 def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[list[str], str | None]:
     """(usable items, None) or (what could be salvaged, why the answer is unusable)."""
+    # heavy: imported on use
     from pydantic import ValidationError
 
     if content is None or not content.strip():

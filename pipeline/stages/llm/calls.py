@@ -216,6 +216,7 @@ def redacting_logs(redact, logger_names=("", "openai", "openai._base_client", "h
 
 
 def _retryable(exc: Exception) -> bool:
+    # heavy: imported on use
     import openai
 
     if isinstance(exc, openai.APIConnectionError):  # includes APITimeoutError
@@ -279,6 +280,7 @@ class LLMRun:
     def call(self, messages: list[dict], class_name: str, sample_index: int, attempt: int):
         """Send one request, falling back through the response formats the server rejects.
         Returns (records, content, fatal); content is None when the last record is an error."""
+        # heavy: imported on use
         import openai
 
         records: list[CallRecord] = []
@@ -402,6 +404,7 @@ def check_base_url(base_url: str | None) -> str | None:
 
 def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3):
     """An ``openai.OpenAI`` for any compatible server; local servers need no key."""
+    # heavy: imported on use
     import openai
 
     base_url = base_url or os.environ.get("OPENAI_BASE_URL") or OPENAI_DEFAULT_BASE_URL

@@ -171,6 +171,7 @@ def generate_attributes(
 
 def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, server: str, *, refresh: bool,
               retry_failed: bool, concurrency: int, progress: bool) -> GenerateReport:
+    # heavy: imported on use
     from tqdm import tqdm
 
     ps = run.ps
