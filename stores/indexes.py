@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from queries.shortlist import class_prototypes
-
 from . import tables
 from .errors import StoreError
 from .faiss_factory import FactoryIndexError, build_factory_index, build_from_shards
@@ -63,6 +61,9 @@ def prototype_attribute_ids(cat: Catalog, model: str) -> tuple[np.ndarray, np.nd
 
 def expected_prototypes(attrs: tables.TextMatrix) -> tuple[np.ndarray, np.ndarray]:
     """(class_ids, prototype vectors) of a prototype attribute matrix."""
+    # heavy: imported on use (queries.shortlist is torch math; `verify --quick` never needs it)
+    from queries.shortlist import class_prototypes
+
     classes = np.unique(attrs.class_ids)
     if len(classes) == 0:
         return classes, np.zeros((0, attrs.embeddings.shape[1] if attrs.embeddings.ndim == 2 else 0), np.float32)

@@ -70,3 +70,10 @@ def test_runner_sees_a_heavy_import():
     code, loaded, _ = run_cli(["classify", "--store", "/nonexistent/zsl-startup-store"])
     assert code != 0  # no store
     assert "numpy" in loaded and "pyarrow" in loaded
+
+
+def test_verify_quick_imports_no_torch(empty_store):
+    """verify reads shards and Faiss files (numpy, pyarrow, faiss) but never runs a model."""
+    code, loaded, output = run_cli(["verify", "--quick", "--store", str(empty_store)])
+    assert code == 0, output
+    assert not {"torch", "open_clip", "matplotlib", "scipy", "PIL"} & set(loaded)
