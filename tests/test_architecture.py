@@ -211,3 +211,11 @@ def test_deferral_rules_fail_on_planted_imports(tmp_path):
         "pipeline/stage.py:4: pipeline.light", "pipeline/stage.py:5: numpy"]
     assert layering.unmarked_deferrals(tmp_path) == [
         f"pipeline/stage.py:{n}: import inside a function without `# heavy: imported on use`" for n in (4, 5, 8)]
+
+
+def test_every_package_is_shipped():
+    """A package missing from pyproject's list is absent from a wheel (pip install .)."""
+    import tomllib
+
+    shipped = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    assert {p.rstrip("/").replace("/", ".") for p in packages(ROOT)} <= shipped
