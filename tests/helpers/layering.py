@@ -35,6 +35,7 @@ class Import:
     line: int
     in_function: bool
     path: str  # of the importing file, relative to the root
+    function: str | None = None  # the module-level function it sits in
 
 
 def modules(root: Path) -> dict[str, tuple[Path, bool]]:
@@ -77,18 +78,20 @@ def imports(root: Path) -> list[Import]:
     for mod, (path, is_pkg) in known.items():
         rel = path.relative_to(root).as_posix()
 
-        def walk(node: ast.AST, in_function: bool) -> None:
+        def walk(node: ast.AST, in_function: bool, function: str | None) -> None:
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.If) and _is_type_checking(child):
                     for sub in child.orelse:
-                        walk(sub, in_function)
+                        walk(sub, in_function, function)
                     continue
                 if isinstance(child, (ast.Import, ast.ImportFrom)):
                     for t in _targets(mod, is_pkg, child, known):
-                        out.append(Import(mod, t, child.lineno, in_function, rel))
-                walk(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+                        out.append(Import(mod, t, child.lineno, in_function, rel, function))
+                is_fn = isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+                top = child.name if is_fn and not in_function and not isinstance(child, ast.Lambda) else function
+                walk(child, in_function or is_fn, top)
 
-        walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), False)
+        walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path)), False, None)
     return out
 
 
@@ -191,14 +194,27 @@ def package_cycles(root: Path) -> list[list[str]]:
     return strongly_connected(graph)
 
 
+def _called_at_import(root: Path, known: dict) -> dict[str, set[str]]:
+    """module -> its module-level functions that its own body calls while it is imported
+    (``_register()`` at the bottom of a package ``__init__``): their imports run at import time."""
+    out: dict[str, set[str]] = {}
+    for mod, (path, _) in known.items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            call = node.value if isinstance(node, (ast.Expr, ast.Assign)) else None
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name):
+                out.setdefault(mod, set()).add(call.func.id)
+    return out
+
+
 def startup_closure(root: Path, entries=STARTUP_MODULES) -> dict[str, str]:
     """module -> the module that first imported it, for every project module that importing
     ``entries`` runs: module-level imports, followed transitively, and the package ``__init__``
     of every imported module."""
     known = modules(Path(root))
+    called = _called_at_import(Path(root), known)
     level: dict[str, list[str]] = {}
     for i in imports(root):
-        if not i.in_function:
+        if not i.in_function or i.function in called.get(i.source, ()):
             level.setdefault(i.source, []).append(i.target)
     seen: dict[str, str] = {}
     todo = [(e, "(entry)") for e in entries if e in known]
@@ -221,8 +237,10 @@ def startup_closure(root: Path, entries=STARTUP_MODULES) -> dict[str, str]:
 def heavy_at_startup(root: Path, entries=STARTUP_MODULES, heavy=HEAVY) -> list[str]:
     closure = startup_closure(root, entries)
     out = []
+    called = _called_at_import(Path(root), modules(Path(root)))
     for i in imports(root):
-        if i.source in closure and not i.in_function and _top(i.target) in heavy:
+        runs_at_import = not i.in_function or i.function in called.get(i.source, ())
+        if i.source in closure and runs_at_import and _top(i.target) in heavy:
             out.append(f"{i.path}:{i.line}: {i.target} imported at module level by {i.source}, which "
                        f"`pipeline --help`/`pipeline sql` import (via {closure[i.source]}); import it inside the "
                        "function that uses it")
