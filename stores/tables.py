@@ -16,6 +16,7 @@ stage calls which writer.
 from __future__ import annotations
 
 from .rows.common import (  # noqa: F401
+    fetch_dicts,
     insert_arrow,
     insert_columns,
 )
@@ -91,6 +92,7 @@ from .rows.mutual_knowledge import (  # noqa: F401
     replace_mutual_knowledge,
 )
 from .rows.runs import (  # noqa: F401
+    RUN_COLUMNS,
     RunRecord,
     alignment_rows,
     attribute_text_embeddings,
@@ -112,6 +114,7 @@ from .rows.runs import (  # noqa: F401
     ranked_classes,
     run_has_alignments,
     run_image_ids,
+    run_record,
     sample_top1,
     top1_images,
     top1_with_alignments,
@@ -152,5 +155,6 @@ from .rows.texts import (  # noqa: F401
     next_attr_id,
     next_class_id,
     next_prompt_id,
+    text_matrix_of,
     texts_by_ids,
 )
