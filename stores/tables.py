@@ -9,6 +9,7 @@ family of tables); ``docs/architecture.md`` lists which stage calls which writer
 from __future__ import annotations
 
 import json
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -90,6 +91,13 @@ def _text_matrix(rows: list[tuple]) -> TextMatrix:
 def attribute_keys(cat: Catalog, style: str) -> set[tuple[int, str]]:
     """(class_id, text) of the stored attributes of a style (to skip what is already there)."""
     return set(cat.con.execute("SELECT class_id, text FROM attributes WHERE style = ?", [style]).fetchall())
+
+
+def attribute_key_counts(cat: Catalog, style: str) -> Counter:
+    """(class_id, text) -> how many rows of a style hold it (a text repeated in its class's list
+    is one row per occurrence)."""
+    return Counter({(c, t): n for c, t, n in cat.con.execute(
+        "SELECT class_id, text, count(*) FROM attributes WHERE style = ? GROUP BY ALL", [style]).fetchall()})
 
 
 def insert_attributes(cat: Catalog, rows: list[dict]) -> int:
