@@ -16,7 +16,8 @@ Which texts a method scores against (:func:`method_texts`):
   without them, or ``--awt-texts descriptors+prompt``: the descriptors plus the ``clip`` prompt;
 * ``object-bound``: the descriptors, like LaZSL;
 * ``waffle``: WaffleCLIP's random descriptors (template set ``waffle:<seed>:<digest>``, a
-  function of the class names, the seed, the count and the template);
+  function of the class names, the seed, the count, the template and the alphabet: by default
+  WaffleCLIP's prompt and the store's descriptors' characters);
 * ``dclip-nameless``: each descriptor alone, without the class name (set ``nameless``), plus
   the ``clip`` prompt unless ``--nameless none``.
 

@@ -214,3 +214,31 @@ def test_awt_class_text_means_equal_a_plain_loop(tmp_path, toy_clip):
         loop = [prompt + "."] + [prompt + ". " + d for d in descriptions[:50]]
         want = np.mean([toy_clip.encode_texts([s])[0] for s in loop], axis=0)
         np.testing.assert_allclose(means[ids[key.replace("_", " ").lower()]], want, atol=2e-6, err_msg=key)
+
+
+def test_build_attributes_awt_template_option(tmp_path):
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    f = tmp_path / "descriptions.json"
+    f.write_text(json.dumps({"snow_leopard": ["It has thick fur.", ""]}))
+    store = ["--store", str(tmp_path / "s"), "--model", "zsl-tiny", "--pretrained", "random:0"]
+    bad = CliRunner().invoke(cli, ["build-attributes", "--from-json", str(f), "--style", "awt", "--awt-template", "x",
+                                   *store])
+    assert bad.exit_code != 0 and len(bad.output.strip().splitlines()) == 1 and "{}" in bad.output
+    res = CliRunner().invoke(cli, ["build-attributes", "--from-json", str(f), "--style", "awt", "--awt-template",
+                                   "a sketch of a {}", *store])
+    assert res.exit_code == 0, res.output
+    assert 'AWT prompts: "a sketch of a {}. {description}"' in res.output
+    with Catalog(tmp_path / "s", read_only=True) as cat:
+        assert [p for _, p in tables.attributes_by_class(cat, "awt")["snow leopard"]] == [
+            "a sketch of a snow leopard. It has thick fur.", "a sketch of a snow leopard. "]
+        assert awt_class_prompts_of(cat) == {"snow leopard": ("a sketch of a {}", "a sketch of a snow leopard.")}
+
+
+def awt_class_prompts_of(cat):
+    from pipeline.stages.attributes import awt_class_prompts
+
+    names = tables.class_names(cat)
+    return {names[cid]: items[0] for cid, items in awt_class_prompts(cat).items()}
