@@ -143,7 +143,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, awt_template, ma
 @click.option("--schema", "schema", type=click.Choice(["clip-benchmark", "dclip"]), required=True,
               help="clip-benchmark: {dataset: {class: [prompt]}} for --custom_template_file; dclip: {class: [text]}.")
 @click.option("--dataset", default="custom", show_default=True, help="Dataset key of a clip-benchmark file (e.g. cifar10).")
-@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None, help="Which attributes (needed when the store has both).")
+@click.option("--style", type=click.Choice(["descriptors", "sentences", "awt"]), default=None, help="Which attributes (needed when the store has several styles).")
 @output_option("file", "the exported JSON.", required=True)
 @store_option
 def export_attributes_cmd(schema, dataset, style, output, store):
