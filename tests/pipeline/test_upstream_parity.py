@@ -3,14 +3,18 @@ and prompts, and parity on the real descriptor files in ../shared (CuPL's and AW
 
 The real-file tests skip when ../shared is absent (set ZSL_SHARED for a checkout elsewhere)."""
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from pipeline.config import MethodConfig, RegionConfig
-from pipeline.stages.attributes import (add_attributes, awt_template_for, import_attribute_file, read_attribute_lists,
-                                        drop_blank_texts)
+from pipeline.stages.attributes import (
+    add_attributes,
+    awt_template_for,
+    drop_blank_texts,
+    import_attribute_file,
+    read_attribute_lists,
+)
 from pipeline.stages.classify import awt_texts, classify
 from pipeline.stages.index_images import index_images
 from queries.awt import awt_scores
@@ -184,7 +188,7 @@ def _subset_file(tmp_path, name: str, n_classes: int):
 def test_cupl_class_text_means_equal_a_plain_loop(tmp_path, toy_clip, name):
     """The mean of a class's stored sentence embeddings (toy-clip, through the store) equals the
     mean over the file's list encoded in a plain loop: what CuPL and WCA average."""
-    path, raw = _subset_file(tmp_path, name, 10 if "cub" in name else 10)
+    path, raw = _subset_file(tmp_path, name, 10)  # eurosat: all 10 classes; cub: the first 10
     with Catalog(tmp_path / "s") as cat:
         import_attribute_file(cat, toy_clip, path, progress=False)
         means = class_means(tables.attribute_matrix(cat, cat.model, "sentences"))
