@@ -12,6 +12,7 @@ from pipeline.stages.attributes import (
     add_attributes,
     awt_template_for,
     drop_blank_texts,
+    first_per_class,
     import_attribute_file,
     read_attribute_lists,
 )
@@ -159,7 +160,17 @@ def test_real_file_text_counts_per_class_equal_the_files(tmp_path, name):
     with Catalog(tmp_path / "s") as cat:
         add_attributes(cat, mapping, source=f"file:{path.name}", style=style)
         stored = rows_per_class(cat, style)
+        in_order = cat.query("select c.name, a.text from attributes a join classes c using (class_id) "
+                             "where a.style = ? order by a.attr_id", [style]).fetchall()
     assert len(stored) == len(raw)
+    if style == "awt":  # AWT's cut, on every class: the first 50 of the file's list
+        names = np.array([cls for cls, _ in in_order])
+        keep = first_per_class(np.unique(names, return_inverse=True)[1], 50)
+        cut: dict[str, list[str]] = {}
+        for (cls, text), k in zip(in_order, keep):
+            if k:
+                cut.setdefault(cls, []).append(text)
+        assert cut == {cls: texts[:50] for cls, texts in stored.items()}
     by_norm = {k.replace("_", " ").lower(): v for k, v in raw.items()}
     for cls, texts in stored.items():
         # blanks collapsed, as the tokenizer collapses them (the encoded tokens are the same)
