@@ -66,13 +66,14 @@ TOY_METHODS = [
     ("clip-e", "clip-e", {}, "full"),
     ("dclip", "dclip", {}, "full"),
     ("cupl", "cupl", {}, "full"),
-    ("waffle", "waffle", {}, "full"),
-    ("waffle (paper)", "waffle", {"waffle_template": "paper"}, "full"),
+    ("waffle", "waffle", {}, "full"),  # WaffleCLIP's prompt and the descriptors' alphabet (the defaults)
+    ("waffle (paper, a-z)", "waffle", {"waffle_characters": "a-z"}, "full"),
+    ("waffle (dclip, a-z)", "waffle", {"waffle_template": "dclip", "waffle_characters": "a-z"}, "full"),  # the old default
     ("dclip-nameless", "dclip-nameless", {}, "full"),
     ("dclip-nameless (none)", "dclip-nameless", {"nameless": "none"}, "full"),
     ("wca", "wca", {}, "crops"),
     ("lazsl", "lazsl", {}, "crops"),
-    ("awt", "awt", {}, "views"),
+    ("awt", "awt", {}, "views"),  # the toy world has no AWT descriptions: descriptors + class prompt
     ("awt (descriptors)", "awt", {"awt_texts": "descriptors"}, "views"),
     ("object-bound", "object-bound", {}, "crops+parts"),
 ]
@@ -96,17 +97,22 @@ def toy_setting(model, setting: str, args) -> dict:
     from stores import tables
     from stores.catalog import Catalog
 
-    root = Path(args.work) / f"{setting}-seed{args.seed}-n{args.n_per_class}"
+    rows = [r for r in TOY_METHODS if not args.methods or r[1] in args.methods.split(",")]
+    full_only = all(needs == "full" for *_, needs in rows)  # then index the full view (and one crop) only
+    root = Path(args.work) / (f"{setting}-seed{args.seed}-n{args.n_per_class}" + ("-full" if full_only else ""))
     world = root / "world"
     if not (world / "world.json").is_file():
         make_toyworld(world, n_per_class=args.n_per_class, seed=args.seed, setting=setting)
     preset = get_preset(PRESET)
     regions = preset.region_config()
+    if full_only:
+        regions = replace(regions, n_crops=1, n_parts=0, n_views=0)
     out: dict = {}
     with Catalog(root / "store") as cat:
         import_attribute_file(cat, model, world / "attributes.json", progress=False)
         t0 = time.perf_counter()
-        rep = index_images(cat, model, [str(world / "images")], regions, preset=PRESET, workers=0, progress=False)
+        rep = index_images(cat, model, [str(world / "images")], regions, preset=None if full_only else PRESET, workers=0,
+                           progress=False)
         n_img = tables.image_count(cat)
         per_image = {"full": 1, "crops": 1 + regions.n_crops, "views": 1 + regions.n_views,
                      "crops+parts": 1 + regions.n_crops + regions.n_parts}
@@ -116,7 +122,7 @@ def toy_setting(model, setting: str, args) -> dict:
             out["index"]["index_ms_per_region"] = round(1000 * rep.seconds / max(1, rep.regions), 4)
         base = resolve_method_config({}, PRESET).config
         methods = {}
-        for label, method, overrides, needs in TOY_METHODS:
+        for label, method, overrides, needs in rows:
             seeds = args.waffle_seeds if method == "waffle" else 1
             cfg = replace(base, **overrides, waffle_seeds=seeds)
             for i in range(seeds):  # texts are encoded once per store: not part of the timed query
@@ -254,6 +260,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-toy", action="store_true")
     ap.add_argument("--skip-imagenet", action="store_true")
+    ap.add_argument("--methods", default="", help="only the toy rows of these methods (comma list); with methods "
+                                                    "that read the full view only, only it is indexed")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")

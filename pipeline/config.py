@@ -198,8 +198,13 @@ class MethodConfig(_Config):
     contain: float = _f(0.9, "object-bound: a region is a part of an object when this share of its area lies inside "
                              "the object's box.", lo=0.0, hi=1.0, lo_open=True)
     min_parts: int = _f(2, "object-bound: parts a region needs to be a candidate object.", lo=1, hi=100_000)
-    awt_texts: str = _f("descriptors+prompt", "awt: its texts per class: the descriptors plus 'a photo of a {c}.' (AWT's "
-                        "code), or the descriptors alone.", choices=("descriptors+prompt", "descriptors"))
+    awt_texts: str = _f("awt", "awt: its texts per class: awt = AWT's own descriptions (build-attributes --from-json "
+                        "awt_cub.json), each 'a photo of the {c}. {d}' with the dataset's class template, the first "
+                        "--awt-descriptions of them plus the class prompt, as AWT's code (a store without them: "
+                        "descriptors+prompt, noted); descriptors+prompt = the descriptors plus 'a photo of a {c}.'; "
+                        "descriptors = the descriptors alone.", choices=("awt", "descriptors+prompt", "descriptors"))
+    awt_descriptions: int = _f(50, "awt (--awt-texts awt): the first N descriptions of each class, as AWT's "
+                                   "--num_descriptor (50); 0 = all.", lo=0, hi=100_000)
     awt_view_temperature: float = _f(0.5, "awt: view weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
                                      lo_open=True)
     awt_text_temperature: float = _f(0.5, "awt: text weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
@@ -210,9 +215,12 @@ class MethodConfig(_Config):
                                "prompts).", lo=1, hi=1000)
     waffle_seeds: int = _f(1, "waffle: seeds to run (seed, seed+1, ...), one run each; evaluate reports acc1 mean ± "
                               "std over them.", lo=1, hi=100)
-    waffle_template: str = _f("dclip", "waffle: prompt form: dclip ('{c}, which has {random}', as the store's "
-                              "descriptors) or paper ('A photo of a {c}, which has {random}.').",
-                              choices=("dclip", "paper"))
+    waffle_template: str = _f("paper", "waffle: prompt form: paper ('A photo of a {c}, which has {random}.', "
+                              "WaffleCLIP's default) or dclip ('{c}, which has {random}', as the store's descriptors).",
+                              choices=("paper", "dclip"))
+    waffle_characters: str = _f("descriptors", "waffle: alphabet of the random-character descriptors: descriptors "
+                                "(every character of the store's descriptors, as WaffleCLIP's code; its sentences when "
+                                "it has none) or a-z.", choices=("descriptors", "a-z"))
     nameless: str = _f("photo", "dclip-nameless: photo = each descriptor alone plus one 'a photo of a {c}.' per class "
                        "(arXiv 2412.11917); none = the descriptors alone, no class name anywhere.",
                        choices=("photo", "none"))

@@ -133,6 +133,7 @@ from .rows.texts import (  # noqa: F401
     TextMatrix,
     attribute_count,
     attribute_embedding_counts,
+    attribute_key_counts,
     attribute_keys,
     attribute_matrix,
     attribute_styles,

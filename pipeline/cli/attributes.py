@@ -60,22 +60,29 @@ def _json_value(text: str):
 
 @command(cli, "build-attributes")
 @click.argument("classes", required=False, type=click.Path(dir_okay=False))
-@click.option("--from-json", "from_json", type=click.Path(dir_okay=False), help="A DCLIP {class: [descriptor]} or CuPL {class: [sentence]} file.")
-@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None,
-              help="descriptors (DCLIP) or sentences (CuPL); default: guessed from a file, descriptors for an LLM.")
+@click.option("--from-json", "from_json", type=click.Path(dir_okay=False),
+              help="A DCLIP {class: [descriptor]}, CuPL {class: [sentence]} or AWT {class: [description]} file.")
+@click.option("--style", type=click.Choice(["descriptors", "sentences", "awt"]), default=None,
+              help="descriptors (DCLIP), sentences (CuPL) or awt (AWT's descriptions, encoded as "
+                   "'{template(c)}. {d}'); default: guessed from a file (awt_<dataset>.json, or 50+ sentences per "
+                   "class, is awt), descriptors for an LLM.")
 @click.option("--after-text", default="", help="Appended to each DCLIP sentence ('.' for ImageNet, as DCLIP does).")
+@click.option("--awt-template", default=None,
+              help="awt: the class template, {} for the class name (default: AWT's for the dataset the file is "
+                   "named after, awt_cub.json -> 'a photo of the {}'; else 'a photo of a {}').")
 @byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "Larger class lists and attribute files are refused unread.")
 @pair_options
 @llm_options
 @model_options
 @store_option
-def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, llm_model, base_url, api_key, n_samples, prompt_version,
+def build_attributes_cmd(classes, from_json, style, after_text, awt_template, max_file_bytes, llm_model, base_url, api_key, n_samples, prompt_version,
                          concurrency, refresh, retry_failed, timeout, max_retries, max_reasks, duplicates, llm_option,
                          model_name, pretrained, device, store, **pairs):
     """Store class attributes and encode them (Faiss + DuckDB): from a file, or written by an LLM.
 
     \b
     pipeline build-attributes --from-json ../shared/data/descriptors/dclip/descriptors_cub.json
+    pipeline build-attributes --from-json ../shared/data/descriptors/awt/awt_cub.json   # AWT's own
     pipeline build-attributes classes.txt --llm-model gpt-4o-mini            # OPENAI_API_KEY
     pipeline build-attributes classes.txt --llm-model qwen2.5:7b --base-url http://localhost:11434/v1
     pipeline build-attributes classes.csv --llm-model m --style sentences    # CuPL-style
@@ -97,7 +104,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
         with open_store(store, check="build-attributes") as cat:
             model = load_store_model(cat, model_name, pretrained, device)
             report = import_attribute_file(cat, model, from_json or classes, style=style, after_text=after_text,
-                                           progress=progress, max_bytes=max_file_bytes)
+                                           progress=progress, max_bytes=max_file_bytes, awt_template=awt_template)
             for line in report.lines():
                 click.echo(line)
             click.echo(f"store: {cat.root}")
@@ -139,7 +146,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, max_file_bytes, 
 @click.option("--schema", "schema", type=click.Choice(["clip-benchmark", "dclip"]), required=True,
               help="clip-benchmark: {dataset: {class: [prompt]}} for --custom_template_file; dclip: {class: [text]}.")
 @click.option("--dataset", default="custom", show_default=True, help="Dataset key of a clip-benchmark file (e.g. cifar10).")
-@click.option("--style", type=click.Choice(["descriptors", "sentences"]), default=None, help="Which attributes (needed when the store has both).")
+@click.option("--style", type=click.Choice(["descriptors", "sentences", "awt"]), default=None, help="Which attributes (needed when the store has several styles).")
 @output_option("file", "the exported JSON.", required=True)
 @store_option
 def export_attributes_cmd(schema, dataset, style, output, store):

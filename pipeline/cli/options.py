@@ -145,9 +145,9 @@ def stack(*decorators):
 
 
 METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
-                        "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
-                        "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
-                        "nameless")
+                        "alignments_top", "contain", "min_parts", "awt_texts", "awt_descriptions",
+                        "awt_view_temperature", "awt_text_temperature", "awt_logit_scale", "waffle_count",
+                        "waffle_seeds", "waffle_template", "waffle_characters", "nameless")
 REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
                         "layers")
 

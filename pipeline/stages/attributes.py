@@ -9,7 +9,10 @@ table, so exports, prototypes and evaluate's ``templates`` see exactly the user'
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +24,12 @@ from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, load_json_file
 from ..names import check_text, clean_class_name, clean_text, escape_controls, norm_class_name
 
-STYLES = ("descriptors", "sentences")
+STYLES = ("descriptors", "sentences", "awt")
+PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
+#: AWT's class template of each dataset (``AWT_zero_shot/data/cls_to_names.py``, ``CUSTOM_TEMPLATES``;
+#: its description files are ``<dataset>.json``), without the final period.
+AWT_DEFAULT_TEMPLATE = "a photo of a {}"
+AWT_DESCRIPTIONS = 50  # AWT's ``--num_descriptor``: the first 50 descriptions of each class
 
 
 # ---- prompts ----------------------------------------------------------------------------
@@ -38,8 +46,19 @@ def dclip_sentence(descriptor: str) -> str:
     return f"which has {d}"
 
 
-def render_prompt(class_name: str, text: str, style: str, after_text: str = "") -> str:
-    """The exact string that is encoded for one attribute."""
+def awt_class_prompt(class_name: str, template: str) -> str:
+    """AWT's class prompt, ``template.format(c) + "."`` (cub: "a photo of the {c}.")."""
+    return template.replace("{}", class_name) + "."  # never str.format: a template is text, not code
+
+
+def render_prompt(class_name: str, text: str, style: str, after_text: str = "",
+                  class_template: str = AWT_DEFAULT_TEMPLATE) -> str:
+    """The exact string that is encoded for one attribute.
+
+    ``awt``: AWT's ``template.format(c) + ". " + description`` (an empty description gives the
+    class prompt and a blank, which the tokenizer drops: upstream encodes exactly that)."""
+    if style == "awt":
+        return f"{class_template.replace('{}', class_name)}. {text.strip()}"
     if style == "descriptors":
         if not text.strip():
             # DCLIP turns an empty list into [''] and encodes "donuts, which has " (a dangling
@@ -59,9 +78,17 @@ class ImportReport:
     empty: list[str] = field(default_factory=list)  # classes that came with no descriptor
     duplicates: list[str] = field(default_factory=list)  # names merged after normalisation
     style: str = "descriptors"
+    repeated_texts: int = 0  # texts that repeat within their class, kept (upstream averages over them)
+    class_template: str | None = None  # awt: the class template its prompts were built with
 
     def lines(self) -> list[str]:
         out = [f"{self.classes} classes, {self.attributes} attributes ({self.style})"]
+        if self.class_template:
+            out.append(f"AWT prompts: \"{self.class_template}. {{description}}\" (class prompt "
+                       f"\"{self.class_template}.\")")
+        if self.repeated_texts:
+            out.append(f"{self.repeated_texts} texts repeat within their class; kept, so class means weigh them "
+                       f"as the file does")
         if self.empty:
             out.append(f"{len(self.empty)} classes with an empty list (encoded by name only): {', '.join(self.empty[:10])}")
         if self.duplicates:
@@ -69,18 +96,42 @@ class ImportReport:
         return out
 
 
-def guess_style(mapping: dict[str, list[str]]) -> str:
-    """CuPL files hold full sentences (long, ending in '.'); DCLIP files hold short phrases."""
+def guess_style(mapping: dict[str, list[str]], path: str | Path | None = None) -> str:
+    """CuPL files hold full sentences (long, ending in '.'); DCLIP files hold short phrases;
+    AWT's description files are named ``awt_<dataset>.json`` here and hold 50 or more
+    sentences for every class (CuPL's hold at most 48)."""
     texts = [t for v in mapping.values() for t in v if t.strip()]
     if not texts:
         return "descriptors"
     words = np.mean([len(t.split()) for t in texts])
     periods = np.mean([t.rstrip().endswith(".") for t in texts])
-    return "sentences" if words >= 7 or periods > 0.5 else "descriptors"
+    style = "sentences" if words >= 7 or periods > 0.5 else "descriptors"
+    named_awt = path is not None and Path(path).name.lower().startswith(("awt_", "awt-"))
+    if named_awt or (style == "sentences" and min(len(v) for v in mapping.values()) >= AWT_DESCRIPTIONS):
+        return "awt"
+    return style
 
 
-def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[dict[str, list[str]], ImportReport]:
-    """Read a DCLIP/CuPL JSON; merge names equal after normalisation and report them.
+@lru_cache(maxsize=1)
+def awt_templates() -> dict[str, str]:
+    """Dataset name -> AWT's class template (``pipeline/prompts/templates/awt.json``)."""
+    data = json.loads((PROMPT_DIR / "templates" / "awt.json").read_text(encoding="utf-8"))
+    return dict(data["templates"])
+
+
+def awt_template_for(path: str | Path) -> str | None:
+    """AWT's class template of the dataset a description file is named after (``awt_cub.json``
+    or upstream's ``cub.json``), or None when the name is not one of AWT's datasets."""
+    stem = Path(path).stem.lower()
+    for prefix in ("awt_", "awt-"):
+        stem = stem.removeprefix(prefix)
+    return awt_templates().get(stem)
+
+
+def read_attribute_lists(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[dict[str, list[str]], ImportReport]:
+    """Read a DCLIP/CuPL/AWT JSON: each class's texts in order, repeats and blanks kept, as the
+    upstream code reads the list; names equal after normalisation are merged (reported), the
+    second list adding the texts the first lacks.
 
     Bounded: at most ``max_bytes`` (checked before reading) and nested at most a few levels
     (checked before parsing); class names and texts with control characters are refused,
@@ -100,27 +151,45 @@ def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTE
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InputError(f"{path}: the value of {escape_controls(repr(key))} must be a list of strings.")
         name = clean_class_name(key, where=f"{path}: key {escape_controls(repr(key))}")
-        value = [clean_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}") for i, v in enumerate(value)]
+        value = [clean_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}").strip()
+                 for i, v in enumerate(value)]
         if not name:
             raise InputError(f"{path}: an empty class name; every key must name a class.")
         norm = name.lower()
         if norm in merged:
             report.duplicates.append(name)
+            merged[norm] += [v for v in value if v not in merged[norm]]
         else:
-            merged[norm], display[norm] = [], name
-        for v in value:
-            v = v.strip()
-            if v not in merged[norm]:
-                merged[norm].append(v)
+            merged[norm], display[norm] = list(value), name
+    out = {display[norm]: texts for norm, texts in merged.items()}
+    _count(out, report)
+    return out, report
+
+
+def drop_blank_texts(mapping: dict[str, list[str]], report: ImportReport) -> dict[str, list[str]]:
+    """DCLIP/CuPL: blank texts dropped; a class left with none keeps one ``""`` (encoded by its
+    name, :func:`render_prompt`) and is reported."""
     out = {}
-    for norm, texts in merged.items():
+    for name, texts in mapping.items():
         nonempty = [t for t in texts if t]
         if not nonempty:
-            report.empty.append(display[norm])
-        out[display[norm]] = nonempty or [""]
-    report.classes = len(out)
-    report.attributes = sum(len(v) for v in out.values())
-    return out, report
+            report.empty.append(name)
+        out[name] = nonempty or [""]
+    _count(out, report)
+    return out
+
+
+def _count(mapping: dict[str, list[str]], report: ImportReport) -> None:
+    report.classes = len(mapping)
+    report.attributes = sum(len(v) for v in mapping.values())
+    report.repeated_texts = sum(len(v) - len(set(v)) for v in mapping.values())
+
+
+def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> tuple[dict[str, list[str]], ImportReport]:
+    """:func:`read_attribute_lists` with blank texts dropped (:func:`drop_blank_texts`): a
+    DCLIP/CuPL file as stored. Texts that repeat within a class are kept with their count."""
+    lists, report = read_attribute_lists(path, max_bytes)
+    return drop_blank_texts(lists, report), report
 
 
 # ---- writing to the store ---------------------------------------------------------------
@@ -151,11 +220,18 @@ def add_attributes(
     style: str,
     prompt_version: str | None = None,
     after_text: str = "",
+    class_template: str = AWT_DEFAULT_TEMPLATE,
 ) -> int:
-    """Insert the attributes not already stored (same class, text, style). Returns how many."""
+    """Insert the attributes not already stored; returns how many.
+
+    A text that repeats within a class is stored once per occurrence (its own row), so a class
+    mean over its rows is the mean over the list, as upstream computes it. Importing the same
+    lists again adds nothing: a class's text is added only as often as the list holds it more
+    times than the store (same class, text and style)."""
     if style not in STYLES:
         raise InputError(f"Unknown style {style!r}; use one of {', '.join(STYLES)}.")
     check_text(after_text, "--after-text", "text")
+    check_text(class_template, "--awt-template", "template")
     for cls, texts in mapping.items():  # the last door before the store: no control characters
         clean_class_name(cls, where="a class name")
         for text in texts:
@@ -163,18 +239,20 @@ def add_attributes(
     with cat.transaction():
         class_ids = upsert_classes(cat, list(mapping))
         names = tables.class_names(cat)
-        have = tables.attribute_keys(cat, style)
+        stored = tables.attribute_key_counts(cat, style)
         next_id = tables.next_attr_id(cat)
         rows = []
         for cls, texts in mapping.items():
             cid = class_ids[cls]
+            seen: Counter = Counter()
             for text in texts:
-                if (cid, text) in have:
+                seen[(cid, text)] += 1
+                if seen[(cid, text)] <= stored[(cid, text)]:
                     continue
-                have.add((cid, text))
+                stored[(cid, text)] += 1
                 rows.append(dict(attr_id=next_id, class_id=cid, text=text,
-                                 prompt=render_prompt(names[cid], text, style, after_text), source=source,
-                                 style=style, prompt_version=prompt_version))
+                                 prompt=render_prompt(names[cid], text, style, after_text, class_template),
+                                 source=source, style=style, prompt_version=prompt_version))
                 next_id += 1
         tables.insert_attributes(cat, rows)
     return len(rows)
@@ -218,6 +296,37 @@ def add_class_texts(cat: Catalog, texts: dict[int, list[tuple[str | None, str]]]
     return len(rows)
 
 
+def awt_class_prompts(cat: Catalog) -> dict[int, list[tuple[str, str]]]:
+    """AWT's class prompt of every class with AWT descriptions, ``template(c) + "."``, read back
+    from a stored prompt (``"{template(c)}. {description}"``): ``{class_id: [(template, prompt)]}``,
+    as :func:`add_class_texts` takes them."""
+    ids = tables.class_ids_by_norm(cat)
+    out = {}
+    for name, rows in tables.attributes_by_class(cat, "awt").items():
+        text, prompt = rows[0]
+        head = prompt[: len(prompt) - len(text.strip()) - 2]  # the prompt without ". {description}"
+        out[ids[norm_class_name(name)]] = [(head.replace(name, "{}", 1), head + ".")]
+    return out
+
+
+def first_per_class(class_ids: np.ndarray, n: int) -> np.ndarray:
+    """Mask of the first ``n`` rows of each class, in row order (``n`` = 0: every row): AWT's
+    cut to its first 50 descriptions.
+
+    >>> first_per_class(np.array([3, 3, 1, 3, 1]), 2).tolist()
+    [True, True, True, False, True]
+    """
+    class_ids = np.asarray(class_ids)
+    if n <= 0:
+        return np.ones(len(class_ids), bool)
+    order = np.argsort(class_ids, kind="stable")
+    sorted_ids = class_ids[order]
+    starts = np.searchsorted(sorted_ids, sorted_ids, side="left")
+    rank = np.empty(len(class_ids), np.int64)
+    rank[order] = np.arange(len(class_ids)) - starts
+    return rank < n
+
+
 def _encode_missing(cat: Catalog, model, todo: list[tuple[int, str]], insert, what: str, batch_size: int,
                     progress: bool) -> int:
     # heavy: imported on use
@@ -226,7 +335,9 @@ def _encode_missing(cat: Catalog, model, todo: list[tuple[int, str]], insert, wh
     bar = tqdm(total=len(todo), desc=f"encode {what}", unit="text", disable=not progress or not todo)
     for i in range(0, len(todo), batch_size):
         chunk = todo[i : i + batch_size]
-        emb = model.encode_texts([p for _, p in chunk], batch_size=batch_size)
+        position = {p: j for j, p in enumerate(dict.fromkeys(p for _, p in chunk))}  # a repeated text: encoded once
+        emb = model.encode_texts(list(position), batch_size=batch_size)
+        emb = emb[[position[p] for _, p in chunk]] if len(position) < len(chunk) else emb
         with cat.transaction():
             insert(cat, [pid for pid, _ in chunk], model.fingerprint, emb)
         bar.update(len(chunk))
@@ -267,14 +378,26 @@ def rebuild_attribute_indexes(cat: Catalog, model: str) -> None:
 
 def import_attribute_file(
     cat: Catalog, model, path: str | Path, *, style: str | None = None, after_text: str = "", progress: bool = True,
-    max_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_bytes: int = DEFAULT_MAX_FILE_BYTES, awt_template: str | None = None,
 ) -> ImportReport:
-    """``build-attributes --from-json``: read, store and encode a DCLIP/CuPL file."""
-    mapping, report = read_attribute_json(path, max_bytes)
-    report.style = style or guess_style(mapping)
+    """``build-attributes --from-json``: read, store and encode a DCLIP/CuPL/AWT file.
+
+    AWT's description files (style ``awt``) keep every text, blanks included (AWT encodes them),
+    and are encoded as AWT does: ``"{template(c)}. {description}"``, the template being
+    ``awt_template`` or AWT's own for the dataset the file is named after."""
+    lists, report = read_attribute_lists(path, max_bytes)
+    report.style = style or guess_style(lists, path)
+    mapping = lists if report.style == "awt" else drop_blank_texts(lists, report)
+    template = AWT_DEFAULT_TEMPLATE
+    if report.style == "awt":
+        template = awt_template or awt_template_for(path) or AWT_DEFAULT_TEMPLATE
+        if "{}" not in template:
+            raise InputError(f"--awt-template {template!r}: put {{}} where the class name goes.")
+        report.class_template = template
     claim_model(cat, model)
     report.attributes = add_attributes(
-        cat, mapping, source=f"file:{Path(path).name}", style=report.style, prompt_version="file", after_text=after_text
+        cat, mapping, source=f"file:{Path(path).name}", style=report.style, prompt_version="file", after_text=after_text,
+        class_template=template,
     )
     encode_attributes(cat, model, progress=progress)
     return report

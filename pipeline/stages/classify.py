@@ -11,10 +11,13 @@ Which texts a method scores against (:func:`method_texts`):
 * ``dclip``, ``lazsl``: the descriptors (CuPL sentences in a store that has no descriptors);
 * ``cupl``, ``wca``: the CuPL sentences (descriptors in a store that has none); WCA also the
   ``clip`` prompt, which weights its sentences;
-* ``awt``: the descriptors, plus the ``clip`` prompt as one more text per class (``--awt-texts``);
+* ``awt``: AWT's own descriptions (style ``awt``, "{template(c)}. {d}"), the first 50 of each class,
+  plus AWT's class prompt ``template(c) + "."`` (set ``awt-class``), as AWT's code; a store
+  without them, or ``--awt-texts descriptors+prompt``: the descriptors plus the ``clip`` prompt;
 * ``object-bound``: the descriptors, like LaZSL;
 * ``waffle``: WaffleCLIP's random descriptors (template set ``waffle:<seed>:<digest>``, a
-  function of the class names, the seed, the count and the template);
+  function of the class names, the seed, the count, the template and the alphabet: by default
+  WaffleCLIP's prompt and the store's descriptors' characters);
 * ``dclip-nameless``: each descriptor alone, without the class name (set ``nameless``), plus
   the ``clip`` prompt unless ``--nameless none``.
 
@@ -46,9 +49,11 @@ from ..config import MethodConfig
 from ..errors import InputError
 from ..inputs import read_text_bounded
 from ..names import check_text
-from .attributes import add_class_prompts, add_class_texts, dclip_sentence, encode_class_prompts
 from ..method_names import CZSL_METHODS, IMAGE_METHODS
-from .control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
+from .attributes import (add_class_prompts, add_class_texts, awt_class_prompts, dclip_sentence, encode_class_prompts,
+                         first_per_class)
+from .control_prompts import (DCLIP_TEMPLATE, WAFFLE_TEMPLATE, characters_from_descriptors, load_random_words,
+                              waffle_prompts)
 
 METHODS = IMAGE_METHODS
 #: class prompts may have to be encoded (awt also takes its logit scale from the model)
@@ -82,6 +87,7 @@ class MethodTexts:
     kind: str  # descriptors | sentences | class prompts <set>[+<set>]
     photo: tables.TextMatrix | None = None  # WCA, AWT: the "a photo of a {c}." prompts
     extra: dict = field(default_factory=dict)  # what else describes the texts (waffle's descriptors)
+    note: str | None = None  # what the user should know about the choice (awt's fallback)
 
     def describe(self) -> dict:
         return {"kind": self.kind, "n_texts": len(self.attrs), "text_ids": "class_prompts" if self.kind.startswith(
@@ -160,14 +166,22 @@ def waffle_texts(cat: Catalog, model, config: MethodConfig, method: str = "waffl
     if not names:
         raise StoreError("No classes in the store; run `pipeline build-attributes` first.")
     template = WAFFLE_TEMPLATE if config.waffle_template == "paper" else DCLIP_TEMPLATE + _descriptor_after_text(cat)
-    w = waffle_prompts(list(names.values()), load_random_words(), count=config.waffle_count, seed=config.seed,
-                       template=template)
+    characters = None  # a-z
+    if config.waffle_characters == "descriptors":  # WaffleCLIP's alphabet: that of its descriptor file
+        for style in ("descriptors", "sentences"):
+            texts = [t for rows in tables.attributes_by_class(cat, style).values() for t, _ in rows]
+            if texts:
+                characters = characters_from_descriptors(texts) or None
+                break
+    w = waffle_prompts(list(names.values()), load_random_words(), characters, count=config.waffle_count,
+                       seed=config.seed, template=template)
     digest = hashlib.sha256(json.dumps([w.descriptors, template]).encode()).hexdigest()[:8]
     template_set = f"waffle:{config.seed}:{digest}"
     # one template per random descriptor, with {} where the class name goes (as the CLIP templates)
     templates = [template.format(name="{}", sentence=dclip_sentence(d)) for d in w.descriptors]
     attrs = _class_prompts(cat, model, templates, template_set, method)
-    extra = {"waffle": {k: w.params[k] for k in ("n_words", "word_length", "n_groups", "n_chars", "count", "seed")}
+    extra = {"waffle": {k: w.params[k] for k in ("n_words", "word_length", "n_groups", "n_chars", "count", "seed",
+                                                  "characters")}
              | {"template": template, "word_list": "random-words-v1", "descriptors": w.descriptors}}
     return MethodTexts(attrs, f"class prompts {template_set}", extra=extra)
 
@@ -197,9 +211,39 @@ def nameless_texts(cat: Catalog, model, config: MethodConfig, method: str = "dcl
     return MethodTexts(attrs, "class prompts nameless")
 
 
+def awt_texts(cat: Catalog, model, config: MethodConfig, method: str = "awt") -> MethodTexts | None:
+    """AWT's texts as its code builds them: the store's AWT descriptions (style ``awt``), the
+    first ``config.awt_descriptions`` of each class, and each class's prompt ``template(c) + "."``
+    (set ``awt-class``) as the class prompt; None when the store has no AWT descriptions."""
+    attrs = tables.attribute_matrix(cat, cat.model, "awt")
+    if len(attrs) == 0:
+        return None
+    keep = first_per_class(attrs.class_ids, config.awt_descriptions)
+    attrs = tables.TextMatrix(attrs.ids[keep], attrs.class_ids[keep], attrs.embeddings[keep])
+    prompts = awt_class_prompts(cat)
+    add_class_texts(cat, prompts, "awt-class")
+    _encode_prompts(cat, model, method)
+    photo = tables.class_prompt_matrix(cat, cat.model, "awt-class")
+    mine = np.isin(photo.class_ids, attrs.class_ids)
+    photo = tables.TextMatrix(photo.ids[mine], photo.class_ids[mine], photo.embeddings[mine])
+    templates = sorted({t for items in prompts.values() for t, _ in items})
+    return MethodTexts(attrs, "awt", photo, extra={"awt": {"descriptions": config.awt_descriptions,
+                                                          "class_templates": templates}})
+
+
 def method_texts(cat: Catalog, method: str, config: MethodConfig, model=None) -> MethodTexts:
     """Which stored texts a method scores against (class prompts are encoded on demand)."""
     fp = cat.model
+    if method == "awt" and config.awt_texts == "awt":
+        texts = awt_texts(cat, model, config, method)
+        if texts is not None:
+            return texts
+        config = replace(config, awt_texts="descriptors+prompt")  # no AWT descriptions: said in the params
+        fallback = method_texts(cat, method, config, model)
+        fallback.kind += " (no AWT descriptions in the store: --awt-texts descriptors+prompt)"
+        fallback.note = ("awt: the store has no AWT descriptions (build-attributes --from-json awt_<dataset>.json); "
+                         "scoring its descriptors plus 'a photo of a {c}.' (--awt-texts descriptors+prompt)")
+        return fallback
     if method in ("dclip", "lazsl", "cupl", "wca", "awt", "object-bound"):
         first, second = ("sentences", "descriptors") if method in ("cupl", "wca") else ("descriptors", "sentences")
         attrs, kind = tables.attribute_matrix(cat, fp, first), first
@@ -360,7 +404,7 @@ def prepare_run(cat: Catalog, method: str, config: MethodConfig, *, model=None, 
     params = {"method": method, "config": config.to_dict(), **(provenance or {}), "model": fp,
               "texts": texts.describe(), "n_classes": len(classes), "index_runs": tables.index_run_params(cat),
               **extra, **({"engine": engine} if engine else {})}
-    report = ClassifyReport(run_id=run_id, method=method, params=params)
+    report = ClassifyReport(run_id=run_id, method=method, params=params, notes=[texts.note] if texts.note else [])
     return PreparedRun(report, ScoreContext(method, run_id, texts, classes, cls_index, k, config, extra))
 
 

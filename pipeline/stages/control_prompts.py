@@ -26,10 +26,11 @@ Differences from the code: draws come from ``numpy.random.default_rng(seed)`` (t
 numpy's global legacy RNG, draws descriptors for every class and then copies one randomly
 chosen class's set to all classes; here the one shared set is drawn directly); the word list
 is passed in (the code ships ``word_list.pkl``; the project ships its own plain-English list,
-:func:`load_random_words`); the character set is passed in too (default lowercase ASCII, which
-``classify`` uses so that the texts depend on the class names and the seed only;
-:func:`characters_from_descriptors` derives it from the real descriptors as the code's
-"lazy solution" does).
+:func:`load_random_words`); the character set is passed in too (default lowercase ASCII here;
+``classify`` passes :func:`characters_from_descriptors` of the store's descriptors, as the
+code's "lazy solution" derives it from the descriptor file, unless ``--waffle-characters a-z``).
+``classify``'s default prompt is the paper's :data:`WAFFLE_TEMPLATE` (``--waffle-template
+dclip``: the store's DCLIP form).
 
 Class-name-free prompts (Ma et al., "Does VLM Classification Benefit from LLM Description
 Semantics?", arXiv 2412.11917): the class name appears in one prompt per class only

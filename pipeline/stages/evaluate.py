@@ -31,6 +31,7 @@ from stores.errors import StoreError
 from ..config import RegionConfig
 from ..errors import InputError
 from ..names import norm_class_name
+from .attributes import first_per_class
 from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
 
@@ -154,21 +155,28 @@ def draw_accuracies(truth: np.ndarray, per_image_draws: list[list[int]]) -> np.n
 
 def clip_benchmark_record(cat: Catalog, ev: RunEval, dataset: str) -> dict:
     """One result in CLIP_benchmark's output schema, plus the class names and the prompts the
-    run scored against. ``model_fullname`` names the method too, so CLIP_benchmark's results
-    notebook pivots methods apart."""
+    run scored against.
+
+    CLIP_benchmark's ``build`` keeps every field but rebuilds ``model_fullname`` as
+    ``model + " " + pretrained``, and its results notebook pivots on that name; so the method
+    rides in ``pretrained`` (``"openai+lazsl"``), ``model`` stays the architecture (the
+    notebook's ``extract_arch`` reads it), and the weights' own tag is in ``checkpoint``."""
     rec = cat.model_record() or {}
-    model, _, pretrained = ev.model.partition("/")
-    model, pretrained = rec.get("name", model), rec.get("pretrained", pretrained)
+    model, _, checkpoint = ev.model.partition("/")
+    model, checkpoint = rec.get("name", model), rec.get("pretrained", checkpoint)
+    label = method_label(ev)
+    pretrained = f"{checkpoint}+{label}"
     return {
         "dataset": dataset,
         "model": model,
         "pretrained": pretrained,
-        "model_fullname": f"{model} {pretrained} {method_label(ev)}",
+        "model_fullname": f"{model} {pretrained}",  # what CLIP_benchmark's build writes
         "task": "zeroshot_classification",
         "metrics": dict(ev.metrics),  # acc5 is NaN below 5 classes, written as NaN as CLIP_benchmark does
         "language": "en",
+        "checkpoint": checkpoint,
         "method": ev.method,
-        "method_label": method_label(ev),
+        "method_label": label,
         "run_id": ev.run_id,
         "n_images": ev.n_images,
         "params": ev.params,
@@ -189,14 +197,21 @@ def run_prompts(cat: Catalog, params: dict) -> dict[str, list[str]]:
         return out
     style = kind.split(" ")[0] if kind else None
     fp = cat.model
+    if style == "awt" and fp:  # AWT's class prompt, then its first N descriptions
+        m = tables.attribute_matrix(cat, fp, "awt")
+        ids = m.ids[first_per_class(m.class_ids, params.get("config", {}).get("awt_descriptions", 0))]
+        out = tables.class_prompt_texts(cat, "awt-class")
+        for name, prompts in tables.texts_by_ids(cat, ids.tolist()).items():
+            out.setdefault(name, []).extend(prompts)
+        return out
     if style in ("descriptors", "sentences") and fp:
         return tables.texts_by_ids(cat, tables.attribute_matrix(cat, fp, style).ids.tolist())
     return {}
 
 
 def result_file_name(dataset: str, rec: dict) -> str:
-    """CLIP_benchmark's ``--output`` pattern, with the method: safe as a file name."""
-    raw = f"{dataset}_{rec['pretrained']}_{rec['model']}_{rec.get('method_label', rec['method'])}_en_zeroshot_classification.json"
+    """CLIP_benchmark's ``--output`` pattern (its ``pretrained`` names the method): safe as a file name."""
+    raw = f"{dataset}_{rec['pretrained']}_{rec['model']}_en_zeroshot_classification.json"
     return "".join(c if c.isalnum() or c in "._-" else "-" for c in raw)
 
 

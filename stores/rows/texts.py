@@ -1,6 +1,7 @@
 """Classes, attributes and their embeddings, CLIP-template class prompts, and the next free ids."""
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -58,6 +59,13 @@ def text_matrix_of(rows: list[tuple]) -> TextMatrix:
 def attribute_keys(cat: Catalog, style: str) -> set[tuple[int, str]]:
     """(class_id, text) of the stored attributes of a style (to skip what is already there)."""
     return set(cat.con.execute("SELECT class_id, text FROM attributes WHERE style = ?", [style]).fetchall())
+
+
+def attribute_key_counts(cat: Catalog, style: str) -> Counter:
+    """(class_id, text) -> how many rows of a style hold it (a text repeated in its class's list
+    is one row per occurrence)."""
+    return Counter({(c, t): n for c, t, n in cat.con.execute(
+        "SELECT class_id, text, count(*) FROM attributes WHERE style = ? GROUP BY ALL", [style]).fetchall()})
 
 
 def insert_attributes(cat: Catalog, rows: list[dict]) -> int:

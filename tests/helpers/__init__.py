@@ -1,11 +1,13 @@
 """Test helpers: the one reference Sinkhorn/LaZSL loop (:mod:`.reference`), store builders
 (:mod:`.stores`), and a loopback fake LLM server (:mod:`.fake_llm_server`)."""
+import os
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-SHARED = Path(__file__).resolve().parents[3] / "shared"  # ../shared beside the checkout
+# ../shared beside the checkout; ZSL_SHARED names it for a checkout elsewhere (a git worktree)
+SHARED = Path(os.environ.get("ZSL_SHARED") or Path(__file__).resolve().parents[3] / "shared")
 
 
 def write_image(path: Path, size=(96, 80), color=(200, 30, 30), fmt=None, seed=0):

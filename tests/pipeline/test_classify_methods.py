@@ -185,15 +185,27 @@ def test_explain_names_the_object_that_carried_the_class(store, tmp_path):
     assert ce.parts is not None and abs(sum(ce.parts) - ce.score) < 1e-6
 
 
-def test_waffle_prompts_and_scores(store, tiny_model):
-    run = classify(store, "waffle", MethodConfig(top_k=0, seed=3), model=tiny_model, progress=False)
+@pytest.mark.parametrize("form", ["upstream", "dclip"])
+def test_waffle_prompts_and_scores(store, tiny_model, form):
+    """Default: WaffleCLIP's own prompt and alphabet (the store's descriptors' characters);
+    ``--waffle-template dclip --waffle-characters a-z``: the store's DCLIP form, a-z."""
+    config = MethodConfig(top_k=0, seed=3)
+    template, characters = "A photo of a {name}, {sentence}.", "aefghiklnoprstwy"
+    if form == "dclip":
+        config = replace(config, waffle_template="dclip", waffle_characters="a-z")
+        template, characters = "{name}, {sentence}", None
+    run = classify(store, "waffle", config, model=tiny_model, progress=False)
     names = tables.class_names(store)
-    w = waffle_prompts(list(names.values()), load_random_words(), count=15, seed=3, template="{name}, {sentence}")
+    w = waffle_prompts(list(names.values()), load_random_words(), characters, count=15, seed=3, template=template)
     kind = run.params["texts"]["kind"]
     assert kind.startswith("class prompts waffle:3:")
     stored_prompts = tables.class_prompt_texts(store, kind[len("class prompts "):])
-    assert stored_prompts == {n: [f"{n}, {dclip_sentence(d)}" for d in w.descriptors] for n in names.values()}
+    assert stored_prompts == {n: [template.format(name=n, sentence=dclip_sentence(d)) for d in w.descriptors]
+                              for n in names.values()}
     assert run.params["texts"]["waffle"]["descriptors"] == w.descriptors
+    assert run.params["texts"]["waffle"]["characters"] == (characters or "abcdefghijklmnopqrstuvwxyz")
+    if form == "upstream":  # the random characters are drawn from the descriptors' alphabet
+        assert set("".join(w.descriptors[1::2])) <= set(characters + ", ")
     emb = tiny_model.encode_texts(w.prompts)
     got = stored(store, run.run_id)
     for iid in image_ids(store):
