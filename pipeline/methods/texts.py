@@ -2,7 +2,8 @@
 
 Each builder takes ``(cat, config, model, name)`` and returns :class:`~.registry.MethodTexts`;
 class prompts (every text that is not a user attribute) are encoded on first use, in
-``class_prompts``, which needs the text encoder (``model``).
+``class_prompts``, which needs the text encoder (``model``). The stages that write texts
+(attributes: faiss, torch) are imported when a builder runs, so the registry stays cheap.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..inputs import read_text_bounded
 from ..names import check_text, norm_class_name
-from ..stages.attributes import PHOTO_PROMPTS, add_class_prompts, add_class_texts, dclip_sentence, encode_class_prompts
-from ..stages.control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
 from .registry import MethodTexts
+
+PHOTO_PROMPTS = "clip"  # the template set of the "a photo of a {c}." class prompts (named after CLIP's prompt)
 
 CLIP_TEMPLATE = "a photo of a {}."
 
@@ -53,6 +54,8 @@ def ensemble_set_name(templates: str) -> str:
 
 def encode_missing_prompts(cat: Catalog, model, method: str) -> None:
     """Encode the class prompts that have no embedding yet (the text encoder is needed then)."""
+    from ..stages.attributes import encode_class_prompts
+
     if not tables.class_prompts_without_embedding(cat, cat.model):
         return
     if model is None:
@@ -63,6 +66,8 @@ def encode_missing_prompts(cat: Catalog, model, method: str) -> None:
 
 def class_prompts(cat: Catalog, model, templates: list[str], template_set: str, method: str) -> tables.TextMatrix:
     """The class prompts of ``template_set`` (written and encoded when missing)."""
+    from ..stages.attributes import add_class_prompts, encode_class_prompts
+
     fp = cat.model
     have = tables.class_prompt_matrix(cat, fp, template_set)
     if len(have) < tables.class_count(cat) * len(templates):
@@ -137,6 +142,9 @@ def waffle(cat: Catalog, config, model, method: str) -> MethodTexts:
     """WaffleCLIP's random descriptors for the store's classes (seed ``config.seed``), stored as
     class prompts (template set ``waffle:<seed>:<digest>``, a function of the class names, the
     seed, the count and the template)."""
+    from ..stages.attributes import dclip_sentence
+    from ..stages.control_prompts import DCLIP_TEMPLATE, WAFFLE_TEMPLATE, load_random_words, waffle_prompts
+
     names = tables.class_names(cat)
     if not names:
         raise StoreError("No classes in the store; run `pipeline build-attributes` first.")
@@ -156,6 +164,8 @@ def waffle(cat: Catalog, config, model, method: str) -> MethodTexts:
 def nameless(cat: Catalog, config, model, method: str) -> MethodTexts:
     """Class-name-free prompts: each stored descriptor alone (set ``nameless``), plus the
     "a photo of a {c}." prompt once per class when ``config.nameless == "photo"`` (arXiv 2412.11917)."""
+    from ..stages.attributes import add_class_texts
+
     by_class = tables.attributes_by_class(cat, "descriptors")
     if not by_class:
         raise StoreError(f"--method {method} needs descriptors (a DCLIP-style file); the store has none.")

@@ -48,7 +48,8 @@ from ..config import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
 from ..names import clean_class_name, norm_class_name
-from .attributes import (PHOTO_PROMPTS, add_attributes, add_class_prompts, claim_model, encode_attributes,
+from ..methods.texts import PHOTO_PROMPTS
+from .attributes import (add_attributes, add_class_prompts, claim_model, encode_attributes,
                          encode_class_prompts,
                          read_attribute_json, render_prompt)
 
