@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..config import MethodConfig
 from . import cli
-from .options import check_output_folder, command, config_option, number_option, output_option, stack
+from .options import check_output_folder, command, number_option, output_option, stack
 
 _FILE = click.Path(dir_okay=False)
 
@@ -58,26 +57,6 @@ def build_pairs(values: dict, classes, from_json, max_file_bytes, model_name, pr
         for line in report.lines():
             click.echo(line)
         click.echo(f"store: {cat.root}")
-
-
-def czsl_method_options(fn):
-    """``classify``/``evaluate`` options of the czsl-* methods (MethodConfig fields; None = not given)."""
-    return stack(
-        *(config_option(MethodConfig, n) for n in ("pair_weight", "state_weight", "object_weight", "logit_scale")),
-        click.option("--open-world", "open_world", is_flag=True, default=None,
-                     help=MethodConfig.field_meta("open_world")["help"]),
-        config_option(MethodConfig, "feasibility_threshold"),
-    )(fn)
-
-
-CZSL_CONFIG_KEYS = ("pair_weight", "state_weight", "object_weight", "logit_scale", "open_world", "feasibility_threshold")
-
-
-def czsl_config(values: dict) -> dict:
-    """The given czsl-* settings as config values (a flag not given is None: not an override)."""
-    out = {k: values.get(k) for k in CZSL_CONFIG_KEYS}
-    out["open_world"] = True if out["open_world"] else None
-    return out
 
 
 def run_notes(cat, report) -> list[str]:

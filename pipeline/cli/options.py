@@ -24,7 +24,7 @@ import click
 from stores.catalog import Catalog, resolve_store_path
 from stores.errors import StoreError
 
-from ..config import MethodConfig, RegionConfig, preset_names
+from ..config import RegionConfig, preset_names
 from ..errors import InputError
 
 FORMATS = ("table", "csv", "json", "jsonl")
@@ -116,14 +116,18 @@ class IntList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers (e.g. -1,-2)", param, ctx)
 
 
-def config_option(config_cls, name: str, *extra_decls: str, default_from_config: bool = False):
-    """An option for one field of a frozen config: its flag, help, type and bounds come from
-    the field's metadata. The default is None ("not given"), so the config's resolution can
-    tell an explicit value from the default; the help shows the config's default."""
+def config_option(config_cls, name: str, *extra_decls: str):
+    """An option for one field of a frozen config (:func:`field_option`)."""
     from dataclasses import fields
 
-    f = next(f for f in fields(config_cls) if f.name == name)
-    meta = f.metadata
+    return field_option(next(f for f in fields(config_cls) if f.name == name), *extra_decls)
+
+
+def field_option(f, *extra_decls: str):
+    """An option for one config field: its flag, help, type and bounds come from the field's
+    metadata. The default is None ("not given"), so the config's resolution can tell an
+    explicit value from the default; the help shows the config's default."""
+    name, meta = f.name, f.metadata
     flag = meta.get("option") or "--" + name.replace("_", "-")
     decls = (flag, *extra_decls, name)
     shown = f.default if not isinstance(f.default, float) or f.default == round(f.default, 6) else round(f.default, 4)
@@ -150,17 +154,26 @@ def stack(*decorators):
     return wrap
 
 
-METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
-                        "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
-                        "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
-                        "nameless", "control_parts")
 REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
                         "layers")
 
 
+def method_option_fields() -> list:
+    """The settings of the registered methods' configs that are command-line options."""
+    from ..config import option_fields
+
+    return [f for f in option_fields().values() if f.metadata.get("cli", True)]
+
+
 def method_config_options(fn):
-    """Every MethodConfig knob a user may set on the command line (None = not given)."""
-    return stack(*(config_option(MethodConfig, n) for n in METHOD_CONFIG_FIELDS))(fn)
+    """Every method setting a user may set on the command line (None = not given), from the
+    registered methods' configs: the options and docs/cli.md come from one source."""
+    return stack(*(field_option(f) for f in method_option_fields()))(fn)
+
+
+def method_settings(values: dict) -> dict:
+    """The method settings among a command's parameters (None = not given)."""
+    return {f.name: values.get(f.name) for f in method_option_fields()}
 
 
 def region_config_options(fn):

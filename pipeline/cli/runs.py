@@ -6,7 +6,7 @@ import click
 from ..config import resolve_method_config
 from ..names import check_text
 from . import cli
-from .compositional import czsl_config, czsl_method_options, run_notes
+from .compositional import run_notes
 from .options import (
     RUN_ID,
     check_engine,
@@ -16,9 +16,9 @@ from .options import (
     format_option,
     limit_option,
     load_store_model,
-    METHOD_CONFIG_FIELDS,
     method_config_options,
     method_option,
+    method_settings,
     model_options,
     open_store,
     output_option,
@@ -62,7 +62,6 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @method_option()
 @preset_option
 @method_config_options
-@czsl_method_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
 @engine_options(gpu=False)
@@ -89,7 +88,7 @@ def classify_cmd(methods, preset, limit, fmt, engine, address, ray_concurrency, 
     from stores import tables
 
     check_engine(engine, address, ray_concurrency=ray_concurrency)
-    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
+    options = method_settings(config)
     rows = []
     with open_store(store, check="classify") as cat:
         ray = {"engine": engine, "address": address, "concurrency": ray_concurrency}
@@ -121,7 +120,6 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
-@czsl_method_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
 @format_option()
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
@@ -146,7 +144,7 @@ def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretra
     names = parse_methods(methods)
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
-    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
+    options = method_settings(config)
     with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

@@ -213,7 +213,6 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     Texts are read (and class prompts encoded, when a method needs them) on the driver; each
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
-    from ..config import MethodConfig
     from ..methods import get_method
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
 
@@ -221,7 +220,7 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
         raise InputError(f"--method {method} runs on the local engine only; drop --engine ray for it.")
     ray = connect(address)
     plan = plan_actors(ray.cluster_resources(), concurrency=concurrency, num_gpus=0)
-    run = prepare_run(cat, method, config or MethodConfig(), model=model, image_ids=image_ids, provenance=provenance,
+    run = prepare_run(cat, method, config, model=model, image_ids=image_ids, provenance=provenance,
                       engine=engine_params(address, plan))
     t0 = time.perf_counter()
     from stores import tables

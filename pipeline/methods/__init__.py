@@ -16,9 +16,10 @@ from .registry import (
     find_method,
     get_method,
     method_names,
+    option_fields,
     register,
     unregister,
 )
 
-__all__ = ["Method", "MethodTexts", "ScoreContext", "find_method", "get_method", "method_names", "register",
+__all__ = ["Method", "MethodTexts", "ScoreContext", "find_method", "get_method", "method_names", "option_fields", "register",
            "unregister"]

@@ -1,14 +1,29 @@
 """AWT: augmented views x descriptions, entropy-weighted, by optimal transport (:mod:`queries.awt`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from stores.errors import StoreError
 from stores.results import text_ids
 
-from ..config import MethodConfig
+from ..config import setting
 from . import texts
+from .fields import SinkhornConfig
 from .registry import VIEW_KINDS, Method, MethodTexts, chunks, register
+
+
+@dataclass(frozen=True)
+class AwtConfig(SinkhornConfig):
+    awt_texts: str = setting("descriptors+prompt", "awt: its texts per class: the descriptors plus 'a photo of a {c}.' (AWT's "
+                        "code), or the descriptors alone.", choices=("descriptors+prompt", "descriptors"))
+    awt_view_temperature: float = setting(0.5, "awt: view weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
+                                     lo_open=True)
+    awt_text_temperature: float = setting(0.5, "awt: text weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
+                                     lo_open=True)
+    awt_logit_scale: float = setting(0.0, "awt: logit scale of its entropies (0 = the model's logit_scale.exp(), CLIP's "
+                                     "100).", lo=0.0, hi=1e4)
 
 
 def _awt_texts(cat, config, model, method: str) -> MethodTexts:
@@ -48,7 +63,7 @@ def _awt_scores(ctx, batch, rows) -> None:
         order = np.argsort(-res.scores, axis=1, kind="stable")[:, : ctx.k]  # the top-k classes are stored
         pick = lambda x: np.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), 1)  # noqa: E731
         scores = pick(res.scores)
-        prompt_part = pick(res.prompt_scores)
+        prompt_part = pick(res.global_scores)
         ids = batch.image_ids[sl]
         # global part: the class prompt's column; local part: the descriptions' (they sum to the score)
         rows.predictions(ctx.run_id, ids, classes[order], scores, prompt_part, scores - prompt_part)
@@ -58,6 +73,6 @@ def _awt_scores(ctx, batch, rows) -> None:
 
 
 register(Method("awt", "AWT: augmented views x descriptions, entropy-weighted transport (needs index-images "
-                "--n-views).", _awt_texts, _awt_scores, MethodConfig, region_kinds=VIEW_KINDS,
+                "--n-views).", _awt_texts, _awt_scores, AwtConfig, region_kinds=VIEW_KINDS,
                 region_hint="AWT's views (index-images --n-views 50)", writes_alignments=True,
                 needs_text_encoder=True, prepare=_logit_scale))

@@ -3,9 +3,18 @@ then the best crop (``best-region``) or the mean over crops (``crop-dclip``). A 
 method's gain over LaZSL is real only if it beats these (:mod:`queries.controls`)."""
 from __future__ import annotations
 
-from ..config import MethodConfig
+from dataclasses import dataclass
+
+from ..config import setting
 from . import texts
+from .fields import RankedConfig
 from .registry import CROP_KINDS, PART_KINDS, Method, register
+
+
+@dataclass(frozen=True)
+class ControlConfig(RankedConfig):
+    control_parts: bool = setting(False, "best-region, crop-dclip: score the part crops (index-images --n-parts) as well "
+                                    "as the crops.")
 
 
 def _kinds(config) -> tuple[str, ...]:
@@ -36,6 +45,6 @@ def _crop_dclip(regions, attr, attr_class, n_classes):
 
 HINT = "crops (index-images --regions crops; --n-parts for part crops with --control-parts)"
 register(Method("best-region", "Control: the best single crop's DCLIP score per class (--control-parts adds parts).",
-                texts.descriptors, _control(_best_region), MethodConfig, region_kinds=CROP_KINDS, region_hint=HINT))
+                texts.descriptors, _control(_best_region), ControlConfig, region_kinds=CROP_KINDS, region_hint=HINT))
 register(Method("crop-dclip", "Control: the mean over crops of the DCLIP score (--control-parts adds parts).",
-                texts.descriptors, _control(_crop_dclip), MethodConfig, region_kinds=CROP_KINDS, region_hint=HINT))
+                texts.descriptors, _control(_crop_dclip), ControlConfig, region_kinds=CROP_KINDS, region_hint=HINT))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from stores.results import text_ids
 
-from ..config import MethodConfig
 from . import texts
+from .fields import LocalConfig
 from .registry import CROP_KINDS, Method, register
 
 
@@ -21,11 +21,11 @@ def _lazsl_scores(ctx, batch, rows) -> None:
     )
     class_ids = ctx.classes[cand]
     rows.predictions(ctx.run_id, batch.image_ids, class_ids, res.scores, res.global_scores, res.local_scores)
-    rows.alignments(ctx.run_id, batch.image_ids, class_ids, batch.region_ids[:, cols], res.plan, res.fused,
-                    text_ids(ctx.texts.attrs.ids, res.attr_index), res.scores, config.alignments_top)
+    rows.alignments(ctx.run_id, batch.image_ids, class_ids, batch.region_ids[:, cols], res.plan, res.similarity,
+                    text_ids(ctx.texts.attrs.ids, res.text_index), res.scores, config.alignments_top)
 
 
 register(Method("lazsl", "LaZSL: transport between crops and descriptors on the Faiss shortlist (--theta, --eps).",
-                texts.descriptors, _lazsl_scores, MethodConfig, region_kinds=CROP_KINDS,
+                texts.descriptors, _lazsl_scores, LocalConfig, region_kinds=CROP_KINDS,
                 region_hint="regions besides the full view (index-images --regions crops|grid|patches)",
                 shortlisted=True, writes_alignments=True, writes_contrasts=True, theta_field="theta"))

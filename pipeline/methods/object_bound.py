@@ -2,14 +2,24 @@
 inside it); the class score is the best object's (:mod:`queries.binding`)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from stores.results import text_ids
 
-from ..config import MethodConfig
+from ..config import setting
 from ..errors import InputError
 from . import texts
+from .fields import LocalConfig
 from .registry import PART_KINDS, Method, chunks, register
+
+
+@dataclass(frozen=True)
+class ObjectBoundConfig(LocalConfig):
+    contain: float = setting(0.9, "object-bound: a region is a part of an object when this share of its area lies inside "
+                             "the object's box.", lo=0.0, hi=1.0, lo_open=True)
+    min_parts: int = setting(2, "object-bound: parts a region needs to be a candidate object.", lo=1, hi=100_000)
 
 
 def _object_bound_scores(ctx, batch, rows) -> None:
@@ -32,15 +42,15 @@ def _object_bound_scores(ctx, batch, rows) -> None:
             raise InputError(f"{ctx.method}: {exc} (or lower --min-parts).") from None
         ids, region_ids, class_ids = batch.image_ids[sl], batch.region_ids[sl][:, cols], ctx.classes[cand]
         rows.predictions(ctx.run_id, ids, class_ids, res.scores, res.global_scores, res.local_scores)
-        rows.alignments(ctx.run_id, ids, class_ids, region_ids, res.plan, res.fused,
-                        text_ids(ctx.texts.attrs.ids, res.attr_index), res.scores, config.alignments_top)
+        rows.alignments(ctx.run_id, ids, class_ids, region_ids, res.plan, res.similarity,
+                        text_ids(ctx.texts.attrs.ids, res.text_index), res.scores, config.alignments_top)
         b = np.arange(len(ids))[:, None]
-        rows.object_bindings(ctx.run_id, ids, class_ids, region_ids[b, res.proposal],
-                             np.take_along_axis(res.n_parts, res.proposal, 1), res.scores)
+        rows.object_bindings(ctx.run_id, ids, class_ids, region_ids[b, res.region],
+                             np.take_along_axis(res.n_parts, res.region, 1), res.scores)
 
 
 register(Method("object-bound", "Object-bound transport: LaZSL inside the best candidate object (--contain, "
-                "--min-parts).", texts.descriptors, _object_bound_scores, MethodConfig, region_kinds=PART_KINDS,
+                "--min-parts).", texts.descriptors, _object_bound_scores, ObjectBoundConfig, region_kinds=PART_KINDS,
                 region_hint="crops inside the full view (index-images --regions crops, and --n-parts for smaller part "
                 "crops)", shortlisted=True, writes_alignments=True, writes_contrasts=True,
                 writes_object_bindings=True, theta_field="theta"))

@@ -12,7 +12,7 @@ their math (torch) when called.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 import numpy as np
@@ -76,6 +76,16 @@ class Method:
     # explain: the weight θ of the local part of the score, read from the run's config (None: no split)
     theta_field: str | None = None
 
+    def make_config(self, settings=None):
+        """This method's config from ``settings``: its own config (kept), another method's config
+        or :class:`pipeline.config.MethodOptions` (this method's fields taken, the rest left to
+        the defaults), or None (the defaults)."""
+        if isinstance(settings, self.config):
+            return settings
+        values = settings.to_dict() if settings is not None else {}
+        own = {f.name for f in fields(self.config)}
+        return self.config(**{k: v for k, v in values.items() if k in own})
+
     def region_columns(self, batch: tables.RegionBatch, with_full: bool = False,
                        kinds: tuple[str, ...] | None = None) -> np.ndarray:
         """The batch's columns of this method's region kinds (or ``kinds``; row 0, the full view,
@@ -97,8 +107,23 @@ def register(method: Method, *, replace: bool = False) -> Method:
         raise ValueError(f"method {method.name!r} is already registered")
     if method.scorer is None and method.stage is None:
         raise ValueError(f"method {method.name!r} needs a scorer or a stage of its own")
+    known = option_fields()
+    for f in fields(method.config):  # one setting, one meaning: a shared name is the same field
+        other = known.get(f.name)
+        if other is not None and (other.default != f.default or other.metadata != f.metadata):
+            raise ValueError(f"method {method.name!r}: setting {f.name!r} differs from the registered one "
+                             "(define it once, in pipeline/methods/fields.py)")
     _REGISTRY[method.name] = method
     return method
+
+
+def option_fields() -> dict:
+    """Every setting of the registered methods' configs, by name, in registration order."""
+    out: dict = {}
+    for m in _REGISTRY.values():
+        for f in fields(m.config):
+            out.setdefault(f.name, f)
+    return out
 
 
 def unregister(name: str) -> None:

@@ -130,6 +130,8 @@ def template_ensemble(cat: Catalog, config, model, method: str) -> MethodTexts:
 def _descriptor_after_text(cat: Catalog) -> str:
     """What build-attributes appended to the store's descriptor prompts (``--after-text``, "."
     for ImageNet), read back from a stored prompt, so waffle's prompts take the same form."""
+    from ..stages.attributes import dclip_sentence
+
     for name, rows in tables.attributes_by_class(cat, "descriptors").items():
         for text, prompt in rows:
             if text.strip():

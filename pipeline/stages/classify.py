@@ -19,7 +19,6 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 from stores.results import ResultRows, write_results
 
-from ..config import MethodConfig
 from ..methods import MethodTexts, ScoreContext, get_method
 from ..methods.texts import load_templates  # noqa: F401  (re-exported: part of this stage's API)
 
@@ -36,12 +35,13 @@ class ClassifyReport:
     notes: list[str] = field(default_factory=list)
 
 
-def method_texts(cat: Catalog, method: str, config: MethodConfig, model=None) -> MethodTexts:
-    """Which stored texts a method scores against (class prompts are encoded on demand)."""
+def method_texts(cat: Catalog, method: str, config=None, model=None) -> MethodTexts:
+    """Which stored texts a method scores against (class prompts are encoded on demand);
+    ``config``: the method's config or :class:`~pipeline.config.MethodOptions`."""
     spec = get_method(method)
     if spec.texts is None:
         raise StoreError(f"--method {method} scores texts of its own stage, not a text matrix.")
-    return spec.texts(cat, config, model, method)
+    return spec.texts(cat, spec.make_config(config), model, method)
 
 
 # ---- the stage ----------------------------------------------------------------------------
@@ -77,11 +77,13 @@ class PreparedRun:
     context: ScoreContext
 
 
-def prepare_run(cat: Catalog, method: str, config: MethodConfig, *, model=None, image_ids=None,
+def prepare_run(cat: Catalog, method: str, config=None, *, model=None, image_ids=None,
                 provenance: dict | None = None, engine: dict | None = None) -> PreparedRun:
     """The texts a method scores against (class prompts encoded on demand), the run id and the
-    params it records (``engine``: which engine ran it); the same for both engines."""
+    params it records (``engine``: which engine ran it); the same for both engines. ``config``:
+    the method's own config, or :class:`~pipeline.config.MethodOptions` it takes its fields from."""
     spec = get_method(method)
+    config = spec.make_config(config)
     fp = cat.model
     if fp is None:
         raise StoreError(f"Store {cat.root} is empty; run build-attributes and index-images first.")
@@ -91,7 +93,7 @@ def prepare_run(cat: Catalog, method: str, config: MethodConfig, *, model=None, 
     k = config.top_k if 0 < config.top_k < len(classes) else len(classes)
     extra = spec.prepare(config, model) if spec.prepare else {}
     run_id = tables.next_run_id(cat)
-    params = {"method": method, "config": config.to_dict(), **(provenance or {}), "model": fp,
+    params = {"method": method, "config": config.to_dict(), **own_provenance(provenance, config), "model": fp,
               "texts": texts.describe(), "n_classes": len(classes), "index_runs": tables.index_run_params(cat),
               **extra, **({"engine": engine} if engine else {})}
     report = ClassifyReport(run_id=run_id, method=method, params=params)
@@ -101,7 +103,7 @@ def prepare_run(cat: Catalog, method: str, config: MethodConfig, *, model=None, 
 def classify(
     cat: Catalog,
     method: str,
-    config: MethodConfig = MethodConfig(),
+    config=None,
     *,
     model=None,
     image_ids: list[int] | None = None,
@@ -110,15 +112,18 @@ def classify(
 ) -> ClassifyReport:
     """Score every indexed image (or ``image_ids``) with ``method`` and store one run.
 
-    ``provenance`` (the preset and where each value came from) is stored with the config.
-    Each batch goes through :func:`score_region_batch`; the run and its rows are one transaction.
+    ``config``: the method's own config, or :class:`~pipeline.config.MethodOptions` (None: the
+    defaults). ``provenance`` (the preset and where each value came from) is stored with the
+    config. Each batch goes through :func:`score_region_batch`; the run and its rows are one
+    transaction.
     """
     from tqdm import tqdm
 
     spec = get_method(method)
     if spec.stage is not None:  # a method with a stage of its own (compositional pairs)
-        return spec.stage(cat, method, config, model=model, image_ids=image_ids, provenance=provenance,
-                          progress=progress)
+        config = spec.make_config(config)
+        return spec.stage(cat, method, config, model=model, image_ids=image_ids,
+                          provenance=own_provenance(provenance, config), progress=progress)
     t0 = time.perf_counter()
     run = prepare_run(cat, method, config, model=model, image_ids=image_ids, provenance=provenance)
     report, ctx = run.report, run.context
@@ -136,6 +141,15 @@ def classify(
     return report
 
 
+def own_provenance(provenance: dict | None, config) -> dict:
+    """``provenance`` with its ``origins`` (where each setting came from) cut to the config's fields."""
+    out = dict(provenance or {})
+    if "origins" in out:
+        own = config.to_dict()
+        out["origins"] = {k: v for k, v in out["origins"].items() if k in own}
+    return out
+
+
 def write_contrasts(cat: Catalog, report: ClassifyReport, image_ids=None) -> None:
     """After scoring, in the run's transaction: the contrastive reasons of OT runs (rank 1 vs
     rank 2 and vs the true class) from the rows just written (:mod:`.contrasts`)."""
@@ -150,13 +164,14 @@ def write_contrasts(cat: Catalog, report: ClassifyReport, image_ids=None) -> Non
                             "(why rank 1 and not rank 2); use 2 or more")
 
 
-def classify_runs(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, provenance: dict | None = None,
+def classify_runs(cat: Catalog, method: str, config=None, *, provenance: dict | None = None,
                   scorer=None, **kwargs) -> list[ClassifyReport]:
     """:func:`classify` (or ``scorer``, same signature: the Ray engine's), once per config the
     method's ``runs`` returns (WaffleCLIP's seeds ``seed, seed+1, ...``; each run records its
     group so evaluate reports mean ± std over them)."""
     scorer = scorer or classify
     spec = get_method(method)
+    config = spec.make_config(config)
     configs = spec.runs(config) if spec.runs else [config]
     if len(configs) == 1:
         return [scorer(cat, method, configs[0], provenance=provenance, **kwargs)]

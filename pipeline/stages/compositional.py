@@ -44,7 +44,6 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 from stores.results import ResultRows, text_ids, write_results
 
-from ..config import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
 from ..names import clean_class_name, norm_class_name
@@ -390,7 +389,7 @@ def model_logit_scale(model) -> float | None:
         return None
 
 
-def classify_compositional(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, pair_style: str,
+def classify_compositional(cat: Catalog, method: str, config, *, pair_style: str,
                            local: bool, model=None, image_ids: list[int] | None = None,
                            provenance: dict | None = None, progress: bool = True):
     """Score every indexed image against the store's pairs with a czsl-* method; store one run.
@@ -398,7 +397,8 @@ def classify_compositional(cat: Catalog, method: str, config: MethodConfig = Met
     Candidates: the closed-world pairs, or every stored pair with ``config.open_world``, minus
     the pairs the feasibility filter removes (``config.feasibility_threshold`` > -1, open
     world only; the seen pairs are always kept). Every candidate is stored in ``predictions``
-    (ranked by the combined score), with its branch scores in ``pair_scores``. ``pair_style``:
+    (ranked by the combined score), with its branch scores in ``pair_scores``. ``config``: the
+    method's :class:`pipeline.methods.czsl.PairConfig`; ``pair_style``:
     the style of :func:`pair_texts`; ``local``: the pair branch is LaZSL over the crops (its
     plans go to ``alignments``, the regions that carried state and object to ``pair_regions``)."""
     from tqdm import tqdm
@@ -491,8 +491,8 @@ def _write_batch(cat, rows: ResultRows, run_id, batch, texts: PairTexts, res, sc
     if not local:
         return
     lz = res.pair_lazsl
-    rows.alignments(run_id, batch.image_ids, class_ids, batch.region_ids[:, 1:], lz.plan, lz.fused,
-                    text_ids(texts.pair.ids, lz.attr_index), res.scores, config.alignments_top)
+    rows.alignments(run_id, batch.image_ids, class_ids, batch.region_ids[:, 1:], lz.plan, lz.similarity,
+                    text_ids(texts.pair.ids, lz.text_index), res.scores, config.alignments_top)
     ws, wo = np.asarray(res.state_region_weight), np.asarray(res.object_region_weight)
     bi, mi = np.nonzero((ws > 0) | (wo > 0))
     tables.insert_pair_regions(cat, {

@@ -221,7 +221,7 @@ def test_waffle_seeds_are_runs_reported_as_mean_and_std(store, tiny_model):
 
 @pytest.mark.parametrize("mode", ["photo", "none"])
 def test_nameless_prompts_and_scores(store, tiny_model, mode):
-    run = classify(store, "dclip-nameless", replace(MethodConfig(top_k=0), nameless=mode), model=tiny_model, progress=False)
+    run = classify(store, "dclip-nameless", MethodConfig(top_k=0, nameless=mode), model=tiny_model, progress=False)
     texts = {"cat": ["pointy ears", "a long tail", "whiskers"], "dog": ["floppy ears", "has a wet nose"]}
     if mode == "photo":
         texts = {n: t + [f"a photo of a {n}."] for n, t in texts.items()}

@@ -10,8 +10,11 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import MethodConfig
+from dataclasses import dataclass
+
+from pipeline.config import setting
 from pipeline.methods import Method, register, unregister
+from pipeline.methods.fields import RankedConfig
 from pipeline.methods.texts import descriptors
 from stores import tables
 from stores.catalog import Catalog
@@ -20,21 +23,28 @@ from tests.helpers.small_store import build_small_store
 NAME = "mean-top2"
 
 
+@dataclass(frozen=True)
+class TopCropsConfig(RankedConfig):
+    """The method's own config: the shared top_k, plus a field of its own."""
+
+    n_best: int = setting(2, "mean-top2: crops averaged.", lo=1, hi=1000)
+
+
 def mean_top2(ctx, batch, rows) -> None:
-    """Score of class c: the mean of the two best crops' DCLIP scores (mean cosine to c's texts)."""
+    """Score of class c: the mean of the n_best (2) best crops' DCLIP scores (mean cosine to c's texts)."""
     cols = ctx.spec.region_columns(batch)
     regions = batch.embeddings[:, cols]  # (B, R, D)
     n = len(ctx.classes)
     mean_text = np.stack([ctx.texts.attrs.embeddings[ctx.cls_index == c].mean(0) for c in range(n)])
     per_region = regions @ mean_text.T  # (B, R, C)
-    top2 = -np.sort(-per_region, axis=1)[:, :2]
+    top2 = -np.sort(-per_region, axis=1)[:, : ctx.config.n_best]
     ctx.add_top_k(rows, batch.image_ids, top2.mean(axis=1))
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, tiny_model):
     s = build_small_store(tmp_path_factory.mktemp("plugin"), tiny_model)
-    register(Method(NAME, "Mean of the two best crops' DCLIP scores.", descriptors, mean_top2, MethodConfig,
+    register(Method(NAME, "Mean of the two best crops' DCLIP scores.", descriptors, mean_top2, TopCropsConfig,
                     region_kinds=("crop",), region_hint="crops"))
     yield s
     unregister(NAME)
@@ -67,9 +77,9 @@ def test_a_method_registered_in_a_test_runs_through_classify_evaluate_and_sql(sm
     store = str(small.store)
     run("classify", "--method", NAME, "--top-k", "0", "--limit", "0", "--store", store, "-q")
     with Catalog(small.store) as cat:
-        run_id, method, theta = cat.query("select run_id, method, params->>'$.config.theta' from runs "
-                                          "order by run_id desc limit 1").fetchone()
-        assert method == NAME and float(theta) == MethodConfig().theta  # the resolved config is recorded
+        run_id, method, config = cat.query("select run_id, method, params->'$.config' from runs "
+                                           "order by run_id desc limit 1").fetchone()
+        assert method == NAME and json.loads(config) == {"top_k": 0, "n_best": 2}  # its own config, resolved
         images = [r[0] for r in cat.query("select image_id from images order by image_id").fetchall()]
         stored = {(i, c): s for i, c, s in cat.query(
             "select image_id, class_id, score from predictions where run_id = ?", [run_id]).fetchall()}
