@@ -1,4 +1,5 @@
-"""Typed writers of a run's results: predictions, alignments, object bindings, WCA's draws.
+"""Typed writers of a run's results: predictions, alignments, object bindings, WCA's draws,
+contrastive reasons.
 
 Scoring (``pipeline/stages/classify.py``, a Ray actor, the compositional stage) fills a
 :class:`ResultRows` through its typed methods, from arrays: it never names a table or a
@@ -106,6 +107,33 @@ class ResultRows:
             "sample": np.tile(np.arange(r, dtype=np.int32), b), "class_id": top1.reshape(-1).astype(np.int64),
         })
 
+    def contrast_terms(self, run_id: int, contrasts) -> None:
+        """Contrastive reasons. ``contrasts``: per contrast (why ``class_id`` and not
+        ``other_class_id``), ``(image_id, class_id, other_class_id, runner_up, true_class, gap,
+        prompt_term, terms)`` with ``terms`` ``(attr_id | None, other_attr_id | None, shared,
+        term, reason_rank | None)`` per attribute row. Each contrast is stored as a class-prompt
+        row (no attribute, no reason rank), then its term rows; every row carries the gap."""
+        cols: dict[str, list] = {k: [] for k in ("image_id", "class_id", "other_class_id", "runner_up", "true_class",
+                                                 "attr_id", "other_attr_id", "shared", "term", "reason_rank", "gap")}
+        for image_id, class_id, other_class_id, runner_up, true_class, gap, prompt_term, terms in contrasts:
+            for attr_id, other_attr_id, shared, term, reason_rank in [(None, None, False, prompt_term, None), *terms]:
+                for k, v in (("image_id", image_id), ("class_id", class_id), ("other_class_id", other_class_id),
+                             ("runner_up", runner_up), ("true_class", true_class), ("attr_id", attr_id),
+                             ("other_attr_id", other_attr_id), ("shared", shared), ("term", term),
+                             ("reason_rank", reason_rank), ("gap", gap)):
+                    cols[k].append(v)
+        n = len(cols["image_id"])
+        if n == 0:
+            return
+        self._add("contrast_terms", {
+            "run_id": pa.array([run_id] * n, pa.int64()),
+            **{k: pa.array(cols[k], pa.int64()) for k in ("image_id", "class_id", "other_class_id", "attr_id",
+                                                          "other_attr_id")},
+            **{k: pa.array(cols[k], pa.bool_()) for k in ("runner_up", "true_class", "shared")},
+            "term": pa.array(cols["term"], pa.float64()), "reason_rank": pa.array(cols["reason_rank"], pa.int32()),
+            "gap": pa.array(cols["gap"], pa.float64()),
+        })
+
     # ---- collecting and shipping -------------------------------------------------------
     def extend(self, other: "ResultRows") -> None:
         for table, cols in other.parts.items():
@@ -140,10 +168,14 @@ class ResultRows:
 
 
 _INSERT = {"predictions": tables.insert_predictions, "alignments": tables.insert_alignments,
-           "sample_predictions": tables.insert_sample_predictions, "object_bindings": tables.insert_object_bindings}
+           "sample_predictions": tables.insert_sample_predictions, "object_bindings": tables.insert_object_bindings,
+           "contrast_terms": tables.insert_contrast_terms}
 
 
-def write_results(cat: Catalog, rows: ResultRows) -> None:
-    """Insert the collected rows (the caller holds the transaction)."""
+def write_results(cat: Catalog, rows: ResultRows) -> int:
+    """Insert the collected rows (the caller holds the transaction); rows written."""
+    written = 0
     for table, t in rows.tables().items():
         _INSERT[table](cat, {c: t[c] for c in t.column_names})
+        written += t.num_rows
+    return written
