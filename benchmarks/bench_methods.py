@@ -42,7 +42,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -118,9 +117,9 @@ def toy_setting(model, setting: str, args) -> dict:
         methods = {}
         for label, method, overrides, needs in TOY_METHODS:
             seeds = args.waffle_seeds if method == "waffle" else 1
-            cfg = replace(base, **overrides, waffle_seeds=seeds)
+            cfg = base.updated(**overrides, waffle_seeds=seeds)
             for i in range(seeds):  # texts are encoded once per store: not part of the timed query
-                method_texts(cat, method, replace(cfg, seed=cfg.seed + i), model)
+                method_texts(cat, method, cfg.updated(seed=cfg.seed + i), model)
             reports = classify_runs(cat, method, cfg, model=model, provenance={"preset": PRESET}, progress=False)
             evals = [evaluate_run(cat, r.run_id) for r in reports]
             top1 = np.array([e.metrics["acc1"] for e in evals])

@@ -17,72 +17,16 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import InputError
+from .settings import FrozenConfig, check_value, setting
 
 PRESET_DIR = Path(__file__).parent / "presets"
 DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.explain.dense
-
-
-def setting(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tuple | None = None, option: str | None = None,
-       cli: bool = True):
-    """A config field with its help, bounds and command-line name (``cli``: whether it is an option)."""
-    return field(default=default, metadata=dict(help=help, lo=lo, hi=hi, lo_open=lo_open, choices=choices, option=option,
-                                                 cli=cli))
-
-
-def check_value(name: str, value, meta: dict, option: str | None = None):
-    """Validate one value against a field's metadata; return it (ints stay ints)."""
-    opt = option or meta.get("option") or "--" + name.replace("_", "-")
-    choices, lo, hi, lo_open = meta.get("choices"), meta.get("lo"), meta.get("hi"), meta.get("lo_open")
-    if choices is not None:
-        if value not in choices:
-            raise InputError(f"{opt} must be one of {', '.join(map(str, choices))} (got {value!r}).")
-        return value
-    if isinstance(value, (str, tuple)) or (lo is None and hi is None and not isinstance(value, float)):
-        return value  # free text (a template file) or a tuple checked by its config
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{opt} must be a number (got {value!r}).")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise InputError(f"{opt} must be a finite number (got {value}).")
-    if lo is not None and (value < lo or (lo_open and value == lo)):
-        bound = f"> {lo}" if lo_open else f">= {lo}"
-        raise InputError(f"{opt} must be {bound}" + (f" and <= {hi}" if hi is not None else "") + f" (got {value}).")
-    if hi is not None and value > hi:
-        raise InputError(f"{opt} must be <= {hi} (got {value}).")
-    return value
-
-
-class FrozenConfig:
-    """Shared behaviour of the frozen configs: validation, dict round trip, overrides."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            check_value(f.name, getattr(self, f.name), f.metadata)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise InputError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(known)}.")
-        return cls(**{k: tuple(v) if isinstance(known[k].default, tuple) else v for k, v in d.items()})
-
-    def updated(self, **overrides):
-        """A copy with the non-None overrides applied (and validated)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    @classmethod
-    def field_meta(cls, name: str) -> dict:
-        return next(f.metadata for f in fields(cls) if f.name == name)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,16 @@ from .options import (
 )
 from .output import emit, format_records
 
+def unused_settings(options: dict, methods: list[str]) -> list[str]:
+    """The options given (not None) that none of ``methods`` has in its config, as flags."""
+    from dataclasses import fields
+
+    from ..methods import get_method
+
+    own = {f.name for m in methods for f in fields(get_method(m).config)}
+    return ["--" + k.replace("_", "-") for k, v in options.items() if v is not None and k not in own]
+
+
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
                 engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
@@ -43,6 +53,9 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
+    unused = unused_settings(options, methods)
+    if unused:
+        click.echo(f"note: {', '.join(unused)} not a setting of {', '.join(methods)}; ignored", err=True)
     needs_text = any(get_method(m).needs_text_encoder for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}

@@ -8,7 +8,7 @@ import numpy as np
 from stores.errors import StoreError
 from stores.results import text_ids
 
-from ..config import setting
+from ..settings import setting
 from . import texts
 from .fields import SinkhornConfig
 from .registry import VIEW_KINDS, Method, MethodTexts, chunks, register

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import setting
+from ..settings import setting
 from . import fields, texts
 from .registry import CROP_KINDS, Method, register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import setting
+from ..settings import setting
 from . import texts
 from .fields import RankedConfig
 from .registry import CROP_KINDS, PART_KINDS, Method, register

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 
-from ..config import setting
+from ..settings import setting
 from .fields import LocalConfig
 from .registry import CROP_KINDS, Method, register
 

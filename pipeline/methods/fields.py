@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..config import FrozenConfig, setting
+from ..settings import FrozenConfig, setting
 
 
 def top_k():

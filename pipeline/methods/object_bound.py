@@ -8,7 +8,7 @@ import numpy as np
 
 from stores.results import text_ids
 
-from ..config import setting
+from ..settings import setting
 from ..errors import InputError
 from . import texts
 from .fields import LocalConfig

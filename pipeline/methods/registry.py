@@ -50,7 +50,7 @@ class Method:
 
     ``texts(cat, config, model, name)`` returns the :class:`MethodTexts` it scores against
     (class prompts are encoded on demand). ``scorer(ctx, batch, rows)`` scores one
-    :class:`stores.tables.RegionBatch` with a :class:`pipeline.stages.classify.ScoreContext`
+    :class:`stores.tables.RegionBatch` with a :class:`ScoreContext`
     and adds its rows to a :class:`stores.results.ResultRows`; it is called shard by shard by
     the local engine and inside Ray actors, so it must not touch the store.
     """
@@ -69,7 +69,7 @@ class Method:
     needs_text_encoder: bool = False  # class prompts may have to be encoded
     # values computed once per run and recorded in runs.params (AWT's logit scale): (config, model) -> dict
     prepare: Callable[[Any, Any], dict] | None = None
-    # one run per returned (config, provenance extra), e.g. WaffleCLIP's seeds: (config) -> list
+    # one run per returned config, e.g. WaffleCLIP's seeds: (config) -> list of configs
     runs: Callable[[Any], list] | None = None
     # a method with a stage of its own (the czsl-* pairs): (cat, name, config, **kw) -> ClassifyReport
     stage: Callable[..., Any] | None = None

@@ -19,12 +19,8 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..inputs import read_text_bounded
-from ..names import check_text, norm_class_name
+from ..names import CLIP_TEMPLATE, PHOTO_PROMPTS, check_text, norm_class_name
 from .registry import MethodTexts
-
-PHOTO_PROMPTS = "clip"  # the template set of the "a photo of a {c}." class prompts (named after CLIP's prompt)
-
-CLIP_TEMPLATE = "a photo of a {}."
 
 
 def load_templates(spec: str) -> list[str]:

@@ -9,7 +9,7 @@ stage. A method with a stage of its own (the czsl-* pairs) is handed to it.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,18 +21,9 @@ from stores.results import ResultRows, write_results
 
 from ..methods import MethodTexts, ScoreContext, get_method
 from ..methods.texts import load_templates  # noqa: F401  (re-exported: part of this stage's API)
+from .reports import ClassifyReport
 
 ScoredRows = ResultRows  # the rows scoring produces (kept under the name the engines used)
-
-
-@dataclass
-class ClassifyReport:
-    run_id: int
-    method: str
-    images: int = 0
-    seconds: float = 0.0
-    params: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 def method_texts(cat: Catalog, method: str, config=None, model=None) -> MethodTexts:

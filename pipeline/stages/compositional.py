@@ -46,13 +46,12 @@ from stores.results import ResultRows, text_ids, write_results
 
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
-from ..names import clean_class_name, norm_class_name
-from ..methods.texts import PHOTO_PROMPTS
+from ..names import CLIP_TEMPLATE, PHOTO_PROMPTS, clean_class_name, norm_class_name
 from .attributes import (add_attributes, add_class_prompts, claim_model, encode_attributes,
-                         encode_class_prompts,
-                         read_attribute_json, render_prompt)
+                         encode_class_prompts, read_attribute_json, render_prompt)
+from .reports import ClassifyReport
 
-PAIR_TEMPLATE = "a photo of a {}."  # the clip method's template: czsl-clip's pair branch shares its prompts
+PAIR_TEMPLATE = CLIP_TEMPLATE  # czsl-clip's pair branch shares the clip method's prompts
 STATE_TEMPLATE = "a photo of something {}."
 OBJECT_TEMPLATE = "a photo of a {}."
 ROLE_CODES = {"state": 0, "object": 1, "pair": 2}
@@ -402,8 +401,6 @@ def classify_compositional(cat: Catalog, method: str, config, *, pair_style: str
     the style of :func:`pair_texts`; ``local``: the pair branch is LaZSL over the crops (its
     plans go to ``alignments``, the regions that carried state and object to ``pair_regions``)."""
     from tqdm import tqdm
-
-    from .classify import ClassifyReport
 
     fp = cat.model
     if fp is None:

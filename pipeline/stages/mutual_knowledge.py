@@ -36,8 +36,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
-from ..methods.texts import CLIP_TEMPLATE, PHOTO_PROMPTS
-from ..names import check_text, norm_class_name
+from ..names import CLIP_TEMPLATE, PHOTO_PROMPTS, check_text, norm_class_name
 from .attributes import add_class_prompts, encode_class_prompts
 from .index_images import encode_patch_tokens, patch_grid_size
 

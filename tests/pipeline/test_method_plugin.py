@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from pipeline.cli import cli
 from dataclasses import dataclass
 
-from pipeline.config import setting
+from pipeline.settings import setting
 from pipeline.methods import Method, register, unregister
 from pipeline.methods.fields import RankedConfig
 from pipeline.methods.texts import descriptors
