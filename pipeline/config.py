@@ -233,10 +233,11 @@ def recorded_preset(index_runs: Iterable[dict]) -> str | None:
     return names[-1] if names else None
 
 
-def resolve_method_config(options: dict, preset: str | None = None, store_preset: str | None = None) -> Resolved:
+def resolve_method_config(options: dict, preset: str | None = None, store_preset: str | None = None,
+                          settings: set[str] | None = None) -> Resolved:
     """What a run uses: explicit ``options`` (None = not given) > ``preset`` > the store's
     recorded preset > the defaults. Notes say which values came from the store and which
-    options override the store's preset."""
+    options override the store's preset (``settings``: only these, the chosen methods' own)."""
     given = {k: v for k, v in options.items() if v is not None}
     chosen = preset or store_preset
     from_preset = get_preset(chosen).method_values() if chosen else {}
@@ -247,11 +248,12 @@ def resolve_method_config(options: dict, preset: str | None = None, store_preset
                for name in option_fields()}
     notes = []
     if chosen and not preset:
-        used = {k: v for k, v in from_preset.items() if k not in given}
+        used = {k: v for k, v in from_preset.items() if k not in given and (settings is None or k in settings)}
         if used:
             notes.append(f"using {', '.join(f'{k}={v}' for k, v in used.items())} from the store's preset {chosen} "
                          f"(recorded by index-images; pass --{next(iter(used)).replace('_', '-')} to override)")
-    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
+    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v
+                  and (settings is None or k in settings)}
     if chosen and overridden:
         notes.append(f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {chosen}'s "
                      f"{', '.join(f'{k}={from_preset[k]}' for k in overridden)}")
@@ -265,7 +267,8 @@ def resolve_region_config(options: dict, preset: str | None = None) -> Resolved:
     config = RegionConfig().updated(**{**from_preset, **given})
     origins = {f.name: ("option" if f.name in given else f"preset {preset}" if f.name in from_preset else "default")
                for f in fields(RegionConfig)}
-    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
+    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v
+                  and (settings is None or k in settings)}
     notes = ()
     if preset and overridden:
         notes = (f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {preset}",)

@@ -29,33 +29,27 @@ from .options import (
 )
 from .output import emit, format_records
 
-def unused_settings(options: dict, methods: list[str]) -> list[str]:
-    """The options given (not None) that none of ``methods`` has in its config, as flags."""
-    from dataclasses import fields
-
-    from ..methods import get_method
-
-    own = {f.name for m in methods for f in fields(get_method(m).config)}
-    return ["--" + k.replace("_", "-") for k, v in options.items() if v is not None and k not in own]
-
-
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
                 engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
     say where values came from, and run each method. Returns the ClassifyReports.
     ``engine``: ``{"engine": "ray", "address": ..., "concurrency": ...}`` runs them on Ray."""
+    from dataclasses import fields
+
     from stores import tables
 
     from ..config import recorded_preset
     from ..methods import get_method
     from ..stages.classify import classify_runs
 
-    resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
+    own = {f.name for m in methods for f in fields(get_method(m).config)}
+    resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)), own)
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
-    unused = unused_settings(options, methods)
+    unused = ["--" + k.replace("_", "-") for k, v in options.items() if v is not None and k not in own]
     if unused:
-        click.echo(f"note: {', '.join(unused)} not a setting of {', '.join(methods)}; ignored", err=True)
+        verb = "is not a setting" if len(unused) == 1 else "are not settings"
+        click.echo(f"note: {', '.join(unused)} {verb} of {', '.join(methods)}; ignored", err=True)
     needs_text = any(get_method(m).needs_text_encoder for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
