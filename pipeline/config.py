@@ -267,8 +267,7 @@ def resolve_region_config(options: dict, preset: str | None = None) -> Resolved:
     config = RegionConfig().updated(**{**from_preset, **given})
     origins = {f.name: ("option" if f.name in given else f"preset {preset}" if f.name in from_preset else "default")
                for f in fields(RegionConfig)}
-    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v
-                  and (settings is None or k in settings)}
+    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
     notes = ()
     if preset and overridden:
         notes = (f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {preset}",)

@@ -105,3 +105,14 @@ def test_a_method_registered_in_a_test_runs_through_classify_evaluate_and_sql(sm
 def test_an_unknown_method_is_one_line_naming_the_registered_ones(small):
     res = CliRunner().invoke(cli, ["classify", "--method", "no-such", "--store", str(small.store)])
     assert res.exit_code != 0 and "no-such" in res.output and NAME in res.output and "Traceback" not in res.output
+
+
+def test_a_setting_the_method_does_not_have_is_a_note_and_stays_out_of_its_config(small):
+    out = run("classify", "--method", NAME, "--theta", "0.3", "--top-k", "1", "--limit", "0", "--store",
+              str(small.store), "-q")
+    assert f"--theta is not a setting of {NAME}; ignored" in out
+    with Catalog(small.store) as cat:
+        config, origins = cat.query("select params->'$.config', params->'$.origins' from runs "
+                                    "order by run_id desc limit 1").fetchone()
+    assert json.loads(config) == {"top_k": 1, "n_best": 2} and json.loads(origins) == {"top_k": "option",
+                                                                                      "n_best": "default"}
