@@ -53,7 +53,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pipeline.config import MethodConfig, RegionConfig  # noqa: E402
+from pipeline.config import RegionConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.toy import compose_world as cw  # noqa: E402
 from pipeline.toy import world as tw  # noqa: E402
 

@@ -36,7 +36,8 @@ if str(ROOT) not in sys.path:
 
 
 def measure(seed: int, n_per_class: int, model) -> dict:
-    from pipeline.config import get_preset, resolve_method_config
+    from pipeline.config import get_preset
+    from pipeline.stages.methods import resolve_method_config
     from pipeline.demo import DEMO_PRESET
     from pipeline.stages.attributes import import_attribute_file
     from pipeline.stages.classify import classify

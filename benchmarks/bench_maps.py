@@ -48,7 +48,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from pipeline.stages.attributes import import_attribute_file
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.classify import classify
     from pipeline.explain.explain import prepare_image, resolve_image
     from pipeline.stages.index_images import index_images

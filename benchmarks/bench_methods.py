@@ -42,7 +42,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +87,8 @@ def _iou(a, b) -> float:
 
 # ------------------------------------------------------------------ (a) toy worlds
 def toy_setting(model, setting: str, args) -> dict:
-    from pipeline.config import get_preset, resolve_method_config
+    from pipeline.config import get_preset
+    from pipeline.stages.methods import resolve_method_config
     from pipeline.stages.attributes import import_attribute_file
     from pipeline.stages.classify import classify_runs, method_texts
     from pipeline.stages.evaluate import evaluate_run
@@ -124,9 +124,9 @@ def toy_setting(model, setting: str, args) -> dict:
         methods = {}
         for label, method, overrides, needs in rows:
             seeds = args.waffle_seeds if method == "waffle" else 1
-            cfg = replace(base, **overrides, waffle_seeds=seeds)
+            cfg = base.updated(**overrides, waffle_seeds=seeds)
             for i in range(seeds):  # texts are encoded once per store: not part of the timed query
-                method_texts(cat, method, replace(cfg, seed=cfg.seed + i), model)
+                method_texts(cat, method, cfg.updated(seed=cfg.seed + i), model)
             reports = classify_runs(cat, method, cfg, model=model, provenance={"preset": PRESET}, progress=False)
             evals = [evaluate_run(cat, r.run_id) for r in reports]
             top1 = np.array([e.metrics["acc1"] for e in evals])

@@ -97,7 +97,7 @@ def phase_write(a) -> dict:
 
 
 def phase_classify(a) -> dict:
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.classify import classify
     from stores.catalog import Catalog
 

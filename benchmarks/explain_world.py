@@ -70,7 +70,7 @@ def build_world(seed: int, root: str | Path | None = None, n_per_class: int = 20
     from PIL import Image
 
     from pipeline.stages.attributes import import_attribute_file
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.classify import classify
     from pipeline.stages.index_images import index_images
     from pipeline.models import load_model

@@ -1,7 +1,8 @@
 """Configuration as data: typed frozen configs, named presets, and one resolution rule.
 
 * :class:`RegionConfig`: how ``index-images`` cuts regions (stored with every index run).
-* :class:`MethodConfig`: every knob of ``classify`` (stored with every run).
+* :class:`MethodOptions`: method settings as given (options, preset); each method's own typed
+  config (its fields only, ``pipeline/stages/methods/``) is built from them and stored with its run.
 * :class:`Preset`: a named JSON file in ``pipeline/presets/`` (the LaZSL per-dataset table,
   the demo's settings) holding region and method values; :func:`list_presets`,
   :func:`get_preset`.
@@ -16,110 +17,43 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from .errors import InputError
+from .settings import FrozenConfig, check_value, number_problem, range_text, setting  # noqa: F401 (re-exported)
 
 PRESET_DIR = Path(__file__).parent / "presets"
-DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.dense
-
-
-def _f(default, help: str, lo=None, hi=None, lo_open: bool = False, choices: tuple | None = None, option: str | None = None):
-    """A config field with its help, bounds and command-line name."""
-    return field(default=default, metadata=dict(help=help, lo=lo, hi=hi, lo_open=lo_open, choices=choices, option=option))
-
-
-def range_text(lo=None, hi=None, lo_open: bool = False) -> str:
-    """``>= 1 and <= 1024``: the bounds of a number, as every error and help text says them."""
-    low = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
-    high = "" if hi is None else f"<= {hi}"
-    return " and ".join(t for t in (low, high) if t)
-
-
-def number_problem(value, lo=None, hi=None, lo_open: bool = False) -> str | None:
-    """What is wrong with a number (``must be >= 1 and <= 1024 (got 0)``), or None: the one
-    number validator of configs and command-line options."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"must be a number (got {value!r})"
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"must be a finite number (got {value})"
-    if (lo is not None and (value < lo or (lo_open and value == lo))) or (hi is not None and value > hi):
-        return f"must be {range_text(lo, hi, lo_open)} (got {value})"
-    return None
-
-
-def check_value(name: str, value, meta: dict, option: str | None = None):
-    """Validate one value against a field's metadata; return it (ints stay ints)."""
-    opt = option or meta.get("option") or "--" + name.replace("_", "-")
-    choices, lo, hi, lo_open = meta.get("choices"), meta.get("lo"), meta.get("hi"), meta.get("lo_open")
-    if choices is not None:
-        if value not in choices:
-            raise InputError(f"{opt} must be one of {', '.join(map(str, choices))} (got {value!r}).")
-        return value
-    if isinstance(value, (str, tuple)) or (lo is None and hi is None and not isinstance(value, float)):
-        return value  # free text (a template file) or a tuple checked by its config
-    problem = number_problem(value, lo, hi, lo_open)
-    if problem is not None:
-        raise InputError(f"{opt} {problem}.")
-    return value
-
-
-class _Config:
-    """Shared behaviour of the frozen configs: validation, dict round trip, overrides."""
-
-    def __post_init__(self):
-        for f in fields(self):
-            check_value(f.name, getattr(self, f.name), f.metadata)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        known = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(d) - set(known))
-        if unknown:
-            raise InputError(f"Unknown {cls.__name__} setting(s): {', '.join(unknown)}; known: {', '.join(known)}.")
-        return cls(**{k: tuple(v) if isinstance(known[k].default, tuple) else v for k, v in d.items()})
-
-    def updated(self, **overrides):
-        """A copy with the non-None overrides applied (and validated)."""
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-    @classmethod
-    def field_meta(cls, name: str) -> dict:
-        return next(f.metadata for f in fields(cls) if f.name == name)
+DENSE_VARIANTS = ("plain", "maskclip", "clearclip", "sclip")  # pipeline.explain.dense
 
 
 @dataclass(frozen=True)
-class RegionConfig(_Config):
+class RegionConfig(FrozenConfig):
     """How regions are made; stored with every index run so boxes can be re-derived."""
 
-    source: str = _f("crops", "Region kind: crops (LaZSL's random squares), grid (k×k tiles) or patches (ViT patch tokens).",
+    source: str = setting("crops", "Region kind: crops (LaZSL's random squares), grid (k×k tiles) or patches (ViT patch tokens).",
                      choices=("crops", "grid", "patches"), option="--regions")
-    n_crops: int = _f(90, "Random square crops per image (crops).", lo=1, hi=1024)
-    crop_min: float = _f(0.6, "Crop side ~ U(crop-min, crop-max)·min(H, W); LaZSL's α_crop.", lo=0.0, hi=0.9, lo_open=True)
-    crop_max: float = _f(0.9, "Upper bound of the crop side (0.9 in WCA and LaZSL).", lo=0.0, hi=1.0, lo_open=True)
-    seed: int = _f(0, "Mixed with each image's content hash: same image, same boxes.", lo=0, hi=2**63 - 1)
-    grid_scales: tuple[int, ...] = _f((2, 3), "grid: the k×k tilings to use.")
-    n_parts: int = _f(0, "Smaller random square crops (kind 'part') per image, the parts of object-bound's candidate "
+    n_crops: int = setting(90, "Random square crops per image (crops).", lo=1, hi=1024)
+    crop_min: float = setting(0.6, "Crop side ~ U(crop-min, crop-max)·min(H, W); LaZSL's α_crop.", lo=0.0, hi=0.9, lo_open=True)
+    crop_max: float = setting(0.9, "Upper bound of the crop side (0.9 in WCA and LaZSL).", lo=0.0, hi=1.0, lo_open=True)
+    seed: int = setting(0, "Mixed with each image's content hash: same image, same boxes.", lo=0, hi=2**63 - 1)
+    grid_scales: tuple[int, ...] = setting((2, 3), "grid: the k×k tilings to use.")
+    n_parts: int = setting(0, "Smaller random square crops (kind 'part') per image, the parts of object-bound's candidate "
                          "objects; 0 = none (object-bound then uses the crops alone).", lo=0, hi=1024)
-    part_min: float = _f(0.3, "Part side ~ U(part-min, part-max)·min(H, W).", lo=0.0, hi=1.0, lo_open=True)
-    part_max: float = _f(0.5, "Upper bound of the part side.", lo=0.0, hi=1.0, lo_open=True)
-    n_views: int = _f(0, "AWT's augmented views per image (kinds 'view'/'view-flip'): random resized crops, "
+    part_min: float = setting(0.3, "Part side ~ U(part-min, part-max)·min(H, W).", lo=0.0, hi=1.0, lo_open=True)
+    part_max: float = setting(0.5, "Upper bound of the part side.", lo=0.0, hi=1.0, lo_open=True)
+    n_views: int = setting(0, "AWT's augmented views per image (kinds 'view'/'view-flip'): random resized crops, "
                          "stretched, mirrored with p = view_flip; AWT uses 50. 0 = none.", lo=0, hi=1024)
-    view_scale: tuple[float, float] = _f((0.08, 1.0), "AWT views: area fraction range (torchvision's default).")
-    view_ratio: tuple[float, float] = _f((3.0 / 4.0, 4.0 / 3.0), "AWT views: aspect ratio range (torchvision's default).")
-    view_flip: float = _f(0.5, "AWT views: probability of a left-right flip.", lo=0.0, hi=1.0)
-    dense: str = _f("plain", "patches: training-free dense variant of the patch tokens: plain (the tower as trained), "
+    view_scale: tuple[float, float] = setting((0.08, 1.0), "AWT views: area fraction range (torchvision's default).")
+    view_ratio: tuple[float, float] = setting((3.0 / 4.0, 4.0 / 3.0), "AWT views: aspect ratio range (torchvision's default).")
+    view_flip: float = setting(0.5, "AWT views: probability of a left-right flip.", lo=0.0, hi=1.0)
+    dense: str = setting("plain", "patches: training-free dense variant of the patch tokens: plain (the tower as trained), "
                              "maskclip (value path), clearclip (q-q attention) or sclip (q-q + k-k attention); the "
                              "last three drop the block's residual and MLP (docs/explanations.md).",
                     choices=DENSE_VARIANTS)
-    layers: tuple[int, ...] = _f((), "patches: ViT blocks to read (plain: their output tokens averaged, MSCI) or to "
+    layers: tuple[int, ...] = setting((), "patches: ViT blocks to read (plain: their output tokens averaged, MSCI) or to "
                                      "modify (maskclip/clearclip/sclip: the token sets averaged); negative counts from "
                                      "the end, e.g. -1,-2. Empty = the last block.")
 
@@ -158,7 +92,7 @@ class RegionConfig(_Config):
                              "one forward pass and take no extra regions.")
 
     def dense_specs(self) -> list[dict]:
-        """Token sets of :func:`pipeline.dense.dense_feature_sets` for patch regions; their
+        """Token sets of :func:`pipeline.explain.dense.dense_feature_sets` for patch regions; their
         normalised mean is the region embedding (``plain`` + no layers = open_clip's own tokens)."""
         if self.dense == "plain":
             return [{"variant": "layers", "layers": list(self.layers)}] if self.layers else [{"variant": "plain", "block": -1}]
@@ -170,73 +104,6 @@ class RegionConfig(_Config):
                     seed=self.seed, grid_scales=self.grid_scales, n_parts=self.n_parts, part_min=self.part_min,
                     part_max=self.part_max, n_views=self.n_views, view_scale=tuple(self.view_scale),
                     view_ratio=tuple(self.view_ratio), view_flip=self.view_flip)
-
-
-@dataclass(frozen=True)
-class MethodConfig(_Config):
-    """Every knob of the query stage; all of it lands in ``runs.params``."""
-
-    top_k: int = _f(50, "Candidate classes: the Faiss shortlist of lazsl and object-bound, the classes stored "
-                        "per image for the others (0 = all classes).", lo=0, hi=10**9)
-    theta: float = _f(0.8, "LaZSL and object-bound θ: weight of the local (crop) similarity in the fused score.",
-                      lo=0.0, hi=1.0)
-    eps: float = _f(0.1, "Entropic regularisation ε of the Sinkhorn plans (lazsl, awt, object-bound).", lo=1e-3, hi=100.0)
-    gamma: float = _f(0.0, "LaZSL crop filter: keep crops with cos(crop, full) >= mean + γ (object-bound: parts "
-                           "against their object).", lo=-2.0, hi=2.0)
-    max_iter: int = _f(100, "Sinkhorn iterations at most (per image-class pair).", lo=1, hi=100_000)
-    tol: float = _f(1e-2, "Sinkhorn stopping tolerance on mean |r - r_prev|.", lo=0.0, hi=1e3, lo_open=True)
-    wca_score: str = _f("code", "WCA scoring: code (the released code's) or paper (the paper's formula).",
-                        choices=("code", "paper"))
-    wca_patch_n: int = _f(60, "WCA: crops drawn (with replacement) per run.", lo=1, hi=100_000)
-    wca_runs: int = _f(20, "WCA: independent crop draws, averaged.", lo=1, hi=1000)
-    wca_image_scale: float = _f(math.exp(4.0), "WCA: crop-weight softmax scale (e^4).", lo=0.0, hi=1e4, lo_open=True)
-    wca_text_scale: float = _f(math.exp(2.0), "WCA: sentence-weight softmax scale (e^2).", lo=0.0, hi=1e4, lo_open=True)
-    seed: int = _f(0, "Seed of the method's own randomness (WCA's crop draws, WaffleCLIP's random descriptors).",
-                   lo=0, hi=2**63 - 1)
-    templates: str = _f("openai", "clip-e templates: openai (80), simple (7), or a text file with one {} template a line.")
-    alignments_top: int = _f(0, "Store OT plans for the top-N ranked classes only (0 = every candidate).", lo=0, hi=10**9)
-    contain: float = _f(0.9, "object-bound: a region is a part of an object when this share of its area lies inside "
-                             "the object's box.", lo=0.0, hi=1.0, lo_open=True)
-    min_parts: int = _f(2, "object-bound: parts a region needs to be a candidate object.", lo=1, hi=100_000)
-    awt_texts: str = _f("awt", "awt: its texts per class: awt = AWT's own descriptions (build-attributes --from-json "
-                        "awt_cub.json), each 'a photo of the {c}. {d}' with the dataset's class template, the first "
-                        "--awt-descriptions of them plus the class prompt, as AWT's code (a store without them: "
-                        "descriptors+prompt, noted); descriptors+prompt = the descriptors plus 'a photo of a {c}.'; "
-                        "descriptors = the descriptors alone.", choices=("awt", "descriptors+prompt", "descriptors"))
-    awt_descriptions: int = _f(50, "awt (--awt-texts awt): the first N descriptions of each class, as AWT's "
-                                   "--num_descriptor (50); 0 = all.", lo=0, hi=100_000)
-    awt_view_temperature: float = _f(0.5, "awt: view weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
-                                     lo_open=True)
-    awt_text_temperature: float = _f(0.5, "awt: text weights softmax(-entropy / τ) (AWT's 0.5).", lo=0.0, hi=1e4,
-                                     lo_open=True)
-    awt_logit_scale: float = _f(0.0, "awt: logit scale of its entropies (0 = the model's logit_scale.exp(), CLIP's "
-                                     "100).", lo=0.0, hi=1e4)
-    waffle_count: int = _f(15, "waffle: random-word and random-character descriptor pairs per class (15 -> 30 "
-                               "prompts).", lo=1, hi=1000)
-    waffle_seeds: int = _f(1, "waffle: seeds to run (seed, seed+1, ...), one run each; evaluate reports acc1 mean ± "
-                              "std over them.", lo=1, hi=100)
-    waffle_template: str = _f("paper", "waffle: prompt form: paper ('A photo of a {c}, which has {random}.', "
-                              "WaffleCLIP's default) or dclip ('{c}, which has {random}', as the store's descriptors).",
-                              choices=("paper", "dclip"))
-    waffle_characters: str = _f("descriptors", "waffle: alphabet of the random-character descriptors: descriptors "
-                                "(every character of the store's descriptors, as WaffleCLIP's code; its sentences when "
-                                "it has none) or a-z.", choices=("descriptors", "a-z"))
-    nameless: str = _f("photo", "dclip-nameless: photo = each descriptor alone plus one 'a photo of a {c}.' per class "
-                       "(arXiv 2412.11917); none = the descriptors alone, no class name anywhere.",
-                       choices=("photo", "none"))
-    # compositional (state, object) pairs: the czsl-* methods (pipeline/stages/compositional.py)
-    pair_weight: float = _f(1.0, "czsl-*: MSCI weight w_p of the pair branch, score = w_p·t·pair + (w_s·P_state)·(w_o·P_object).",
-                            lo=0.0, hi=1000.0)
-    state_weight: float = _f(1.0, "czsl-*: MSCI weight w_s of the state branch's probability (0 leaves the factor out, as MSCI).",
-                             lo=0.0, hi=1000.0)
-    object_weight: float = _f(1.0, "czsl-*: MSCI weight w_o of the object branch's probability (0 leaves the factor out).",
-                              lo=0.0, hi=1000.0)
-    logit_scale: float = _f(0.0, "czsl-*: CLIP's logit scale t in the combination (0 = the model's own exp(logit_scale)).",
-                            lo=0.0, hi=1000.0)
-    open_world: bool = _f(False, "czsl-*: score every stored pair, the open-world-only ones too (else the closed world).")
-    feasibility_threshold: float = _f(-1.0, "czsl-* open world: leave out pairs whose name prompt is less similar than this "
-                                      "to both its state's and its object's (-1 keeps every pair; seen pairs are always kept).",
-                                      lo=-1.0, hi=1.0)
 
 
 @dataclass(frozen=True)
@@ -266,7 +133,6 @@ def _load_presets() -> dict[str, Preset]:
         preset = Preset(name=d["name"], description=d["description"], source=d["source"], model=d.get("model"),
                         regions=d.get("regions", {}), method=d.get("method", {}), note=d.get("note"))
         RegionConfig().updated(**preset.regions)  # a shipped preset with a bad value fails loudly here
-        MethodConfig().updated(**preset.method)
         presets[preset.name] = preset
     return presets
 
@@ -301,31 +167,6 @@ def recorded_preset(index_runs: Iterable[dict]) -> str | None:
     """The preset the store's images were indexed with (the latest index run that named one)."""
     names = [p.get("preset") for p in index_runs if p.get("preset")]
     return names[-1] if names else None
-
-
-def resolve_method_config(options: dict, preset: str | None = None, store_preset: str | None = None) -> Resolved:
-    """What a run uses: explicit ``options`` (None = not given) > ``preset`` > the store's
-    recorded preset > the defaults. Notes say which values came from the store and which
-    options override the store's preset."""
-    given = {k: v for k, v in options.items() if v is not None}
-    chosen = preset or store_preset
-    from_preset = get_preset(chosen).method_values() if chosen else {}
-    where = f"preset {chosen}" if preset else f"store (preset {chosen}, recorded by index-images)"
-    values = {**from_preset, **given}
-    config = MethodConfig().updated(**values)
-    origins = {f.name: ("option" if f.name in given else where if f.name in from_preset else "default")
-               for f in fields(MethodConfig)}
-    notes = []
-    if chosen and not preset:
-        used = {k: v for k, v in from_preset.items() if k not in given}
-        if used:
-            notes.append(f"using {', '.join(f'{k}={v}' for k, v in used.items())} from the store's preset {chosen} "
-                         f"(recorded by index-images; pass --{next(iter(used)).replace('_', '-')} to override)")
-    overridden = {k: v for k, v in given.items() if k in from_preset and from_preset[k] != v}
-    if chosen and overridden:
-        notes.append(f"{', '.join(f'{k}={v}' for k, v in overridden.items())} overrides preset {chosen}'s "
-                     f"{', '.join(f'{k}={from_preset[k]}' for k in overridden)}")
-    return Resolved(config, chosen, origins, tuple(notes))
 
 
 def resolve_region_config(options: dict, preset: str | None = None) -> Resolved:

@@ -9,7 +9,8 @@ import click
 from stores import tables
 from stores.catalog import Catalog, resolve_store_path
 
-from .config import get_preset, resolve_method_config
+from .config import get_preset
+from .stages.methods import resolve_method_config
 from .models import load_model
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored

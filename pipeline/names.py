@@ -81,3 +81,8 @@ def norm_class_name(name: str) -> str:
     applies the same rule to image labels.
     """
     return _collapse(name).lower()
+
+
+# ---- class prompt sets ------------------------------------------------------------------
+CLIP_TEMPLATE = "a photo of a {}."  # CLIP's class prompt
+PHOTO_PROMPTS = "clip"  # the template set of the CLIP_TEMPLATE class prompts (named after CLIP's prompt)

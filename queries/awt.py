@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, check_dims, class_counts, out, pick_device
+from queries.result import ScoreResult
 from queries.transport import PLAIN_MAX_SCALE, sinkhorn_batch
 
 __all__ = ["AwtResult", "awt_scores", "awt_weights", "AWT_DEFAULTS"]
@@ -64,13 +65,18 @@ AWT_DEFAULTS = {
 
 
 @dataclass
-class AwtResult:
-    """AWT scores for each (image, class).
+class AwtResult(ScoreResult):
+    """AWT scores for each (image, class) (:class:`queries.result.ScoreResult`).
 
     Attributes
     ----------
     scores : (B, C)
         ``sum_vt T_vt cos(x_v, y_ct)`` (AWT's output divided by ``logit_scale``).
+    global_scores : (B, C)
+        The class prompt's column of the score, ``sum_v T_{v,0} cos(x_v, p_c)`` (0 without
+        ``class_prompts``). Also readable as ``prompt_scores``.
+    local_scores : (B, C)
+        ``scores - global_scores``: what the descriptions carried.
     plan : (B, C, V, N_max) or None
         Transport plans (views x the class's texts; padded columns are 0).
     similarity : (B, C, V, N_max) or None
@@ -85,20 +91,16 @@ class AwtResult:
     n_iter : (B, C) int64
         Sinkhorn iterations (with ``stop="image"`` the same for every class of an image).
     converged : (B, C) bool
-    prompt_scores : (B, C)
-        The class prompt's column of the score, ``sum_v T_{v,0} cos(x_v, p_c)`` (0 without
-        ``class_prompts``); ``scores - prompt_scores`` is what the descriptions carried.
     """
 
-    scores: Any
-    plan: Any
-    similarity: Any
-    text_index: Any
-    view_weights: Any
-    text_weights: Any
-    n_iter: Any
-    converged: Any
-    prompt_scores: Any = None
+    view_weights: Any = None
+    text_weights: Any = None
+    n_iter: Any = None
+    converged: Any = None
+
+    @property
+    def prompt_scores(self):
+        return self.global_scores
 
 
 def _class_layout(text_class: torch.Tensor, n_classes: int):
@@ -359,5 +361,6 @@ def awt_scores(
         text_weights=out(w_text_all, as_torch),
         n_iter=out(n_iter, as_torch),
         converged=out(conv, as_torch),
-        prompt_scores=out(prompt_part, as_torch),
+        global_scores=out(prompt_part, as_torch),
+        local_scores=out(scores - prompt_part, as_torch),
     )

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, check_dims, class_counts, l2_normalize, out, pick_device, segment_mean
+from queries.result import ScoreResult
 
 __all__ = [
     "WcaResult",
@@ -111,15 +112,15 @@ def cupl_scores(image, sent, sent_class, n_classes: int):
 
 
 @dataclass
-class WcaResult:
-    """WCA scores: ``scores`` (B, C) mean over the ``n_runs`` crop samples, ``std`` (B, C)
+class WcaResult(ScoreResult):
+    """WCA scores (:class:`queries.result.ScoreResult`): ``scores`` (B, C) mean over the
+    ``n_runs`` crop samples, ``std`` (B, C)
     their population standard deviation (ddof=0, like the reference's ``np.std``), and
     ``run_top1`` (B, n_runs) the best class index of each sample on its own: upstream reports
     the mean ± std of the per-run accuracies, which these give (the mean score's accuracy is
     an ensemble's, a different number)."""
 
-    scores: Any
-    std: Any
+    std: Any = None
     run_top1: Any = None
 
 

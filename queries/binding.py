@@ -48,21 +48,23 @@ from typing import Any
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, candidate_texts, out, pick_device
+from queries.result import ScoreResult
 from queries.transport import PLAIN_MAX_SCALE
 
 __all__ = ["BindingResult", "object_bound_scores", "part_structure"]
 
 
 @dataclass
-class BindingResult:
-    """Object-bound scores for each (image, candidate class).
+class BindingResult(ScoreResult):
+    """Object-bound scores for each (image, candidate class) (:class:`queries.result.ScoreResult`).
 
     Attributes
     ----------
     scores : (B, K)
         ``max_p sum_rn T_rn F_rn`` over candidate objects ``p``.
-    proposal : (B, K) int64
-        Region index (row of ``regions``) of the object that carried the class.
+    region : (B, K) int64
+        Region index (row of ``regions``) of the object that carried the class. Also
+        readable as ``proposal``.
     global_scores : (B, K)
         ``mean_n cos(p*, d_n)`` of that object.
     local_scores : (B, K)
@@ -70,28 +72,34 @@ class BindingResult:
     plan : (B, K, R, n_max) or None
         The winning object's plan: regions (rows of ``regions``; zero outside its kept
         parts) x the class's descriptors (padded columns 0).
-    attr_index : (B, K, n_max) int64
-        Row of ``attr`` of each plan column, -1 for padding.
+    similarity : (B, K, R, n_max) or None
+        The fused similarity ``(1 - theta) cos(p*, d_n) + theta cos(r, d_n)`` each entry of
+        ``plan`` was paid for (0 where the plan is 0 by construction: outside the winning
+        object's parts and on padding), so ``sum(plan * similarity) == scores``. Also
+        readable as ``fused``.
+    text_index : (B, K, n_max) int64
+        Row of ``attr`` of each plan column, -1 for padding. Also readable as ``attr_index``.
     n_parts : (B, R) int64
         Parts of each region as an object (0 where it has fewer than ``min_parts``:
         not a candidate).
     n_solved : (B,) int64
         OT problems solved per image (candidate objects x K).
-    fused : (B, K, R, n_max) or None
-        The fused similarity ``(1 - theta) cos(p*, d_n) + theta cos(r, d_n)`` each entry of
-        ``plan`` was paid for (0 where the plan is 0 by construction: outside the winning
-        object's parts and on padding), so ``sum(plan * fused) == scores``.
     """
 
-    scores: Any
-    proposal: Any
-    global_scores: Any
-    local_scores: Any
-    plan: Any
-    attr_index: Any
-    n_parts: Any
-    n_solved: Any
-    fused: Any = None
+    n_parts: Any = None
+    n_solved: Any = None
+
+    @property
+    def proposal(self):
+        return self.region
+
+    @property
+    def fused(self):
+        return self.similarity
+
+    @property
+    def attr_index(self):
+        return self.text_index
 
 
 def part_structure(regions, boxes, *, contain: float = 0.9, min_parts: int = 2, gamma: float = 0.0):
@@ -294,14 +302,14 @@ def object_bound_scores(
     proposal = torch.where(best_p < R, best_p, -1)
     return BindingResult(
         scores=out(scores, as_torch),
-        proposal=out(proposal, as_torch),
+        region=out(proposal, as_torch),
         global_scores=out(glob, as_torch),
         local_scores=out(local, as_torch),
         plan=out(plan, as_torch),
-        attr_index=out(attr_index, as_torch),
+        text_index=out(attr_index, as_torch),
         n_parts=out(n_parts_all, as_torch),
         n_solved=out(n_solved, as_torch),
-        fused=out(fused, as_torch),
+        similarity=out(fused, as_torch),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, candidate_texts, check_dims, out, pick_device
+from queries.result import ScoreResult
 from queries.transport import PLAIN_MAX_SCALE, _solve_plain, _solve_transposed
 
 __all__ = ["LazslResult", "lazsl_scores"]
@@ -25,8 +26,8 @@ __all__ = ["LazslResult", "lazsl_scores"]
 
 
 @dataclass
-class LazslResult:
-    """LaZSL scores for each (image, candidate class) pair.
+class LazslResult(ScoreResult):
+    """LaZSL scores for each (image, candidate class) pair (:class:`queries.result.ScoreResult`).
 
     Attributes
     ----------
@@ -40,8 +41,12 @@ class LazslResult:
         ``scores = (1-theta) * global_scores + theta * local_scores``.
     plan : (B, K, M, n_max) float32 or None
         Transport plans, crops x the class's attributes (padded columns are 0).
-    attr_index : (B, K, n_max) int64
-        Row of ``attr`` for each plan column, -1 for padding.
+    similarity : (B, K, M, n_max) float32 or None
+        The fused similarity ``F = (1-theta) g + theta S`` each plan entry was paid for
+        (0 on padding); with ``plan`` it is what the ``alignments`` writer stores, so
+        ``sum(plan * similarity) == scores``. Also readable as ``fused``.
+    text_index : (B, K, n_max) int64
+        Row of ``attr`` for each plan column, -1 for padding. Also readable as ``attr_index``.
     crop_mass : (B, M) float32
         Crop marginal: 0 for crops less similar to the full image than the mean (+gamma),
         uniform over the rest.
@@ -49,21 +54,19 @@ class LazslResult:
         Sinkhorn iterations per pair.
     converged : (B, K) bool
         Whether the pair's Sinkhorn reached ``tol`` within ``max_iter`` iterations.
-    fused : (B, K, M, n_max) float32 or None
-        The fused similarity ``F = (1-theta) g + theta S`` each plan entry was paid for
-        (0 on padding); with ``plan`` it is what the ``alignments`` writer stores, so
-        ``sum(plan * fused) == scores``.
     """
 
-    scores: Any
-    global_scores: Any
-    local_scores: Any
-    plan: Any
-    attr_index: Any
-    crop_mass: Any
-    n_iter: Any
+    crop_mass: Any = None
+    n_iter: Any = None
     converged: Any = None
-    fused: Any = None
+
+    @property
+    def fused(self):
+        return self.similarity
+
+    @property
+    def attr_index(self):
+        return self.text_index
 
 
 def lazsl_scores(
@@ -195,11 +198,11 @@ def lazsl_scores(
         global_scores=out(glob, as_torch),
         local_scores=out(local, as_torch),
         plan=out(plan, as_torch),
-        attr_index=out(attr_index, as_torch),
+        text_index=out(attr_index, as_torch),
         crop_mass=out(crop_mass, as_torch),
         n_iter=out(n_iter, as_torch),
         converged=out(converged, as_torch),
-        fused=out(fused, as_torch),
+        similarity=out(fused, as_torch),
     )
 
 

@@ -82,7 +82,6 @@ def test_no_import_cycle_in_explain():
     assert not any(set(c) & OWNED_ELSEWHERE["explain20 branch"] for c in layering.import_cycles(ROOT))
 
 
-@pytest.mark.xfail(reason="registry branch", strict=True)
 def test_no_import_cycle_classify_compositional():
     assert not any(set(c) & OWNED_ELSEWHERE["registry branch"] for c in layering.import_cycles(ROOT))
 
@@ -194,7 +193,6 @@ def test_imports_inside_functions_in_explain():
     assert theirs["explain20 branch"] == []
 
 
-@pytest.mark.xfail(reason="registry branch", strict=True)
 def test_imports_inside_functions_in_classify_and_compositional():
     _, theirs = _split(layering.needless_deferrals(ROOT) + layering.unmarked_deferrals(ROOT))
     assert theirs["registry branch"] == []

@@ -4,19 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..config import MethodConfig
 from .group import cli
-from .options import (
-    check_output_folder,
-    command,
-    config_option,
-    load_store_model,
-    number_option,
-    open_store,
-    output_option,
-    show_progress,
-    stack,
-)
+from .options import check_output_folder, command, number_option, output_option, stack
 
 _FILE = click.Path(dir_okay=False)
 
@@ -70,33 +59,13 @@ def build_pairs(values: dict, classes, from_json, max_file_bytes, model_name, pr
         click.echo(f"store: {cat.root}")
 
 
-def czsl_method_options(fn):
-    """``classify``/``evaluate`` options of the czsl-* methods (MethodConfig fields; None = not given)."""
-    return stack(
-        *(config_option(MethodConfig, n) for n in ("pair_weight", "state_weight", "object_weight", "logit_scale")),
-        click.option("--open-world", "open_world", is_flag=True, default=None,
-                     help=MethodConfig.field_meta("open_world")["help"]),
-        config_option(MethodConfig, "feasibility_threshold"),
-    )(fn)
-
-
-CZSL_CONFIG_KEYS = ("pair_weight", "state_weight", "object_weight", "logit_scale", "open_world", "feasibility_threshold")
-
-
-def czsl_config(values: dict) -> dict:
-    """The given czsl-* settings as config values (a flag not given is None: not an override)."""
-    out = {k: values.get(k) for k in CZSL_CONFIG_KEYS}
-    out["open_world"] = True if out["open_world"] else None
-    return out
-
-
 def run_notes(cat, report) -> list[str]:
     """What a czsl-* run should tell the user: its notes and the pairs feasibility left out."""
     # heavy: imported on use
     from stores import tables
 
     lines = [f"run {report.run_id}: note: {n}" for n in report.notes]
-    feas = tables.pair_feasibility_rows(cat, report.run_id) if report.method.startswith("czsl-") else []
+    feas = tables.pair_feasibility_rows(cat, report.run_id)  # only compositional runs have rows
     removed = [r["name"] for r in feas if r["removed"]]
     if feas:
         lines.append(f"run {report.run_id}: feasibility left out {len(removed)} of {len(feas)} pairs"

@@ -26,11 +26,10 @@ from stores.catalog import Catalog, resolve_store_path
 from stores.errors import StoreError
 from stores.locks import DEFAULT_WAIT
 
-from ..config import MethodConfig, RegionConfig, number_problem, preset_names, range_text
+from ..config import RegionConfig, number_problem, preset_names, range_text
 from ..engines.ray_engine import require_ray
 from ..errors import InputError
 from ..inputs import human_bytes, parse_byte_size
-from ..method_names import METHODS
 from ..models import ModelLoadError, load_model
 
 FORMATS = ("table", "csv", "json", "jsonl")
@@ -115,12 +114,18 @@ class IntList(click.ParamType):
             self.fail(f"{value!r} is not a comma-separated list of integers (e.g. -1,-2)", param, ctx)
 
 
-def config_option(config_cls, name: str, *extra_decls: str, default_from_config: bool = False):
-    """An option for one field of a frozen config: its flag, help, type and bounds come from
-    the field's metadata. The default is None ("not given"), so the config's resolution can
-    tell an explicit value from the default; the help shows the config's default."""
-    f = next(f for f in fields(config_cls) if f.name == name)
-    meta = f.metadata
+def config_option(config_cls, name: str, *extra_decls: str):
+    """An option for one field of a frozen config (:func:`field_option`)."""
+    from dataclasses import fields
+
+    return field_option(next(f for f in fields(config_cls) if f.name == name), *extra_decls)
+
+
+def field_option(f, *extra_decls: str):
+    """An option for one config field: its flag, help, type and bounds come from the field's
+    metadata. The default is None ("not given"), so the config's resolution can tell an
+    explicit value from the default; the help shows the config's default."""
+    name, meta = f.name, f.metadata
     flag = meta.get("option") or "--" + name.replace("_", "-")
     decls = (flag, *extra_decls, name)
     shown = f.default if not isinstance(f.default, float) or f.default == round(f.default, 6) else round(f.default, 4)
@@ -129,7 +134,10 @@ def config_option(config_cls, name: str, *extra_decls: str, default_from_config:
         return click.option(*decls, type=click.Choice(meta["choices"]), **common)
     if isinstance(f.default, tuple) and all(isinstance(v, int) for v in f.default):
         return click.option(*decls, type=IntList(), **common)
-    if isinstance(f.default, bool) or meta.get("lo") is None and meta.get("hi") is None:
+    if isinstance(f.default, bool):  # a flag: given (True) or not given (None)
+        return click.option(*decls, is_flag=True, default=None, help=meta["help"],
+                            callback=lambda ctx, param, value: True if value else None)
+    if meta.get("lo") is None and meta.get("hi") is None:
         return click.option(*decls, **common)
     kind = int if isinstance(f.default, int) else float
     return click.option(*decls, type=Number(kind, meta.get("lo"), meta.get("hi"), meta.get("lo_open")), **common)
@@ -144,17 +152,26 @@ def stack(*decorators):
     return wrap
 
 
-METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
-                        "alignments_top", "contain", "min_parts", "awt_texts", "awt_descriptions",
-                        "awt_view_temperature", "awt_text_temperature", "awt_logit_scale", "waffle_count",
-                        "waffle_seeds", "waffle_template", "waffle_characters", "nameless")
 REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
                         "layers")
 
 
+def method_option_fields() -> list:
+    """The settings of the registered methods' configs that are command-line options."""
+    from ..stages.methods import option_fields
+
+    return [f for f in option_fields().values() if f.metadata.get("cli", True)]
+
+
 def method_config_options(fn):
-    """Every MethodConfig knob a user may set on the command line (None = not given)."""
-    return stack(*(config_option(MethodConfig, n) for n in METHOD_CONFIG_FIELDS))(fn)
+    """Every method setting a user may set on the command line (None = not given), from the
+    registered methods' configs: the options and docs/cli.md come from one source."""
+    return stack(*(field_option(f) for f in method_option_fields()))(fn)
+
+
+def method_settings(values: dict) -> dict:
+    """The method settings among a command's parameters (None = not given)."""
+    return {f.name: values.get(f.name) for f in method_option_fields()}
 
 
 def region_config_options(fn):
@@ -216,15 +233,19 @@ def model_options(fn):
 
 
 def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
+    from ..stages.methods import method_names
+
     return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
-                        help=f"{', '.join(METHODS)}; repeat or comma-separate for several.{help_extra}")
+                        help=f"{', '.join(method_names())}; repeat or comma-separate for several.{help_extra}")
 
 
 def parse_methods(values) -> list[str]:
+    from ..stages.methods import method_names
+
     names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in method_names()]
     if unknown:
-        raise click.BadParameter(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}", param_hint="--method")
+        raise click.BadParameter(f"unknown method {unknown[0]!r}; use {', '.join(method_names())}", param_hint="--method")
     return list(dict.fromkeys(names))
 
 

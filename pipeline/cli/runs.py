@@ -1,17 +1,18 @@
 """``classify`` and ``evaluate``."""
 from __future__ import annotations
 
+from dataclasses import fields
 from functools import partial
 
 import click
 
-from ..config import recorded_preset, resolve_method_config
+from ..config import recorded_preset
+from ..stages.methods import resolve_method_config
 from ..engines.ray_engine import classify_ray
 from ..names import check_text
-from .compositional import czsl_config, czsl_method_options, run_notes
+from .compositional import run_notes
 from .group import cli
 from .options import (
-    METHOD_CONFIG_FIELDS,
     RUN_ID,
     check_engine,
     check_output_folder,
@@ -22,6 +23,7 @@ from .options import (
     load_store_model,
     method_config_options,
     method_option,
+    method_settings,
     model_options,
     open_store,
     output_option,
@@ -32,7 +34,6 @@ from .options import (
 )
 from .output import emit, format_records
 
-
 def run_methods(cat, methods: list[str], preset: str | None, options: dict, model_name, pretrained, device,
                 engine: dict | None = None) -> list:
     """Resolve the configuration once (options > --preset > the store's preset > defaults),
@@ -41,12 +42,18 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     # heavy: imported on use
     from stores import tables
 
-    from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
+    from ..stages.methods import get_method
+    from ..stages.classify import classify_runs
 
-    resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
+    own = {f.name for m in methods for f in fields(get_method(m).config)}
+    resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)), own)
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
-    needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
+    unused = ["--" + k.replace("_", "-") for k, v in options.items() if v is not None and k not in own]
+    if unused:
+        verb = "is not a setting" if len(unused) == 1 else "are not settings"
+        click.echo(f"note: {', '.join(unused)} {verb} of {', '.join(methods)}; ignored", err=True)
+    needs_text = any(get_method(m).needs_text_encoder for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
     scorer = None
@@ -61,7 +68,6 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 @method_option()
 @preset_option
 @method_config_options
-@czsl_method_options
 @limit_option("Images whose top classes are printed per run.", default=5)
 @format_option()
 @engine_options(gpu=False)
@@ -89,7 +95,7 @@ def classify_cmd(methods, preset, limit, fmt, engine, address, ray_concurrency, 
     from stores import tables
 
     check_engine(engine, address, ray_concurrency=ray_concurrency)
-    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
+    options = method_settings(config)
     rows = []
     with open_store(store, check="classify") as cat:
         ray = {"engine": engine, "address": address, "concurrency": ray_concurrency}
@@ -121,7 +127,6 @@ def _prediction_rows(report, top: list[dict], n_images: int) -> list[dict]:
 @click.option("--run", "runs", type=RUN_ID, multiple=True, help="Evaluate these run ids (default: the latest run of each method).")
 @preset_option
 @method_config_options
-@czsl_method_options
 @click.option("--dataset", default="custom", show_default=True, help="Dataset name written into the JSON results.")
 @format_option()
 @output_option("folder", "one CLIP_benchmark-style JSON per (dataset, model, method).")
@@ -147,7 +152,7 @@ def evaluate_cmd(methods, runs, preset, dataset, fmt, output, model_name, pretra
     names = parse_methods(methods)
     check_text(dataset, "--dataset", "dataset name")
     out_dir = check_output_folder(output) if output else None
-    options = {**{k: config[k] for k in METHOD_CONFIG_FIELDS}, **czsl_config(config)}
+    options = method_settings(config)
     with open_store(store, read_only=not names, check="evaluate") as cat:
         if names:
             runs = tuple(r.run_id for r in run_methods(cat, names, preset, options, model_name, pretrained, device))

@@ -31,7 +31,8 @@ import os
 import time
 from typing import Any, Iterator
 
-from ..config import MethodConfig, RegionConfig
+from ..config import RegionConfig
+from ..stages.methods import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 
@@ -220,14 +221,14 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
     # heavy: imported on use
+    from ..stages.methods import get_method
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
-    from ..stages.compositional import CZSL_METHODS
 
-    if method in CZSL_METHODS:
+    if get_method(method).stage is not None:
         raise InputError(f"--method {method} runs on the local engine only; drop --engine ray for it.")
     ray = connect(address)
     plan = plan_actors(ray.cluster_resources(), concurrency=concurrency, num_gpus=0)
-    run = prepare_run(cat, method, config or MethodConfig(), model=model, image_ids=image_ids, provenance=provenance,
+    run = prepare_run(cat, method, config, model=model, image_ids=image_ids, provenance=provenance,
                       engine=engine_params(address, plan))
     t0 = time.perf_counter()
     # heavy: imported on use

@@ -23,15 +23,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
 from queries.contrast import ContrastResult, contrast_terms
 from stores import tables
 from stores.catalog import Catalog
+from stores.results import ResultRows, write_results
 
 from ..names import norm_class_name
 
-CONTRAST_METHODS = ("lazsl", "object-bound")  # runs whose score is Σ mass·similarity of their alignments
 MIN_SIMILARITY = 0.5  # cosine at which two differently worded descriptors are paired
 
 
@@ -88,30 +87,16 @@ def _embeddings(attrs: dict, ids: list[int]) -> np.ndarray | None:
     return None if any(e is None for e in embs) else np.stack(embs)
 
 
-def contrast_columns(run_id: int, contrasts: list[Contrast]) -> dict:
-    """The ``contrast_terms`` columns: one row per attribute row of each contrast, plus one
-    class-prompt row (attr_id and other_attr_id NULL, reason_rank NULL)."""
-    cols: dict[str, list] = {k: [] for k in ("image_id", "class_id", "other_class_id", "runner_up", "true_class",
-                                             "attr_id", "other_attr_id", "shared", "term", "reason_rank", "gap")}
-
-    def add(c: Contrast, attr_id, other_attr_id, shared, term, rank):
-        for k, v in (("image_id", c.image_id), ("class_id", c.class_id), ("other_class_id", c.other_class_id),
-                     ("runner_up", c.runner_up), ("true_class", c.true_class), ("attr_id", attr_id),
-                     ("other_attr_id", other_attr_id), ("shared", shared), ("term", term), ("reason_rank", rank),
-                     ("gap", c.result.gap)):
-            cols[k].append(v)
-
-    for c in contrasts:
-        add(c, None, None, False, c.result.prompt_term, None)
-        for r in c.result.rows:
-            add(c, None if r.index_a is None else int(c.attr_ids[r.index_a]),
-                None if r.index_b is None else int(c.other_attr_ids[r.index_b]), r.shared, r.term, r.reason_rank)
-    n = len(cols["image_id"])
-    return {"run_id": pa.array([run_id] * n, pa.int64()),
-            **{k: pa.array(cols[k], pa.int64()) for k in ("image_id", "class_id", "other_class_id", "attr_id", "other_attr_id")},
-            **{k: pa.array(cols[k], pa.bool_()) for k in ("runner_up", "true_class", "shared")},
-            "term": pa.array(cols["term"], pa.float64()), "reason_rank": pa.array(cols["reason_rank"], pa.int32()),
-            "gap": pa.array(cols["gap"], pa.float64())}
+def contrast_rows(run_id: int, contrasts: list[Contrast]) -> ResultRows:
+    """The rows of ``contrast_terms``: per contrast its gap, class-prompt term and attribute rows."""
+    rows = ResultRows()
+    rows.contrast_terms(run_id, ((c.image_id, c.class_id, c.other_class_id, c.runner_up, c.true_class, c.result.gap,
+                                  c.result.prompt_term,
+                                  [(None if r.index_a is None else int(c.attr_ids[r.index_a]),
+                                    None if r.index_b is None else int(c.other_attr_ids[r.index_b]), r.shared, r.term,
+                                    r.reason_rank) for r in c.result.rows])
+                                 for c in contrasts))
+    return rows
 
 
 IMAGES_PER_CHUNK = 20_000  # contrasts are computed and written this many images at a time (bounded memory)
@@ -125,5 +110,5 @@ def store_contrasts(cat: Catalog, run_id: int, image_ids=None) -> int:
     for start in range(0, len(ids), IMAGES_PER_CHUNK):
         contrasts = compute_contrasts(cat, run_id, ids[start : start + IMAGES_PER_CHUNK])
         if contrasts:
-            written += tables.insert_contrast_terms(cat, contrast_columns(run_id, contrasts))
+            written += write_results(cat, contrast_rows(run_id, contrasts))
     return written

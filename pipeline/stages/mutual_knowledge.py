@@ -38,7 +38,7 @@ from ..errors import InputError
 from ..imaging import open_image, read_image_file
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
 from ..models import load_model
-from ..names import check_text, norm_class_name
+from ..names import CLIP_TEMPLATE, PHOTO_PROMPTS, check_text, norm_class_name
 from .attributes import add_class_prompts, encode_class_prompts
 from .index_images import encode_patch_tokens, patch_grid_size
 
@@ -125,17 +125,17 @@ def class_text_embeddings(cat: Catalog, model, run: tables.RunRecord, how: str) 
     """(class_ids, L2-normalised text embedding (C, D)) of every class, as ``how`` says."""
     fp = cat.model
     if how == "name":
-        m = tables.class_prompt_matrix(cat, fp, "clip")
+        m = tables.class_prompt_matrix(cat, fp, PHOTO_PROMPTS)
         if len(m) < tables.class_count(cat):
-            add_class_prompts(cat, ["a photo of a {}."], "clip")
+            add_class_prompts(cat, [CLIP_TEMPLATE], PHOTO_PROMPTS)
             encode_class_prompts(cat, model)
-            m = tables.class_prompt_matrix(cat, fp, "clip")
+            m = tables.class_prompt_matrix(cat, fp, PHOTO_PROMPTS)
     else:
         kind = str(run.params.get("texts", {}).get("kind", ""))
         if kind.startswith("class prompts "):
             m = tables.class_prompt_matrix(cat, fp, kind[len("class prompts "):])
         elif kind == "compositional clip":
-            m = tables.class_prompt_matrix(cat, fp, "clip")
+            m = tables.class_prompt_matrix(cat, fp, PHOTO_PROMPTS)
         else:
             m = tables.attribute_matrix(cat, fp, "sentences" if kind.startswith("sentences") else "descriptors")
     if len(m) == 0:

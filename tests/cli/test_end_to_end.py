@@ -74,7 +74,7 @@ def test_cli_stages_and_sql(tmp_path, image_folder, attr_file):
 
 def test_rescoring_needs_no_image_work_and_shortlist_keeps_scores(tmp_path, image_folder, attr_file, tiny_model):
     from pipeline.stages.attributes import import_attribute_file
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.classify import classify
     from pipeline.stages.index_images import index_images
     from pipeline.config import RegionConfig

@@ -14,7 +14,8 @@ from click.testing import CliRunner
 from PIL import Image
 
 from pipeline.cli import cli
-from pipeline.config import MethodConfig, RegionConfig
+from pipeline.config import RegionConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.errors import InputError
 from pipeline.stages.index_images import index_images
 from stores.catalog import Catalog

@@ -16,7 +16,8 @@ import pytest
 from click.testing import CliRunner
 
 from pipeline.cli import cli
-from pipeline.config import MethodConfig, RegionConfig
+from pipeline.config import RegionConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.attributes import import_attribute_file
 from pipeline.stages.classify import classify
 from pipeline.stages.index_images import index_images

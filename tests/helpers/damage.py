@@ -9,7 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.config import MethodConfig, RegionConfig
+from pipeline.config import RegionConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.attributes import import_attribute_file
 from pipeline.stages.classify import classify
 from pipeline.stages.index_images import index_images

@@ -25,7 +25,8 @@ class SmallStore:
 
 
 def build_small_store(root: Path, model, n_crops: int = 4) -> SmallStore:
-    from pipeline.config import MethodConfig, RegionConfig
+    from pipeline.config import RegionConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.attributes import import_attribute_file
     from pipeline.stages.classify import classify
     from pipeline.stages.index_images import index_images

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.stages.evaluate import evaluate_run, format_table, table_rows
 from pipeline.toy import compose_world as cw

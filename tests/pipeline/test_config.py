@@ -4,15 +4,8 @@ import re
 
 import pytest
 
-from pipeline.config import (
-    MethodConfig,
-    RegionConfig,
-    get_preset,
-    list_presets,
-    recorded_preset,
-    resolve_method_config,
-    resolve_region_config,
-)
+from pipeline.config import RegionConfig, get_preset, list_presets, recorded_preset, resolve_region_config
+from pipeline.stages.methods import MethodConfig, resolve_method_config
 from pipeline.errors import InputError
 
 

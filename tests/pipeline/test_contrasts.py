@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from tests.helpers.stores import build_truth_store
 
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.stages.contrasts import compute_contrasts, store_contrasts
 from stores import tables

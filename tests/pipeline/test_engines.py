@@ -143,7 +143,7 @@ def test_actor_plan_uses_gpus_when_present():
 def test_score_region_batch_rows_round_trip_and_equal_the_stage(tmp_path, tiny_model, image_folder, attr_file):
     """classify's per-batch function: its rows survive the bytes an actor ships, and scoring the
     shards one by one (what actors do) writes exactly what classify writes."""
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.attributes import import_attribute_file
     from pipeline.stages.classify import ScoredRows, classify, prepare_run, score_shard, write_scored
 
@@ -170,7 +170,7 @@ def test_shard_scorer_reads_only_the_row_groups_of_its_images(tmp_path, tiny_mod
     the images' positions), on a shard of 2 row groups: the rows of classify on those images."""
     import pyarrow.parquet as pq
 
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.engines.ray_engine import ShardScorer
     from pipeline.stages.attributes import import_attribute_file
     from pipeline.stages.classify import ScoredRows, classify, prepare_run, write_scored

@@ -216,7 +216,7 @@ def test_explain_on_patch_regions_draws_the_patch_grid(tmp_path, tiny_model, ima
     """With --regions patches the regions are ViT patch cells: the maps are the grid (real classify;
     LaZSL's filter gives the patches least like the full image no mass, and they stay untinted)."""
     from pipeline.stages.attributes import import_attribute_file
-    from pipeline.config import MethodConfig
+    from pipeline.stages.methods import MethodConfig
     from pipeline.stages.classify import classify
     from pipeline.stages.index_images import index_images
     from pipeline.config import RegionConfig

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.imaging import open_image, read_image_file
 from pipeline.stages.classify import classify
 from pipeline.stages.evaluate import evaluate_run

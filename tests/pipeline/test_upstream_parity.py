@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.config import MethodConfig, RegionConfig
+from pipeline.config import RegionConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.attributes import (
     add_attributes,
     awt_template_for,
@@ -16,7 +17,8 @@ from pipeline.stages.attributes import (
     import_attribute_file,
     read_attribute_lists,
 )
-from pipeline.stages.classify import awt_texts, classify
+from pipeline.stages.methods import get_method
+from pipeline.stages.classify import classify
 from pipeline.stages.index_images import index_images
 from queries.awt import awt_scores
 from stores import tables
@@ -217,7 +219,8 @@ def test_awt_class_text_means_equal_a_plain_loop(tmp_path, toy_clip):
     path, raw = _subset_file(tmp_path, "awt/awt_cub.json", 6)
     with Catalog(tmp_path / "s") as cat:
         import_attribute_file(cat, toy_clip, path, progress=False)
-        texts = awt_texts(cat, toy_clip, MethodConfig())
+        spec = get_method("awt")
+        texts = spec.texts(cat, spec.make_config(MethodConfig()), toy_clip, "awt")
         ids = tables.class_ids_by_norm(cat)
         n_per_class = np.bincount(texts.attrs.class_ids)
         assert set(n_per_class[n_per_class > 0]) == {50}

@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.stages.evaluate import evaluate_run
 from stores.catalog import Catalog

@@ -11,7 +11,7 @@ from PIL import Image
 from tests.pipeline.test_explain import _inside, hottest_pixels
 
 from pipeline.stages.attributes import import_attribute_file
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.cli import cli
 from pipeline.explain.explain import explain_image

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline.stages.attributes import import_attribute_file
-from pipeline.config import MethodConfig
+from pipeline.stages.methods import MethodConfig
 from pipeline.stages.classify import classify
 from pipeline.stages.evaluate import evaluate_run
 from pipeline.stages.index_images import index_images
