@@ -254,14 +254,14 @@ class Catalog:
 
     def _working_copy_problem(self) -> str | None:
         """Why the working copy left by an interrupted writer must not be adopted (None: adopt it).
-        It must open (DuckDB replays its WAL), have the schema records, record this store's id
+        It must open (DuckDB replays its WAL), be readable in every block, have the schema records, record this store's id
         (``meta.store_id``) and hold no fewer rows in the tables that only grow than the
         published catalog."""
         work, main = self.work_file, self.db_file
         mine = self._catalog_facts(main, read_only=True) if main.exists() else None
         if isinstance(mine, str):
             mine = None  # the published catalog is itself damaged: judge the working copy alone
-        theirs = self._catalog_facts(work, read_only=False)
+        theirs = self._catalog_facts(work, read_only=False, scan=True)
         if isinstance(theirs, str):
             return theirs
         if theirs["store_id"] is None and theirs["migrations"] == 0:
@@ -276,7 +276,7 @@ class Catalog:
         return None
 
     @staticmethod
-    def _catalog_facts(file: Path, *, read_only: bool) -> dict | str:
+    def _catalog_facts(file: Path, *, read_only: bool, scan: bool = False) -> dict | str:
         """store id, applied migrations and the growing tables' row counts of a catalog file, or
         a one-line reason why it cannot be read."""
         try:
@@ -293,6 +293,12 @@ class Catalog:
             row = con.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
             counts = {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
                       for t in GROWING_TABLES if t in names}
+            if scan:  # every block read once: a copy cut short or with a bad block is not adopted
+                from .catalog_check import scan_catalog
+
+                bad = scan_catalog(con)
+                if bad:
+                    return f"its table {bad[0][0]} cannot be read: {bad[0][1]}"
             return {"store_id": row[0] if row else None, "migrations": counts.get("_migrations", 0), "counts": counts}
         except duckdb.Error as exc:
             return f"it cannot be read: {' '.join(str(exc).splitlines()[0].split())[:160]}"

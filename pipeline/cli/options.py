@@ -321,6 +321,8 @@ def store_damage_message(exc: BaseException) -> str | None:
     text = " ".join(str(exc).split())
     if isinstance(exc, duckdb.Error) and (".parquet" in text or "Parquet" in text):
         return f"A store file cannot be read: {text[:300]}; run `pipeline verify`."
+    if isinstance(exc, duckdb.Error):  # a damaged catalog block, a file cut short: never a traceback (issue 21)
+        return f"The store's catalog cannot be read: {text[:300]}; run `pipeline verify` (--repair rebuilds it)."
     return None
 
 
