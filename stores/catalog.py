@@ -120,7 +120,7 @@ class Catalog:
 
     def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False, create: bool = True, *,
                  wait: float = DEFAULT_WAIT, on_wait: Callable[[str], None] | None = None, sandbox: bool = False,
-                 allow_read: Sequence[tuple[str, Path]] = ()):
+                 allow_read: Sequence[tuple[str, Path]] = (), memory_limit: str | None = None):
         self.root = resolve_store_path(path)
         self.read_only = read_only or sandbox
         self.con = None
@@ -134,6 +134,7 @@ class Catalog:
         self.publish_count = 0
         self.unreadable_shards: list[Path] = []  # left out of the views (see refresh_views)
         self.recovery = None  # what opening for writing settled (stores.shards.Recovery)
+        self._memory_limit = memory_limit  # DuckDB's memory_limit for a sandbox (``pipeline sql --memory-limit``)
         if self.read_only:
             self._open_reader(wait, on_wait, sandbox, allow_read)
         else:
@@ -361,7 +362,8 @@ class Catalog:
             raise StoreError(f"{main} is not a file; --store must be a store directory.")
         config = None
         if sandbox:
-            self.sandbox = sb.Sandbox([self.shard_dir(t) for t in SHARD_TABLES], [f for _, f in allow_read])
+            self.sandbox = sb.Sandbox([self.shard_dir(t) for t in SHARD_TABLES], [f for _, f in allow_read],
+                                      memory_limit=self._memory_limit)
             config = self.sandbox.connect_config()
         try:
             self.con = self._connect(main, read_only=True, config=config, wait=wait, on_wait=on_wait)

@@ -284,6 +284,14 @@ STAGE_TOLERATES = {
 }
 
 
+def shard_damage(cat: Catalog) -> list[Problem]:
+    """Shards whose rows a query over the views would silently miss: recorded but gone, cut short,
+    unreadable, or without their partner (quick checks only; what the stages refuse on too)."""
+    live, present, staged = _shard_inventory(cat)
+    found = _shards_quick(cat, live, present, staged, full=False)[0]
+    return [p for p in found if p.check in PAIR_DAMAGE and p.check not in READER_IGNORES]
+
+
 def require_usable(cat: Catalog, stage: str) -> None:
     """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with."""
     problems = [p for p in quick_check(cat) if p.scope not in STAGE_TOLERATES.get(stage, set())]
