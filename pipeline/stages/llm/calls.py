@@ -79,10 +79,17 @@ MIN_SECRET_LEN = 8  # shorter strings are not searched for in free text (they wo
 _SECRET_WORDS = {"key", "apikey", "auth", "authorization", "token", "secret", "password", "passwd", "pwd", "credential",
                  "credentials", "signature", "sig", "session", "cookie", "bearer", "jwt"}
 _HEADER_OPTIONS = ("extra_headers", "headers", "default_headers")
+# request parts whose every value is recorded as [redacted] and searched for (issue 21: a query
+# parameter named "code", a body field of any name can be a credential)
+_SECRET_CONTAINERS = _HEADER_OPTIONS + ("extra_query", "default_query", "query", "extra_body", "body")
+# a base-URL path segment recorded as is: a word or a version ("v1", "openai", "chat-completions")
+_PLAIN_SEGMENT = re.compile(r"(?:[A-Za-z]+(?:[-_.][A-Za-z]+)*|v\d+(?:\.\d+)?(?:alpha|beta)?\d*)")
 
 
 def redact_url(url: str) -> str:
-    """The server as recorded: scheme, host, port and path; never userinfo, query or fragment."""
+    """The server as recorded: scheme, host, port and the path's plain words (``v1``, ``openai``);
+    never userinfo, query or fragment, and a path segment that is not a plain word (it may be a
+    key: ``/v1/sk-.../chat``) becomes ``[redacted]``."""
     try:
         parts = urlsplit(url)
         netloc = parts.hostname or ""
@@ -90,7 +97,9 @@ def redact_url(url: str) -> str:
             netloc += f":{parts.port}"
     except ValueError:  # a port that is no number: record nothing of it
         return "(invalid URL)"
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    segments = [seg if not seg or (_PLAIN_SEGMENT.fullmatch(seg) and len(seg) <= 24) else REDACTED
+                for seg in parts.path.rstrip("/").split("/")]
+    return urlunsplit((parts.scheme, netloc, "/".join(segments), "", ""))
 
 
 def is_secret_name(name: str) -> bool:
@@ -126,18 +135,22 @@ def secrets_in_url(url: str | None) -> list[str]:
 
         pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
         found.append(base64.b64encode(pair).decode("ascii"))
-    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(k)]
-    found += [v for k, v in parse_qsl(parts.fragment, keep_blank_values=False) if is_secret_name(k)]
+    # every query and fragment value (a parameter of any name may carry a credential: ?code=...)
+    found += [v for _, v in parse_qsl(parts.query, keep_blank_values=False)]
+    found += [v for _, v in parse_qsl(parts.fragment, keep_blank_values=False)]
+    found += [unquote(seg) for seg in parts.path.split("/")
+              if seg and not (_PLAIN_SEGMENT.fullmatch(seg) and len(seg) <= 24)]  # a key in the path
     return found
 
 
 def secrets_in_options(options: Any, under_headers: bool = False) -> list[str]:
-    """Credentials in ``--llm-option`` values: every header value (``extra_headers``), and the
-    value of any field whose name says credential, at any depth."""
+    """Credentials in ``--llm-option`` values: every string value under a header, query or body
+    option (``extra_headers``, ``extra_query``, ``extra_body``, ...), and the value of any field
+    whose name says credential, at any depth."""
     found: list[str] = []
     if isinstance(options, dict):
         for k, v in options.items():
-            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            headers = under_headers or str(k).lower() in _SECRET_CONTAINERS
             if isinstance(v, str) and (headers or is_secret_name(k)):
                 found += _with_parts(v)
             elif isinstance(v, (dict, list)):
@@ -158,12 +171,12 @@ def secret_variants(secret: str) -> list[str]:
 
 
 def scrub(obj: Any, under_headers: bool = False) -> Any:
-    """A copy of request options safe to record: header values and credential-named fields
-    replaced by ``[redacted]`` (the names stay, so the record shows what was sent)."""
+    """A copy of request options safe to record: header, query and body values and
+    credential-named fields replaced by ``[redacted]`` (the names stay, so the record shows what was sent)."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            headers = under_headers or str(k).lower() in _SECRET_CONTAINERS
             if (headers and not isinstance(v, (dict, list))) or (is_secret_name(k) and not isinstance(v, dict)):
                 out[k] = REDACTED
             else:
@@ -172,6 +185,29 @@ def scrub(obj: Any, under_headers: bool = False) -> Any:
     if isinstance(obj, list):
         return [scrub(v, under_headers) for v in obj]
     return obj
+
+
+def secret_pattern(secrets) -> re.Pattern | None:
+    """One regex that finds each secret in any form a server or a library may write it: every
+    character as itself, JSON-escaped (``\\/``, ``\\"``, ``\\\\``, ``\\uXXXX`` in either case),
+    URL-encoded (``%XX`` in either case, ``+`` for a space) -- mixed freely within one secret."""
+    alternatives = []
+    for secret in sorted({str(s) for s in secrets if s}, key=len, reverse=True):
+        parts = []
+        for ch in secret:
+            code = ord(ch)
+            forms = [re.escape(ch)]
+            if code < 0x10000:
+                forms.append(r"\\u" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in f"{code:04x}"))
+            if ch in '/"\\':
+                forms.append(re.escape("\\" + ch))
+            for byte in ch.encode("utf-8"):
+                forms.append("%" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in f"{byte:02x}"))
+            if ch == " ":
+                forms.append(r"\+")
+            parts.append("(?:" + "|".join(forms) + ")")
+        alternatives.append("".join(parts))
+    return re.compile("|".join(alternatives)) if alternatives else None
 
 
 class RedactingFilter(logging.Filter):
@@ -234,8 +270,10 @@ class LLMRun:
         self.max_reasks, self.max_retries = max_reasks, max_retries
         self.options = dict(options or {})
         self.recorded_options = scrub(self.options)  # what llm_calls.request shows of them
-        forms = {f for s in secrets if s and len(str(s)) >= MIN_SECRET_LEN for f in secret_variants(str(s))}
-        self.secrets = sorted((f for f in forms if len(f) >= MIN_SECRET_LEN), key=len, reverse=True)
+        # a secret the user gave is searched for whatever its length (issue 21: a 6-character key)
+        forms = {f for s in secrets if s for f in secret_variants(str(s))}
+        self.secrets = sorted(forms, key=len, reverse=True)
+        self.pattern = secret_pattern(secrets)
         self.batch_id = batch_id
         self.mode = FORMATS[0]
         self.lock = threading.Lock()
@@ -247,7 +285,7 @@ class LLMRun:
             return None
         for s in self.secrets:
             text = text.replace(s, REDACTED)
-        return text
+        return self.pattern.sub(REDACTED, text) if self.pattern is not None else text
 
     def record_body(self, body: dict) -> str:
         """The request as stored in llm_calls: header and credential fields scrubbed, then
@@ -399,6 +437,24 @@ def check_base_url(base_url: str | None) -> str | None:
     if not host or parts.scheme not in ("http", "https"):
         raise LLMError("--base-url / OPENAI_BASE_URL is not an http(s) URL with a host (e.g. http://localhost:8000/v1).")
     return host
+
+
+def check_request_options(client, options: dict) -> None:
+    """``--llm-option`` names must be fields the client's chat-completions call takes (an unknown
+    one is a TypeError deep in the client): LLMError in one line, before any request."""
+    import inspect
+
+    try:
+        params = inspect.signature(client.chat.completions.create).parameters
+    except (AttributeError, TypeError, ValueError):  # a stand-in client: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise LLMError(f"--llm-option {unknown[0]}: not a field of the chat-completions request; headers go in "
+                       "extra_headers, query parameters in extra_query, other body fields in extra_body "
+                       "(e.g. --llm-option extra_headers '{\"X-Org\": \"...\"}').")
 
 
 def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3):

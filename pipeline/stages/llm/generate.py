@@ -42,6 +42,7 @@ from ..attributes import add_attributes
 from .calls import (
     NO_KEY,
     JobResult,
+    check_request_options,
     LLMError,
     LLMRun,
     make_client,
@@ -157,6 +158,7 @@ def generate_attributes(
         client = make_client(base_url, api_key, timeout=timeout, max_retries=max_retries)
     else:
         max_retries = getattr(client, "max_retries", max_retries)
+    check_request_options(client, options or {})
     server = redact_url(str(client.base_url))
     secrets = [api_key or "", getattr(client, "api_key", "") or "", os.environ.get("OPENAI_API_KEY", "")]
     for url in (base_url, os.environ.get("OPENAI_BASE_URL"), str(client.base_url)):
@@ -164,6 +166,7 @@ def generate_attributes(
     secrets += secrets_in_options(options or {})
     run = LLMRun(client, llm_model, ps, max_reasks=max_reasks, max_retries=max_retries, options=options,
                  secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid())
+    server = run.redact(server)  # a key the user also put in the URL's path
     with redacting_logs(run.redact):  # the client libraries' log lines carry URLs and headers
         return _generate(cat, run, names, n_samples, server, refresh=refresh, retry_failed=retry_failed,
                          concurrency=concurrency, progress=progress)
