@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urluns
 from stores.catalog import now_utc
 
 from ...errors import InputError
+from ...inputs import MAX_ANSWER_BYTES, MAX_ITEM_CHARS, MAX_ITEMS_PER_CLASS  # noqa: F401  (re-exported)
 from .answers import parse_answer
 from .prompt_sets import PromptSet
 
@@ -75,6 +76,7 @@ class JobResult:
 
 # ---- secrets ----------------------------------------------------------------------------
 REDACTED = "[redacted]"
+RECORDED_BYTES = 4096  # what is kept of an over-long response or error body
 MIN_SECRET_LEN = 8  # shorter strings are not searched for in free text (they would hit ordinary words)
 _SECRET_WORDS = {"key", "apikey", "auth", "authorization", "token", "secret", "password", "passwd", "pwd", "credential",
                  "credentials", "signature", "sig", "session", "cookie", "bearer", "jwt"}
@@ -265,8 +267,10 @@ class LLMRun:
     """One generate_attributes call: shared, thread-safe state of the workers."""
 
     def __init__(self, client, llm_model: str, ps: PromptSet, *, max_reasks: int, max_retries: int,
-                 options: dict | None, secrets: Sequence[str], batch_id: str):
+                 options: dict | None, secrets: Sequence[str], batch_id: str, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 max_item_chars: int = MAX_ITEM_CHARS):
         self.client, self.llm_model, self.ps = client, llm_model, ps
+        self.max_answer_bytes, self.max_item_chars = max_answer_bytes, max_item_chars
         self.max_reasks, self.max_retries = max_reasks, max_retries
         self.options = dict(options or {})
         self.recorded_options = scrub(self.options)  # what llm_calls.request shows of them
@@ -332,8 +336,8 @@ class LLMRun:
                 raw = self.client.chat.completions.with_raw_response.create(**body)
             except openai.APIStatusError as exc:
                 rec.latency_ms = (time.perf_counter() - t0) * 1000
-                rec.response = self.redact(_response_text(exc))
-                rec.error = self.redact(f"HTTP {exc.status_code}: {_error_message(exc)}")
+                rec.response = self.redact(_cut(_response_text(exc)))
+                rec.error = self.redact(_cut(f"HTTP {exc.status_code}: {_error_message(exc)}", 500))
                 rec.retries = self.max_retries if _retryable(exc) else 0
                 if exc.status_code in (400, 422) and mode != "none":
                     rec.error = f"server rejected response_format {mode}; " + rec.error
@@ -348,6 +352,12 @@ class LLMRun:
                 return records, None, fatal
             rec.latency_ms = (time.perf_counter() - t0) * 1000
             rec.retries = int(getattr(raw, "retries_taken", 0) or 0)
+            size = len(raw.content)
+            if size > self.max_answer_bytes:  # before parsing or storing any of it
+                rec.response = self.redact(_cut(raw.text))
+                rec.status = "invalid"
+                rec.error = f"the answer was {size} bytes, over --max-answer-bytes {self.max_answer_bytes}"
+                return records, "", False
             rec.response = self.redact(raw.text)
             if mode != FORMATS[start]:
                 with self.lock:  # remember for the rest of the run
@@ -383,7 +393,7 @@ class LLMRun:
             rec = records[-1]
             if content is None:
                 return JobResult(class_name, sample_index, "error", calls=calls, reason=rec.error, fatal=fatal)
-            items, reason = parse_answer(content, ps, class_name)
+            items, reason = parse_answer(content, ps, class_name, max_chars=self.max_item_chars)
             echoed = [t for t in items if REDACTED in t]
             if echoed:  # an item that quoted a credential is no attribute
                 items = [t for t in items if REDACTED not in t]
@@ -407,6 +417,13 @@ class LLMRun:
         if best is not None:  # some usable items, fewer than asked: keep them, say so
             return JobResult(class_name, sample_index, "short", best[0], calls, reason=reason, decided_by=best[1])
         return JobResult(class_name, sample_index, "failed", [], calls, reason=reason, decided_by=calls[-1].id)
+
+
+def _cut(text: str | None, limit: int = RECORDED_BYTES) -> str | None:
+    """At most ``limit`` characters of a body, saying how much was left out."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f" ... [{len(text) - limit} more characters not stored]"
 
 
 def _response_text(exc) -> str | None:

@@ -40,6 +40,9 @@ from ...errors import InputError
 from ...names import clean_class_name, norm_class_name
 from ..attributes import add_attributes
 from .calls import (
+    MAX_ANSWER_BYTES,
+    MAX_ITEM_CHARS,
+    MAX_ITEMS_PER_CLASS,
     NO_KEY,
     JobResult,
     check_request_options,
@@ -122,6 +125,9 @@ def generate_attributes(
     options: dict | None = None,
     progress: bool = True,
     client=None,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
+    max_item_chars: int = MAX_ITEM_CHARS,
+    max_items_per_class: int = MAX_ITEMS_PER_CLASS,
 ) -> GenerateReport:
     """Ask the LLM for what the cache lacks, log every call, store the attributes.
 
@@ -165,15 +171,16 @@ def generate_attributes(
         secrets += secrets_in_url(url)
     secrets += secrets_in_options(options or {})
     run = LLMRun(client, llm_model, ps, max_reasks=max_reasks, max_retries=max_retries, options=options,
-                 secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid())
+                 secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid(), max_answer_bytes=max_answer_bytes,
+                 max_item_chars=max_item_chars)
     server = run.redact(server)  # a key the user also put in the URL's path
     with redacting_logs(run.redact):  # the client libraries' log lines carry URLs and headers
         return _generate(cat, run, names, n_samples, server, refresh=refresh, retry_failed=retry_failed,
-                         concurrency=concurrency, progress=progress)
+                         concurrency=concurrency, progress=progress, max_items_per_class=max_items_per_class)
 
 
 def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, server: str, *, refresh: bool,
-              retry_failed: bool, concurrency: int, progress: bool) -> GenerateReport:
+              retry_failed: bool, concurrency: int, progress: bool, max_items_per_class: int) -> GenerateReport:
     from tqdm import tqdm
 
     ps = run.ps
@@ -239,7 +246,8 @@ def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, serve
         samples = by_class.get(name.lower(), [])
         texts: list[str] = []
         for _, status, items in samples:
-            texts += [t for t in items if t not in texts]
+            texts += [t for t in items if t not in texts and len(t) <= run.max_item_chars]
+        texts = texts[:max_items_per_class]  # bounded before anything is stored
         if texts:
             mapping[name] = texts
             report.done.append(name)
