@@ -292,9 +292,30 @@ def shard_damage(cat: Catalog) -> list[Problem]:
     return [p for p in found if p.check in PAIR_DAMAGE and p.check not in READER_IGNORES]
 
 
+#: stages that score region embeddings: every regions shard's bytes are checked against its
+#: recorded sha256 before they start (a flipped exponent bit reads fine and changes predictions)
+REGION_READERS = ("classify", "evaluate", "explain", "faithfulness")
+
+
+def region_checksums(cat: Catalog) -> list[Problem]:
+    """Every live regions shard hashed and compared with its record (about 1 GB/s of shards)."""
+    out = []
+    for (table, name), rec in sorted(tables.shard_records(cat, ("live",)).items()):
+        path = cat.shard_dir(table) / name
+        if table != "regions" or not path.is_file() or path.stat().st_size != rec["bytes"]:
+            continue  # missing or cut short: the quick check says so
+        if files.file_sha256(path) != rec["sha256"]:
+            out.append(Problem("shard-checksum", f"{table}/{name}", "its bytes differ from what was written (sha256 "
+                               "mismatch): its embeddings cannot be trusted", "shards", True))
+    return out
+
+
 def require_usable(cat: Catalog, stage: str) -> None:
-    """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with."""
+    """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with
+    (for stages that read region embeddings, also a regions shard whose checksum does not match)."""
     problems = [p for p in quick_check(cat) if p.scope not in STAGE_TOLERATES.get(stage, set())]
+    if not problems and stage in REGION_READERS:
+        problems = region_checksums(cat)
     if cat.read_only:  # a reader works on the published state; a running writer's commits are not its problem
         problems = [p for p in problems if p.check not in READER_IGNORES]
     if not problems:
