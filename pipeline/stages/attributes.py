@@ -99,8 +99,9 @@ def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTE
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InputError(f"{path}: the value of {escape_controls(repr(key))} must be a list of strings.")
-        name = clean_class_name(key, where=f"{path}: key {escape_controls(repr(key))}")
-        value = [clean_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}") for i, v in enumerate(value)]
+        where = f"{path}: key {escape_controls(repr(key))}"  # once per key: 200,000 classes import in seconds
+        name = clean_class_name(key, where=where)
+        value = [clean_text(v, f"{where}, item {i + 1}") for i, v in enumerate(value)]
         if not name:
             raise InputError(f"{path}: an empty class name; every key must name a class.")
         norm = name.lower()
@@ -108,10 +109,10 @@ def read_attribute_json(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYTE
             report.duplicates.append(name)
         else:
             merged[norm], display[norm] = [], name
-        for v in value:
-            v = v.strip()
-            if v not in merged[norm]:
-                merged[norm].append(v)
+        texts = merged[norm]
+        for v in value:  # clean_text already stripped it
+            if v not in texts:
+                texts.append(v)
     out = {}
     for norm, texts in merged.items():
         nonempty = [t for t in texts if t]
