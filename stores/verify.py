@@ -156,13 +156,14 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                                "(a writer was killed); the next write-mode command deletes it", "shards",
                                repairable=True))
         elif rec is None and (full or f"{table}/{name}" not in legacy):
-            if writer_running is None:
-                writer_running = cat.read_only and not WriterLock(cat.root).is_free()
+            if writer_running is None:  # or an interrupted one: its working copy holds the record (readers never
+                # publish it; the next writer adopts it)
+                writer_running = cat.read_only and (not WriterLock(cat.root).is_free() or cat.work_file.exists())
             if writer_running and f"{table}/{name}" not in legacy:
                 # a reader sees the last published catalog; the running writer has committed this
                 # shard's record in its working copy and publishes it at its next commit point
-                out.append(Problem("shard-pending", f"{table}/{name}", "written by the running writer, not yet "
-                                   "published to readers", "shards", repairable=True))
+                out.append(Problem("shard-pending", f"{table}/{name}", "written by the running (or an interrupted) "
+                                   "writer, not yet published to readers", "shards", repairable=True))
                 continue
             if f"{table}/{name}" in legacy:
                 msg = "has no shard record (written before this store kept records)"
