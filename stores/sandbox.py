@@ -152,6 +152,7 @@ class Sandbox:
         (Path(self.tmp) / ".pid").write_text(str(os.getpid()))  # lets a later run remove it if this one is SIGKILLed
         _TEMP_DIRS.add(self.tmp)
         _install_cleanup()
+        _remove_orphans()
 
     def connect_config(self) -> dict:
         config = dict(CONNECT_CONFIG, temp_directory=self.tmp)
@@ -205,7 +206,6 @@ def _install_cleanup() -> None:
     for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # SIGINT raises KeyboardInterrupt: finally runs
         if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
             signal.signal(sig, _on_signal)
-    _remove_orphans()
 
 
 def _remove_orphans() -> None:
@@ -245,6 +245,42 @@ def read_statement(con: duckdb.DuckDBPyConnection, sql: str):
             f"--allow-read FILE makes a file of yours readable)."
         )
     return st
+
+
+def tables_read(con: duckdb.DuckDBPyConnection, sql: str, depth: int = 0) -> set[str] | None:
+    """Lower-case names of the tables and views a statement reads, views followed to what they
+    read (from DuckDB's own parse tree, ``json_serialize_sql``); None when that cannot be told."""
+    import json
+
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()[0])
+    except (duckdb.Error, TypeError, ValueError):
+        return None
+    if tree.get("error"):
+        return None
+    names: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+                names.add(node["table_name"].lower())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    views = {n.lower(): q for n, q in con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()}
+    for name in list(names):
+        body = views.get(name)
+        if body and depth < 8 and name not in ("images", "regions"):
+            inner = tables_read(con, body.split(" AS ", 1)[1] if " AS " in body else body, depth + 1)
+            if inner is None:
+                return None
+            names |= inner
+    return names
 
 
 _FILE_DENIED = re.compile(r'Cannot access (?:file|directory) "([^"]*)"')

@@ -84,6 +84,10 @@ def test_a_missing_shard_is_refused_unless_allow_partial(store):
     assert "--allow-partial" in msg and "shard-missing" in msg
     res = sql(store, "select count(*) from images", "--allow-partial")
     assert res.exit_code == 0 and res.output.splitlines()[-1] == "4", res.output
+    msg = one_line_error(sql(store, "with x as (select * from regions) select count(*) from x"))  # through a CTE too
+    assert "--allow-partial" in msg
+    res = sql(store, "select count(*) from index_runs")  # a query that reads no shard is answered in full
+    assert res.exit_code == 0 and res.output.splitlines()[-1] == "1", res.output
 
 
 def test_a_runaway_query_is_stopped_by_the_timeout(store):
