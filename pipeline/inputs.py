@@ -23,6 +23,10 @@ from .errors import InputError
 MiB = 1 << 20
 DEFAULT_MAX_IMAGE_BYTES = 256 * MiB  # a 100-megapixel RGB TIFF is ~300 MB; JPEGs are far smaller
 DEFAULT_MAX_FILE_BYTES = 256 * MiB  # attribute JSON, class lists, boxes, templates (ImageNet CuPL: ~10 MB)
+# bounds on what one LLM answer may cost (issue 21: a 50 MB answer took 86 s and 7.8 GB)
+MAX_ANSWER_BYTES = 1 << 20  # a response body larger than this is an unusable answer (--max-answer-bytes)
+MAX_ITEM_CHARS = 300  # an attribute longer than this is dropped (--max-item-chars)
+MAX_ITEMS_PER_CLASS = 200  # attributes kept per class over all samples (--max-items-per-class)
 MAX_JSON_DEPTH = 64  # our files nest 2-3 levels; json's own limit is Python's recursion limit (~1000)
 
 

@@ -8,7 +8,9 @@ call, and only statements that read (:func:`stores.sandbox.read_statement`): a `
 """
 from __future__ import annotations
 
+import os
 import re
+import threading
 from pathlib import Path
 
 import duckdb
@@ -46,16 +48,53 @@ def parse_allow_read(values) -> list[tuple[str, Path]]:
     return out
 
 
-def run_sql(cat: Catalog, query: str, params: dict | None = None, limit: int | None = None) -> tuple[list[str], list[tuple]]:
-    """(column names, rows) of one read-only statement on the store's connection."""
+DEFAULT_TIMEOUT = 60.0  # seconds a query may run (``--timeout``)
+DEFAULT_MEMORY_LIMIT = "2GiB"  # DuckDB's memory for one query (``--memory-limit``); beyond it, it spills or fails
+
+
+def run_sql(cat: Catalog, query: str, params: dict | None = None, limit: int | None = None,
+            timeout: float | None = DEFAULT_TIMEOUT) -> tuple[list[str], list[tuple]]:
+    """(column names, rows) of one read-only statement on the store's connection, stopped
+    (``con.interrupt()`` from a timer thread) after ``timeout`` seconds."""
     try:
         statement = read_statement(cat.con, query)
     except SqlRefused as exc:
         raise InputError(str(exc)) from None
+    stopped = threading.Event()
+
+    def stop():
+        stopped.set()
+        cat.con.interrupt()
+
+    timer = threading.Timer(timeout, stop) if timeout else None
+    if timer is not None:
+        timer.daemon = True
+        timer.start()
     try:
         rel = cat.con.execute(statement, params or None)
         cols = [d[0] for d in rel.description] if rel.description else []
         rows = (rel.fetchmany(limit) if limit else rel.fetchall()) if cols else []
-    except duckdb.Error as exc:
+    except (duckdb.Error, RuntimeError) as exc:
+        if stopped.is_set():
+            raise InputError(f"the query was stopped after {timeout:g} s (--timeout SECONDS allows longer; "
+                             "--limit or a WHERE clause makes it cheaper).") from None
+        if isinstance(exc, duckdb.OutOfMemoryException):
+            raise InputError(f"the query needs more memory than --memory-limit allows: {explain_error(exc)}") from None
+        if not isinstance(exc, duckdb.Error):
+            raise
         raise InputError(explain_error(exc)) from None
+    finally:
+        if timer is not None:
+            timer.cancel()
     return cols, rows
+
+
+def check_output_outside(output: Path | None, store_root: Path) -> None:
+    """``-o`` of ``pipeline sql`` never writes into the store (it would replace a catalog or shard)."""
+    if output is None:
+        return
+    real = Path(os.path.realpath(output))
+    root = Path(os.path.realpath(store_root))
+    if real == root or root in real.parents:
+        raise InputError(f"-o {output} is inside the store {root}; pipeline sql never writes there (write the "
+                         "rows elsewhere).")

@@ -26,8 +26,14 @@ Readers and writers (``docs/store.md``, "Readers, writers and the published cata
 A writer copies ``catalog.duckdb`` to its working copy, writes there, and publishes: at commit
 points (checkpoint, copy, atomic rename over ``catalog.duckdb``; at most as often as keeps the
 copies under ~5% of its time) and when it closes (a rename, no copy). A writer killed mid-run
-leaves its working copy, with all it committed; the next writer adopts it, and a reader that
-finds it with no writer running publishes it first, so no committed work is lost. While it
+leaves its working copy, with all it committed; the next writer adopts it after checking it
+(:meth:`Catalog._working_copy_problem`: it opens, its schema is this store's or newer, it records
+this store's id -- ``meta.store_id`` -- and none of the tables that only grow has fewer rows than
+the published catalog), so no committed work is lost. A working copy that fails the check (a
+truncated file, another store's catalog) is set aside as ``catalog.writing.duckdb.set-aside-TIME``
+with a one-line note, and ``pipeline verify`` reports it. Readers never publish anything: they
+read what the last writer published. A symlink or folder in the place of the working copy or
+the lock file is refused in one line (:func:`stores.locks.open_regular`). While it
 runs a writer holds a shared lock on ``catalog.duckdb``, so other programs (the DuckDB CLI) can
 read it but not write it. ``sandbox=True`` (``pipeline sql``) opens the published catalog with
 DuckDB's external access off and its configuration locked (:mod:`stores.sandbox`).
@@ -36,8 +42,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import re
 import time
+import uuid
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -45,7 +54,7 @@ import duckdb
 
 from . import sandbox as sb
 from .errors import ModelMismatchError, StoreError, StoreVersionError
-from .locks import DEFAULT_WAIT, WriterLock, copy_file, file_signature, fsync_dir
+from .locks import DEFAULT_WAIT, WriterLock, copy_file, file_signature, fsync_dir, open_regular
 from .migrations import MIGRATIONS, SCHEMA_VERSION, applied_migrations, migrate, pending_migrations
 from .values import dumps, now_utc  # noqa: F401  (re-exported: stores.catalog.now_utc, dumps)
 
@@ -57,6 +66,9 @@ except ImportError:  # pragma: no cover
 DEFAULT_STORE = "./zsl-store"
 CATALOG_FILE = "catalog.duckdb"
 WORKING_FILE = "catalog.writing.duckdb"
+SET_ASIDE = ".set-aside-"  # catalog.writing.duckdb.set-aside-20260101T120000: a working copy not adopted
+# tables that only ever grow: a working copy with fewer rows in one is not this store's latest state
+GROWING_TABLES = ("_migrations", "runs", "index_runs", "shards")
 # a commit publishes if the last copy was cheap (a catalog up to tens of MB), or if it took at
 # most this share of the time since the previous one (copies stay under ~5% of a writer's time)
 PUBLISH_ALWAYS_BELOW_S = 0.05
@@ -110,7 +122,7 @@ class Catalog:
 
     def __init__(self, path: str | os.PathLike | None = None, read_only: bool = False, create: bool = True, *,
                  wait: float = DEFAULT_WAIT, on_wait: Callable[[str], None] | None = None, sandbox: bool = False,
-                 allow_read: Sequence[tuple[str, Path]] = ()):
+                 allow_read: Sequence[tuple[str, Path]] = (), memory_limit: str | None = None):
         self.root = resolve_store_path(path)
         self.read_only = read_only or sandbox
         self.con = None
@@ -124,6 +136,7 @@ class Catalog:
         self.publish_count = 0
         self.unreadable_shards: list[Path] = []  # left out of the views (see refresh_views)
         self.recovery = None  # what opening for writing settled (stores.shards.Recovery)
+        self._memory_limit = memory_limit  # DuckDB's memory_limit for a sandbox (``pipeline sql --memory-limit``)
         if self.read_only:
             self._open_reader(wait, on_wait, sandbox, allow_read)
         else:
@@ -154,7 +167,7 @@ class Catalog:
                 return duckdb.connect(str(file), read_only=read_only, config=config or {})
             except duckdb.IOException as exc:
                 msg = str(exc).splitlines()[0]
-                locked = "lock" in msg.lower()
+                locked = is_lock_conflict(msg)
                 if not locked or time.monotonic() >= deadline:
                     hint = (" (another program has it open for writing; close it, or open it read-only: "
                             "duckdb -readonly)") if locked else ""
@@ -175,13 +188,17 @@ class Catalog:
             self.root.mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root)
         self._lock.acquire(wait, on_wait)
-        adopted = work.exists()
+        adopted = False
         try:
             changed = self._prepare_working_copy(wait, on_wait)
+            adopted = changed and main.exists()
             self.con = self._connect(work, read_only=False, wait=wait, on_wait=on_wait)
             self.refresh_views()  # views created by migrations may select from the shard views
             applied = migrate(self.con)
             self.set_meta("schema_version", str(SCHEMA_VERSION))
+            if self.get_meta("store_id") is None:  # who this catalog belongs to: working copies are checked against it
+                self.set_meta("store_id", uuid.uuid4().hex)
+                changed = True
             self._remove_orphan_shards()
             self.refresh_views()
             if changed or applied or not main.exists():
@@ -207,12 +224,22 @@ class Catalog:
         main, work = self.db_file, self.work_file
         for stale in (main.with_name(main.name + ".tmp"), work.with_name(work.name + ".tmp")):
             stale.unlink(missing_ok=True)
-        if work.exists():
+        if os.path.lexists(work):
             # a writer was interrupted: its working copy holds everything it committed (DuckDB
-            # replays its WAL); adopt it, hold catalog.duckdb and publish it once migrated
-            if main.exists():
-                self._hold_main(wait, on_wait)
-            return True
+            # replays its WAL); adopt it if it is this store's, hold catalog.duckdb and publish it
+            # once migrated; else set it aside and start from catalog.duckdb
+            os.close(open_regular(work, os.O_RDONLY))  # a symlink or folder there: refused, one line
+            problem = self._working_copy_problem()
+            if problem is None:
+                if main.exists():
+                    self._hold_main(wait, on_wait)
+                return True
+            aside = self.set_aside_working_copy()
+            if on_wait is not None:
+                on_wait(f"{WORKING_FILE} was not adopted ({problem}); set aside as {aside.name} "
+                        "(`pipeline verify` lists it)")
+            if not main.exists():
+                return True
         if not main.exists():
             return True
         wal = main.with_name(main.name + ".wal")
@@ -227,6 +254,78 @@ class Catalog:
         os.replace(tmp, work)
         self._copy_seconds = time.perf_counter() - t0  # what a publish will cost: paces commit_point
         return False
+
+    def _working_copy_problem(self) -> str | None:
+        """Why the working copy left by an interrupted writer must not be adopted (None: adopt it).
+        It must open (DuckDB replays its WAL), be readable in every block, have the schema records, record this store's id
+        (``meta.store_id``) and hold no fewer rows in the tables that only grow than the
+        published catalog."""
+        work, main = self.work_file, self.db_file
+        mine = self._catalog_facts(main, read_only=True) if main.exists() else None
+        if isinstance(mine, str):
+            mine = None  # the published catalog is itself damaged: judge the working copy alone
+        theirs = self._catalog_facts(work, read_only=False, scan=True)
+        if isinstance(theirs, str):
+            return theirs
+        if theirs["store_id"] is None and theirs["migrations"] == 0:
+            return "it is no catalog of this project"
+        if mine is None:
+            return None
+        if mine["store_id"] is not None and theirs["store_id"] != mine["store_id"]:
+            return "it belongs to another store"
+        for table, n in mine["counts"].items():
+            if theirs["counts"].get(table, 0) < n:
+                return f"it has fewer {table} rows ({theirs['counts'].get(table, 0)}) than the published catalog ({n})"
+        return None
+
+    @staticmethod
+    def _catalog_facts(file: Path, *, read_only: bool, scan: bool = False) -> dict | str:
+        """store id, applied migrations and the growing tables' row counts of a catalog file, or
+        a one-line reason why it cannot be read."""
+        try:
+            con = duckdb.connect(str(file), read_only=read_only)
+        except duckdb.Error as exc:
+            msg = " ".join(str(exc).splitlines()[0].split())[:160] if str(exc) else type(exc).__name__
+            if is_lock_conflict(msg):
+                raise StoreError(f"Cannot open {file}: another program has it open; close it and retry.") from None
+            return f"it cannot be opened: {msg}"
+        try:
+            names = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            if "_migrations" not in names or "meta" not in names:
+                return {"store_id": None, "migrations": 0, "counts": {}}
+            row = con.execute("SELECT value FROM meta WHERE key = 'store_id'").fetchone()
+            counts = {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
+                      for t in GROWING_TABLES if t in names}
+            if scan:  # every block read once: a copy cut short or with a bad block is not adopted
+                from .catalog_check import scan_catalog
+
+                bad = scan_catalog(con)
+                if bad:
+                    return f"its table {bad[0][0]} cannot be read: {bad[0][1]}"
+            return {"store_id": row[0] if row else None, "migrations": counts.get("_migrations", 0), "counts": counts}
+        except duckdb.Error as exc:
+            return f"it cannot be read: {' '.join(str(exc).splitlines()[0].split())[:160]}"
+        finally:
+            con.close()
+
+    def set_aside_working_copy(self) -> Path:
+        """Rename the working copy (and its WAL) out of the way; never deletes it."""
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        aside = self.root / f"{WORKING_FILE}{SET_ASIDE}{stamp}"
+        n = 1
+        while os.path.lexists(aside):
+            n += 1
+            aside = self.root / f"{WORKING_FILE}{SET_ASIDE}{stamp}-{n}"
+        os.replace(self.work_file, aside)
+        wal = self.work_file.with_name(WORKING_FILE + ".wal")
+        if os.path.lexists(wal):
+            os.replace(wal, aside.with_name(aside.name + ".wal"))
+        fsync_dir(self.root)
+        return aside
+
+    def set_aside_files(self) -> list[Path]:
+        """Working copies set aside by earlier writers (verify reports them)."""
+        return sorted(p for p in self.root.glob(WORKING_FILE + SET_ASIDE + "*") if not p.name.endswith(".wal"))
 
     def _hold_main(self, wait, on_wait) -> None:
         """A shared lock on catalog.duckdb, the kind DuckDB's readers take: other programs may read
@@ -259,15 +358,14 @@ class Catalog:
 
     def _open_reader(self, wait, on_wait, sandbox: bool, allow_read: Sequence[tuple[str, Path]]) -> None:
         main = self.db_file
-        if self.work_file.exists():
-            self._recover_interrupted_write()
         if not main.exists():
             raise self._no_store()
         if not main.is_file():
             raise StoreError(f"{main} is not a file; --store must be a store directory.")
         config = None
         if sandbox:
-            self.sandbox = sb.Sandbox([self.shard_dir(t) for t in SHARD_TABLES], [f for _, f in allow_read])
+            self.sandbox = sb.Sandbox([self.shard_dir(t) for t in SHARD_TABLES], [f for _, f in allow_read],
+                                      memory_limit=self._memory_limit)
             config = self.sandbox.connect_config()
         try:
             self.con = self._connect(main, read_only=True, config=config, wait=wait, on_wait=on_wait)
@@ -301,33 +399,6 @@ class Catalog:
         if row and row[0] and file.stat().st_size < int(row[0]) * int(row[1]) + 3 * 4096:
             raise StoreError(f"Cannot read {file}: the file is shorter than its header says (truncated); "
                              "the catalog is damaged: run `pipeline verify`.")
-
-    def _recover_interrupted_write(self) -> None:
-        """A working copy with no writer running is an interrupted writer's committed work:
-        publish it (as the next writer would) so that readers see it. Best effort: a store that
-        cannot be written (read-only media) is read as last published."""
-        lock = WriterLock(self.root)
-        if not lock.try_acquire():
-            return  # a writer is running (or the store is read-only): read what it published
-        try:
-            work = self.work_file
-            if not work.exists():
-                return
-            main = self.db_file
-            for stale in (main.with_name(main.name + ".tmp"), work.with_name(work.name + ".tmp")):
-                stale.unlink(missing_ok=True)
-            con = duckdb.connect(str(work))  # replays the WAL: every committed transaction
-            try:
-                con.execute("CHECKPOINT")
-                con.execute("SELECT count(*) FROM _migrations").fetchone()  # readable at all
-            finally:
-                con.close()
-            os.replace(work, main)
-            fsync_dir(self.root)
-        except (OSError, duckdb.Error):
-            pass
-        finally:
-            lock.release()
 
     def _allow_read_views(self, allow_read: Sequence[tuple[str, Path]]) -> None:
         taken = {r[0].lower() for r in self.con.execute(
@@ -592,3 +663,9 @@ class Catalog:
             ).fetchall()
         ]
         return {n: int(self.con.execute(f'SELECT count(*) FROM "{n}"').fetchone()[0]) for n in dict.fromkeys(names)}
+
+
+def is_lock_conflict(message: str) -> bool:
+    """Is a DuckDB open error about another process holding the file ("Could not set lock", "Conflicting
+    lock")? Not merely a message with "block" in it (a damaged file)."""
+    return re.search(r"\b(set|conflicting) lock\b|\block on file\b", message, re.I) is not None

@@ -65,9 +65,21 @@ def _normalised(x: np.ndarray) -> np.ndarray:
     return x
 
 
+MAX_NLIST = 1 << 22  # IVF lists: beyond ~4M, building the empty index alone exhausts memory (std::bad_alloc)
+
+
 def _parse(factory: str, dim: int) -> faiss.Index:
+    import re
+
+    for n in re.findall(r"IVF(\d+)", factory):
+        if int(n) > MAX_NLIST:
+            raise FactoryIndexError(f"{factory!r}: IVF{n} has more inverted lists than Faiss can allocate here (at most "
+                                    f"{MAX_NLIST:,}; about sqrt(N) to 16*sqrt(N) for N vectors); try IVF4096,PQ64.")
     try:
         return faiss.index_factory(int(dim), factory, faiss.METRIC_INNER_PRODUCT)
+    except MemoryError:
+        raise FactoryIndexError(f"Faiss ran out of memory building an empty {factory!r}; use fewer IVF lists or "
+                                "smaller codes (e.g. IVF4096,PQ64).") from None
     except RuntimeError as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
         raise FactoryIndexError(

@@ -2,8 +2,10 @@
 
 A store has at most one writing process at a time. It holds an exclusive ``flock`` on
 ``STORE/.writer.lock`` for as long as it is open for writing; the lock file also says who
-holds it (pid, command line, start time), so a second writer can tell the user what it is
-waiting for. The lock is released by the kernel when the holder exits, however it exits
+holds it (pid, the command's name such as ``pipeline classify``, start time; never its
+arguments, which may hold a key), so a second writer can tell the user what it is waiting for.
+The lock file is opened without following a symlink and must be a regular file: a symlink or
+folder in its place is refused in one line (it could point anywhere, and the lock truncates it). The lock is released by the kernel when the holder exits, however it exits
 (a SIGKILL included), so a stale lock never needs cleaning up.
 
 Readers never take this lock: they read the published ``catalog.duckdb`` (see
@@ -13,6 +15,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import sys
 import time
 from datetime import datetime
@@ -35,21 +39,62 @@ _HELD: set[str] = set()
 
 def _describe_holder(path: Path) -> str:
     try:
-        info = json.loads(path.read_text(encoding="utf-8") or "{}")
-    except (OSError, ValueError):
+        fd = open_regular(path, os.O_RDONLY)
+        try:
+            info = json.loads(os.read(fd, 4096).decode("utf-8", "replace") or "{}")
+        finally:
+            os.close(fd)
+    except (OSError, ValueError, StoreError):
         info = {}
-    if not info.get("pid"):
+    if not isinstance(info, dict) or not info.get("pid"):
         return "another pipeline process"
-    cmd = " ".join(info.get("argv") or [])
-    what = f"pid {info['pid']}" + (f", `{cmd}`" if cmd else "")
-    return what + (f", since {info['since']}" if info.get("since") else "")
+    what = f"pid {int(info['pid'])}" if str(info["pid"]).isdigit() else "another pipeline process"
+    command = info.get("command")
+    if isinstance(command, str) and _COMMAND.fullmatch(command):  # only a name we could have written
+        what += f" (`{command}`)"
+    if isinstance(info.get("since"), str) and len(info["since"]) <= 32:
+        what += f", since {info['since']}"
+    return what
 
 
-def _command_line() -> list[str]:
-    argv = list(sys.argv)
-    if argv:
-        argv[0] = Path(argv[0]).name
-    return [a if len(a) < 80 else a[:77] + "..." for a in argv][:12]
+_COMMAND = re.compile(r"[A-Za-z0-9_.-]+(?: [a-z][a-z0-9-]{0,40}){0,2}")
+
+
+def command_name() -> str:
+    """What this process is, for other processes' messages: the program and its (sub)command
+    names, e.g. ``pipeline classify``; never an option or its value (an argument may hold a key)."""
+    try:
+        import click
+
+        ctx = click.get_current_context(silent=True)
+    except ImportError:  # pragma: no cover
+        ctx = None
+    if ctx is not None:
+        path = ctx.command_path.split()
+        names = [p for p in path[1:] if re.fullmatch(r"[a-z][a-z0-9-]{0,40}", p)][:2]
+        return " ".join(["pipeline", *names])
+    prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "python"
+    return prog if re.fullmatch(r"[A-Za-z0-9_.-]{1,40}", prog) else "python"
+
+
+def open_regular(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that never follows a symlink at ``path`` and only opens a regular file
+    (O_NOFOLLOW; O_NONBLOCK so a FIFO cannot hang it). A symlink, folder or device there is a
+    StoreError in one line; nothing is created or truncated through it."""
+    nofollow = getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | nofollow | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise StoreError(f"{path} is a symbolic link; the store's own files are never links. Remove it "
+                             "(it may point at a file of yours) and retry.") from None
+        if os.path.isdir(path):
+            raise StoreError(f"{path} is a folder; it must be the store's own file. Move it away and retry.") from None
+        raise exc
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise StoreError(f"{path} is not a regular file; it must be the store's own file. Move it away and retry.")
+    return fd
 
 
 class WriterLock:
@@ -81,7 +126,7 @@ class WriterLock:
         key = str(self.root.resolve())
         if key in _HELD:
             raise StoreError(f"{self.root} is already open for writing in this process; close it first.")
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         deadline = time.monotonic() + max(0.0, wait)
         told = False
         while not self._try():
@@ -99,7 +144,7 @@ class WriterLock:
                 told = True
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         _HELD.add(key)
-        info = {"pid": os.getpid(), "argv": _command_line(), "since": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
+        info = {"pid": os.getpid(), "command": command_name(), "since": datetime.now().strftime("%Y-%m-%d %H:%M:%S")}
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps(info).encode(), 0)
 
@@ -109,8 +154,8 @@ class WriterLock:
         if key in _HELD:
             return False
         try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError:  # a store on read-only media: nobody can be writing it
+            self.fd = open_regular(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except (OSError, StoreError):  # a store on read-only media: nobody can be writing it
             self.fd = None
             return False
         if self._try():
@@ -127,8 +172,8 @@ class WriterLock:
         if fcntl is None or not self.path.exists():  # pragma: no cover
             return True
         try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except OSError:
+            fd = open_regular(self.path, os.O_RDONLY)
+        except (OSError, StoreError):
             return True
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -152,12 +197,14 @@ class WriterLock:
 
 # ---- copies --------------------------------------------------------------------------------
 def copy_file(src: Path, dst: Path) -> int:
-    """Copy ``src`` to ``dst`` (created or truncated) and fsync it; returns the bytes copied.
+    """Copy ``src`` to ``dst`` (a new file; whatever was at ``dst`` is unlinked first) and fsync it; returns the bytes copied.
 
     Uses ``os.copy_file_range`` (an in-kernel copy, a reflink on file systems that have them),
     else a buffered copy.
     """
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
+    Path(dst).unlink(missing_ok=True)  # a fresh file (O_EXCL, O_NOFOLLOW): never written through a link
+    fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with open(src, "rb") as fi, os.fdopen(fd, "wb") as fo:
         size = os.fstat(fi.fileno()).st_size
         done = 0
         if hasattr(os, "copy_file_range"):

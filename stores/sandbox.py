@@ -21,10 +21,13 @@ private temporary folder outside the store, removed when the connection closes.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import shutil
+import signal
 import tempfile
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Iterable
@@ -72,6 +75,8 @@ class ReadOnlyFS(AbstractFileSystem):
         super().__init__()
         self.dirs = [os.path.normpath(os.path.abspath(os.fspath(d))) for d in dirs]
         self.files = {os.path.normpath(os.path.abspath(os.fspath(f))) for f in files}
+        self.real_dirs = [os.path.realpath(d) for d in self.dirs]
+        self.real_files = {os.path.realpath(f) for f in self.files}
 
     @classmethod
     def _strip_protocol(cls, path):
@@ -81,20 +86,37 @@ class ReadOnlyFS(AbstractFileSystem):
         return path[len(PREFIX):] if path.startswith(PREFIX) else path
 
     def _checked(self, path) -> str:
+        """The path, if it and its real path (symlinks resolved) are inside what may be read: a
+        symlink in a shard folder that points out of the store is refused like any other path."""
         p = os.path.normpath(self._strip_protocol(path))
-        if p in self.files or any(p == d or p.startswith(d + os.sep) for d in self.dirs):
-            return p
+        real = os.path.realpath(p)
+        if self._inside(p) and self._inside(real, real=True):
+            return real
         raise PermissionError(f"{p} is not readable here")
 
+    def _inside(self, p: str, real: bool = False) -> bool:
+        files, dirs = (self.real_files, self.real_dirs) if real else (self.files, self.dirs)
+        return p in files or any(p == d or p.startswith(d + os.sep) for d in dirs)
+
+    def glob(self, path, **kwargs):
+        """DuckDB globs every path it reads; a plain path that may not be read is an error here
+        (fsspec's glob would turn it into "no such file", an empty answer)."""
+        p = self._strip_protocol(path)
+        if not any(c in p for c in "*?["):
+            self._checked(p)
+        return super().glob(path, **kwargs)
+
     def info(self, path, **kwargs):
+        name = os.path.normpath(self._strip_protocol(path))
         p = self._checked(path)
         st = os.stat(p)
-        return {"name": PREFIX + p, "size": st.st_size, "type": "directory" if os.path.isdir(p) else "file",
+        return {"name": PREFIX + name, "size": st.st_size, "type": "directory" if os.path.isdir(p) else "file",
                 "mtime": st.st_mtime, "created": st.st_ctime}
 
     def ls(self, path, detail=True, **kwargs):
+        name = os.path.normpath(self._strip_protocol(path))
         p = self._checked(path)
-        names = [os.path.join(p, n) for n in sorted(os.listdir(p))] if os.path.isdir(p) else [p]
+        names = [os.path.join(name, n) for n in sorted(os.listdir(p))] if os.path.isdir(p) else [name]
         entries = [self.info(n) for n in names]
         return entries if detail else [e["name"] for e in entries]
 
@@ -122,13 +144,21 @@ class Sandbox:
     :meth:`close` after closing the connection (removes the private spill folder).
     """
 
-    def __init__(self, dirs: Iterable[Path] = (), files: Iterable[Path] = ()):
+    def __init__(self, dirs: Iterable[Path] = (), files: Iterable[Path] = (), memory_limit: str | None = None):
         self.dirs = [Path(d) for d in dirs]
         self.files = [Path(f) for f in files]
+        self.memory_limit = memory_limit
         self.tmp = tempfile.mkdtemp(prefix="zsl-sql-")
+        (Path(self.tmp) / ".pid").write_text(str(os.getpid()))  # lets a later run remove it if this one is SIGKILLed
+        _TEMP_DIRS.add(self.tmp)
+        _install_cleanup()
+        _remove_orphans()
 
     def connect_config(self) -> dict:
-        return dict(CONNECT_CONFIG, temp_directory=self.tmp)
+        config = dict(CONNECT_CONFIG, temp_directory=self.tmp)
+        if self.memory_limit:
+            config["memory_limit"] = self.memory_limit
+        return config
 
     def prepare(self, con: duckdb.DuckDBPyConnection) -> None:
         con.register_filesystem(ReadOnlyFS(self.dirs, self.files))
@@ -143,6 +173,53 @@ class Sandbox:
 
     def close(self) -> None:
         shutil.rmtree(self.tmp, ignore_errors=True)
+        _TEMP_DIRS.discard(self.tmp)
+
+
+# ---- the spill folders go on every exit path ----------------------------------------------------
+_TEMP_DIRS: set[str] = set()
+_CLEANUP_INSTALLED = False
+
+
+def _remove_temp_dirs() -> None:
+    for d in list(_TEMP_DIRS):
+        shutil.rmtree(d, ignore_errors=True)
+        _TEMP_DIRS.discard(d)
+
+
+def _on_signal(signum, frame) -> None:
+    _remove_temp_dirs()
+    signal.signal(signum, signal.SIG_DFL)  # then die of the signal as if unhandled
+    os.kill(os.getpid(), signum)
+
+
+def _install_cleanup() -> None:
+    """atexit and SIGTERM/SIGHUP handlers that remove the spill folders (try/finally covers the
+    rest; only SIGKILL leaves one behind, and the next ``pipeline sql`` removes such orphans)."""
+    global _CLEANUP_INSTALLED
+    if _CLEANUP_INSTALLED:
+        return
+    _CLEANUP_INSTALLED = True
+    atexit.register(_remove_temp_dirs)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, getattr(signal, "SIGHUP", None)):  # SIGINT raises KeyboardInterrupt: finally runs
+        if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+            signal.signal(sig, _on_signal)
+
+
+def _remove_orphans() -> None:
+    """Spill folders of ``pipeline sql`` processes that were SIGKILLed (their pid file names a dead pid)."""
+    base = Path(tempfile.gettempdir())
+    for d in base.glob("zsl-sql-*"):
+        pid_file = d / ".pid"
+        try:
+            pid = int(pid_file.read_text())
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (OSError, ValueError):
+            continue
 
 
 # ---- statements ------------------------------------------------------------------------------
@@ -168,6 +245,42 @@ def read_statement(con: duckdb.DuckDBPyConnection, sql: str):
             f"--allow-read FILE makes a file of yours readable)."
         )
     return st
+
+
+def tables_read(con: duckdb.DuckDBPyConnection, sql: str, depth: int = 0) -> set[str] | None:
+    """Lower-case names of the tables and views a statement reads, views followed to what they
+    read (from DuckDB's own parse tree, ``json_serialize_sql``); None when that cannot be told."""
+    import json
+
+    try:
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()[0])
+    except (duckdb.Error, TypeError, ValueError):
+        return None
+    if tree.get("error"):
+        return None
+    names: set[str] = set()
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "BASE_TABLE" and isinstance(node.get("table_name"), str):
+                names.add(node["table_name"].lower())
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(tree)
+    views = {n.lower(): q for n, q in con.execute(
+        "SELECT view_name, sql FROM duckdb_views() WHERE NOT internal").fetchall()}
+    for name in list(names):
+        body = views.get(name)
+        if body and depth < 8 and name not in ("images", "regions"):
+            inner = tables_read(con, body.split(" AS ", 1)[1] if " AS " in body else body, depth + 1)
+            if inner is None:
+                return None
+            names |= inner
+    return names
 
 
 _FILE_DENIED = re.compile(r'Cannot access (?:file|directory) "([^"]*)"')

@@ -21,8 +21,10 @@ damaged attribute embeddings are re-encoded only when the caller asks (``--reenc
 """
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from . import files, indexes, tables
 from .catalog import Catalog
 from .errors import StoreError
 from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_index, read_sidecar
-from .locks import WriterLock
+from .locks import WriterLock, fsync_dir
 from .migrations import MIGRATIONS, SCHEMA_VERSION
 from .parquet import embeddings_to_numpy, has_magic, parquet_problem
 from .shards import PAIR_TABLES, describe_file, legacy_shards, run_id_of
@@ -154,13 +156,14 @@ def _shards_quick(cat: Catalog, live: dict, present: dict, staged: dict, full: b
                                "(a writer was killed); the next write-mode command deletes it", "shards",
                                repairable=True))
         elif rec is None and (full or f"{table}/{name}" not in legacy):
-            if writer_running is None:
-                writer_running = cat.read_only and not WriterLock(cat.root).is_free()
+            if writer_running is None:  # or an interrupted one: its working copy holds the record (readers never
+                # publish it; the next writer adopts it)
+                writer_running = cat.read_only and (not WriterLock(cat.root).is_free() or cat.work_file.exists())
             if writer_running and f"{table}/{name}" not in legacy:
                 # a reader sees the last published catalog; the running writer has committed this
                 # shard's record in its working copy and publishes it at its next commit point
-                out.append(Problem("shard-pending", f"{table}/{name}", "written by the running writer, not yet "
-                                   "published to readers", "shards", repairable=True))
+                out.append(Problem("shard-pending", f"{table}/{name}", "written by the running (or an interrupted) "
+                                   "writer, not yet published to readers", "shards", repairable=True))
                 continue
             if f"{table}/{name}" in legacy:
                 msg = "has no shard record (written before this store kept records)"
@@ -282,9 +285,38 @@ STAGE_TOLERATES = {
 }
 
 
+def shard_damage(cat: Catalog) -> list[Problem]:
+    """Shards whose rows a query over the views would silently miss: recorded but gone, cut short,
+    unreadable, or without their partner (quick checks only; what the stages refuse on too)."""
+    live, present, staged = _shard_inventory(cat)
+    found = _shards_quick(cat, live, present, staged, full=False)[0]
+    return [p for p in found if p.check in PAIR_DAMAGE and p.check not in READER_IGNORES]
+
+
+#: stages that score region embeddings: every regions shard's bytes are checked against its
+#: recorded sha256 before they start (a flipped exponent bit reads fine and changes predictions)
+REGION_READERS = ("classify", "evaluate", "explain", "faithfulness")
+
+
+def region_checksums(cat: Catalog) -> list[Problem]:
+    """Every live regions shard hashed and compared with its record (about 1 GB/s of shards)."""
+    out = []
+    for (table, name), rec in sorted(tables.shard_records(cat, ("live",)).items()):
+        path = cat.shard_dir(table) / name
+        if table != "regions" or not path.is_file() or path.stat().st_size != rec["bytes"]:
+            continue  # missing or cut short: the quick check says so
+        if files.file_sha256(path) != rec["sha256"]:
+            out.append(Problem("shard-checksum", f"{table}/{name}", "its bytes differ from what was written (sha256 "
+                               "mismatch): its embeddings cannot be trusted", "shards", True))
+    return out
+
+
 def require_usable(cat: Catalog, stage: str) -> None:
-    """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with."""
+    """Refuse (StoreError, one line) when the quick check finds a problem ``stage`` cannot live with
+    (for stages that read region embeddings, also a regions shard whose checksum does not match)."""
     problems = [p for p in quick_check(cat) if p.scope not in STAGE_TOLERATES.get(stage, set())]
+    if not problems and stage in REGION_READERS:
+        problems = region_checksums(cat)
     if cat.read_only:  # a reader works on the published state; a running writer's commits are not its problem
         problems = [p for p in problems if p.check not in READER_IGNORES]
     if not problems:
@@ -563,7 +595,116 @@ def verify(cat: Catalog, *, quick: bool = False) -> list[Problem]:
         crop_ids = np.concatenate(scan.crop_ids) if scan.crop_ids else np.zeros(0, np.int64)
         out += _index_problems(cat, "regions", fp, crop_ids, None, "images-index")
     out += _views(cat)
+    out += catalog_blocks(cat) + working_copies(cat)
     return _dedupe(out)
+
+
+# ---- the catalog file itself ------------------------------------------------------------------
+def catalog_blocks(cat: Catalog) -> list[Problem]:
+    """Every data block of the open catalog read (and so checksummed) by DuckDB:
+    :func:`stores.catalog_check.scan_catalog`."""
+    from .catalog_check import scan_catalog
+
+    return [Problem("catalog-checksum", f"catalog.duckdb:{table}", f"cannot be read in full: {message}", "catalog",
+                    repairable=True) for table, message in scan_catalog(cat.con)]
+
+
+def catalog_file_blocks(path: Path) -> list[Problem]:
+    """:func:`catalog_blocks` for a catalog file that the store could not be opened on (a damaged
+    block met while opening): which tables cannot be read in full."""
+    import duckdb
+
+    from .catalog_check import scan_catalog
+
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return []
+    try:
+        return [Problem("catalog-checksum", f"{path.name}:{table}", f"cannot be read in full: {message}", "catalog",
+                        repairable=True) for table, message in scan_catalog(con)]
+    finally:
+        con.close()
+
+
+def working_copies(cat: Catalog) -> list[Problem]:
+    """A working copy left by an interrupted writer (adopted by the next write-mode command) and
+    working copies set aside because they were not this store's (never adopted; the user decides)."""
+    from .catalog import WORKING_FILE
+
+    out = []
+    if cat.read_only and cat.work_file.exists() and WriterLock(cat.root).is_free():
+        out.append(Problem("interrupted-write", WORKING_FILE, "an interrupted writer's committed work, not yet "
+                           "published (readers see the state before it); the next write-mode command checks and "
+                           "adopts it", "catalog", repairable=True))
+    for aside in cat.set_aside_files():
+        out.append(Problem("working-copy-set-aside", aside.name, "a working copy a writer did not adopt (damaged, "
+                           "or another store's catalog); the store does not use it", "catalog",
+                           hint="inspect it with duckdb -readonly, then delete it"))
+    return out
+
+
+def repair_catalog(root: Path, wait: float, on_wait=None) -> list[tuple[str, str, str]]:
+    """Before ``verify --repair`` opens the store for writing: if the catalog (the working copy an
+    interrupted writer left, else ``catalog.duckdb``) cannot be read in full, rebuild it from what
+    can be read (:func:`stores.catalog_check.rebuild_catalog`) and move the damaged file to
+    ``STORE/quarantine/``. Returns (check, where, what was done) rows; a StoreError (one line) if the
+    catalog cannot be opened at all."""
+    import duckdb
+
+    from .catalog import CATALOG_FILE, WORKING_FILE
+    from .catalog_check import rebuild_catalog, scan_catalog
+
+    lock = WriterLock(root)
+    lock.acquire(wait, on_wait)
+    try:
+        source = root / WORKING_FILE if (root / WORKING_FILE).is_file() else root / CATALOG_FILE
+        try:
+            con = duckdb.connect(str(source), read_only=True)
+        except duckdb.Error as exc:
+            if source.name == WORKING_FILE:
+                return []  # the writer's own check sets it aside (one line) and starts from catalog.duckdb
+            raise StoreError(f"{CATALOG_FILE} cannot be opened ({' '.join(str(exc).splitlines()[0].split())[:160]}): "
+                             "its header or metadata are lost, so nothing in it can be rebuilt; restore it from a "
+                             "backup (the Parquet shards and Faiss indexes are separate files and intact).") from None
+        try:
+            bad = scan_catalog(con)
+        finally:
+            con.close()
+        if not bad:
+            return []
+        stamp = datetime.now().strftime("%Y%m%dT%H%M%S")
+        rebuilt_file = root / (CATALOG_FILE + ".rebuild")
+        try:
+            rebuilt = rebuild_catalog(source, rebuilt_file)
+        except duckdb.Error as exc:
+            rebuilt_file.unlink(missing_ok=True)
+            raise StoreError(f"{source.name} cannot be rebuilt ({' '.join(str(exc).splitlines()[0].split())[:160]}); "
+                             "restore it from a backup.") from None
+        vital = [t for t in ("_migrations", "meta") if t in rebuilt.lost_rows or t not in rebuilt.rows]
+        if vital:  # without its schema records a catalog cannot be migrated or trusted
+            rebuilt_file.unlink(missing_ok=True)
+            raise StoreError(f"{source.name} cannot be rebuilt: its schema records ({', '.join(vital)}) are in "
+                             "damaged blocks; restore it from a backup (the Parquet shards and Faiss indexes are "
+                             "separate files and intact).")
+        qdir = root / QUARANTINE
+        qdir.mkdir(exist_ok=True)
+        moved = qdir / f"{source.name}.damaged-{stamp}"
+        os.replace(source, moved)
+        wal = source.with_name(source.name + ".wal")
+        if wal.exists():
+            os.replace(wal, moved.with_name(moved.name + ".wal"))
+        os.replace(rebuilt_file, root / CATALOG_FILE)
+        fsync_dir(root)
+        rows = [("catalog-checksum", f"{source.name}:{t}", f"unreadable blocks ({m})") for t, m in bad]
+        lost = ", ".join(f"{n} {t}" for t, n in rebuilt.lost_rows.items()) or "no rows"
+        rows.append(("catalog-rebuilt", CATALOG_FILE, f"rebuilt from the readable rows of {source.name} ({lost} lost; "
+                     f"{sum(rebuilt.rows.values())} rows kept); the damaged file is {QUARANTINE}/{moved.name}"))
+        rows += [("catalog-rebuilt", CATALOG_FILE, f"not re-created: {s}") for s in rebuilt.skipped
+                 if not s.startswith("a view")]
+        return rows
+    finally:
+        lock.release()
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

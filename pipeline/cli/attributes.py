@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ..inputs import DEFAULT_MAX_FILE_BYTES
+from ..inputs import DEFAULT_MAX_FILE_BYTES, MAX_ANSWER_BYTES, MAX_ITEM_CHARS, MAX_ITEMS_PER_CLASS
 from ..names import check_text
 from .group import cli
 from .compositional import build_pairs, pair_options, pairs_given
@@ -48,6 +48,12 @@ def llm_options(fn):
                      help="Class names equal after case/whitespace folding: merge (reported) or refuse."),
         click.option("--llm-option", "llm_option", type=(str, str), multiple=True,
                      help="Extra request field, JSON value: --llm-option max_completion_tokens 800 (null removes one)."),
+        byte_size_option("--max-answer-bytes", MAX_ANSWER_BYTES, "A larger LLM answer is unusable (re-asked, then "
+                         "failed) and stored only in part."),
+        number_option("--max-item-chars", kind=int, lo=1, hi=100_000, default=MAX_ITEM_CHARS, show_default=True,
+                      help="Longer attributes in an answer are dropped."),
+        number_option("--max-items-per-class", kind=int, lo=1, hi=100_000, default=MAX_ITEMS_PER_CLASS,
+                      show_default=True, help="Attributes kept per class over all samples (the first ones)."),
     )(fn)
 
 
@@ -77,7 +83,8 @@ def _json_value(text: str):
 @store_option
 def build_attributes_cmd(classes, from_json, style, after_text, awt_template, max_file_bytes, llm_model, base_url, api_key, n_samples, prompt_version,
                          concurrency, refresh, retry_failed, timeout, max_retries, max_reasks, duplicates, llm_option,
-                         model_name, pretrained, device, store, **pairs):
+                         max_answer_bytes, max_item_chars, max_items_per_class, model_name, pretrained, device, store,
+                         **pairs):
     """Store class attributes and encode them (Faiss + DuckDB): from a file, or written by an LLM.
 
     \b
@@ -132,6 +139,7 @@ def build_attributes_cmd(classes, from_json, style, after_text, awt_template, ma
             prompt_version=prompt_version, n_samples=n_samples, concurrency=concurrency, refresh=refresh,
             retry_failed=retry_failed, timeout=timeout, max_retries=max_retries, max_reasks=max_reasks,
             options={k: _json_value(v) for k, v in llm_option}, progress=progress,
+            max_answer_bytes=max_answer_bytes, max_item_chars=max_item_chars, max_items_per_class=max_items_per_class,
         )
         for line in report.lines():
             click.echo(line)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import click
 
 from .group import cli
-from .options import check_output_folder, command, number_option, output_option, stack
+from .options import (check_output_folder, command, load_store_model, number_option, open_store, output_option,
+                      show_progress, stack)
 
 _FILE = click.Path(dir_okay=False)
 

@@ -28,6 +28,13 @@ class PipelineGroup(click.Group):
         except click.ClickException as exc:
             click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
             sys.exit(exc.exit_code)
+        except Exception as exc:
+            if type(exc).__module__.split(".")[0] not in ("duckdb", "_duckdb"):
+                raise
+            # a DuckDB error outside a command's own handling (a damaged catalog): one line, never a traceback
+            click.echo(f"Error: the store's catalog cannot be read: {' '.join(str(exc).split())[:300]}; run "
+                       "`pipeline verify` (--repair rebuilds it).", err=True)
+            sys.exit(1)
         sys.exit(0)
 
 

@@ -116,8 +116,6 @@ class IntList(click.ParamType):
 
 def config_option(config_cls, name: str, *extra_decls: str):
     """An option for one field of a frozen config (:func:`field_option`)."""
-    from dataclasses import fields
-
     return field_option(next(f for f in fields(config_cls) if f.name == name), *extra_decls)
 
 
@@ -336,6 +334,8 @@ def store_damage_message(exc: BaseException) -> str | None:
     text = " ".join(str(exc).split())
     if isinstance(exc, duckdb.Error) and (".parquet" in text or "Parquet" in text):
         return f"A store file cannot be read: {text[:300]}; run `pipeline verify`."
+    if isinstance(exc, duckdb.Error):  # a damaged catalog block, a file cut short: never a traceback (issue 21)
+        return f"The store's catalog cannot be read: {text[:300]}; run `pipeline verify` (--repair rebuilds it)."
     return None
 
 

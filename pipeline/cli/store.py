@@ -6,9 +6,20 @@ import click
 from stores.catalog import resolve_store_path
 
 from ..config import list_presets
-from ..sql import parse_allow_read, run_sql
+from ..errors import InputError
+from ..sql import check_output_outside, parse_allow_read, run_sql
 from .group import cli
-from .options import check_output_file, command, format_option, limit_option, open_store, output_option, store_option
+from .options import (
+    byte_size_option,
+    check_output_file,
+    command,
+    format_option,
+    limit_option,
+    number_option,
+    open_store,
+    output_option,
+    store_option,
+)
 from .output import emit, format_records, format_rows
 
 
@@ -19,10 +30,16 @@ from .output import emit, format_records, format_rows
               help="Make a CSV/TSV/Parquet/JSON file of yours readable, as the view NAME (default: the file name "
                    "without its suffix: labels.csv -> labels). Repeatable; never makes anything writable.")
 @limit_option("Rows printed at most.", default=0)
+@number_option("--timeout", lo=0, lo_open=True, hi=7 * 24 * 3600, default=60.0, show_default=True,
+               help="Seconds the query may run; it is stopped after that.")
+@byte_size_option("--memory-limit", 2 << 30, "Memory DuckDB may use for the query (beyond it, it spills to a "
+                  "private temporary folder or fails).")
+@click.option("--allow-partial", is_flag=True, help="Answer even when shards are missing or damaged (the answer "
+              "then leaves their rows out); without it such a store is refused, as the stages refuse it.")
 @format_option()
-@output_option("file", "the formatted rows instead of printing them.")
+@output_option("file", "the formatted rows instead of printing them (never inside the store).")
 @store_option
-def sql_cmd(query, params, allow_read, limit, fmt, output, store):
+def sql_cmd(query, params, allow_read, limit, timeout, memory_limit, allow_partial, fmt, output, store):
     """Run one read-only SQL statement on the store.
 
     \b
@@ -35,10 +52,32 @@ def sql_cmd(query, params, allow_read, limit, fmt, output, store):
     A writer running meanwhile is not disturbed: this reads the last state it published.
     """
     out = check_output_file(output)
+    check_output_outside(out, resolve_store_path(store))
     allowed = parse_allow_read(allow_read)
-    with open_store(store, read_only=True, sandbox=True, allow_read=allowed) as cat:
-        cols, rows = run_sql(cat, query, dict(params), limit=limit or None)
+    with open_store(store, read_only=True, sandbox=True, allow_read=allowed, memory_limit=f"{memory_limit}B") as cat:
+        if not allow_partial:
+            _require_whole_shards(cat, query)
+        cols, rows = run_sql(cat, query, dict(params), limit=limit or None, timeout=timeout)
     emit(format_rows(cols, rows, fmt), out)
+
+
+def _require_whole_shards(cat, query: str) -> None:
+    """A query that reads the shard views (directly or through a view) on a store with a missing or
+    damaged shard is refused: its answer would silently leave rows out."""
+    from stores.sandbox import tables_read
+    from stores.verify import shard_damage
+
+    read = tables_read(cat.con, query)
+    if read is not None and not read & {"images", "regions"}:
+        return
+    damage = shard_damage(cat)
+    names = [str(p) for p in cat.unreadable_shards]
+    if damage or names:
+        first = damage[0].line() if damage else f"shard-unreadable: {names[0]}"
+        n = len(damage) + len(names)
+        raise InputError(f"the store has {n} missing or damaged shard{'s' if n > 1 else ''} ({first}); an answer would "
+                         f"leave their rows out. Run `pipeline verify --store {cat.root}`, or pass --allow-partial "
+                         "to query what is left.")
 
 
 @cli.group("catalog")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import sys
 
 import click
+import duckdb
 
-from stores.catalog import CATALOG_FILE, Catalog, resolve_store_path
+from stores.catalog import CATALOG_FILE, Catalog, is_lock_conflict, resolve_store_path
 from stores.errors import StoreError, StoreVersionError
 
 from .group import cli
 from .options import (
+    _say_waiting,
     command,
     format_option,
     limit_option,
@@ -33,6 +35,13 @@ def _print(records: list[dict], fmt: str) -> None:
         emit(format_rows(COLUMNS, [[r[c] for c in COLUMNS] for r in records], "table", max_width=160))
     else:
         emit(format_records(records, fmt, COLUMNS))
+
+
+def _wait() -> float:
+    from stores.locks import DEFAULT_WAIT
+
+    ctx = click.get_current_context(silent=True)
+    return ctx.meta.get("zsl_wait", DEFAULT_WAIT) if ctx is not None else DEFAULT_WAIT
 
 
 def _summary(cat: Catalog) -> str:
@@ -79,16 +88,25 @@ def verify_cmd(repair, reencode, quick, fmt, model_name, pretrained, device, sto
     if not repair:
         try:
             with open_store(root, read_only=True, create=False) as cat:
-                problems = v.verify(cat, quick=quick)
-                summary = _summary(cat)
+                try:
+                    problems = v.verify(cat, quick=quick)
+                    summary = _summary(cat)
+                except duckdb.Error as exc:  # a block of the catalog failed its checksum mid-check
+                    problems = v.catalog_blocks(cat) or [v.Problem(
+                        "catalog-checksum", CATALOG_FILE, " ".join(str(exc).split())[:200], "catalog", repairable=True)]
+                    summary = ""
         except StoreVersionError as exc:
             problems = [v.Problem("schema", CATALOG_FILE, " ".join(str(exc).split()), "schema", repairable=True)]
             summary = ""
         except StoreError as exc:
-            if "lock" in str(exc).lower():
+            if is_lock_conflict(str(exc)) or "being written by" in str(exc):
                 raise
-            problems = [v.Problem("catalog", CATALOG_FILE, " ".join(str(exc).split()), "catalog",
-                                  hint="not repairable: restore catalog.duckdb from a backup")]
+            if "checksum" in str(exc):  # a damaged block: --repair rebuilds the catalog from the rest
+                problems = v.catalog_file_blocks(root / CATALOG_FILE) or [v.Problem(
+                    "catalog-checksum", CATALOG_FILE, " ".join(str(exc).split()), "catalog", repairable=True)]
+            else:
+                problems = [v.Problem("catalog", CATALOG_FILE, " ".join(str(exc).split()), "catalog",
+                                      hint="not repairable: restore catalog.duckdb from a backup")]
             summary = ""
         _print([p.record() for p in problems], fmt)
         if problems:
@@ -99,7 +117,8 @@ def verify_cmd(repair, reencode, quick, fmt, model_name, pretrained, device, sto
         click.echo(f"store OK: {summary}", err=True)
         return
 
-    records: list[dict] = []
+    records: list[dict] = [dict(check=c, where=w, problem=a, repair="done")
+                           for c, w, a in v.repair_catalog(root, _wait(), _say_waiting)]
     with open_store(root, create=False) as cat:  # migrates and settles interrupted writes first
         rec = cat.recovery
         if rec:

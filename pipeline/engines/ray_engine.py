@@ -32,7 +32,6 @@ import time
 from typing import Any, Iterator
 
 from ..config import RegionConfig
-from ..stages.methods import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 

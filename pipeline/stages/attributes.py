@@ -150,9 +150,9 @@ def read_attribute_lists(path: str | Path, max_bytes: int = DEFAULT_MAX_FILE_BYT
             value = [value]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise InputError(f"{path}: the value of {escape_controls(repr(key))} must be a list of strings.")
-        name = clean_class_name(key, where=f"{path}: key {escape_controls(repr(key))}")
-        value = [clean_text(v, f"{path}: key {escape_controls(repr(key))}, item {i + 1}").strip()
-                 for i, v in enumerate(value)]
+        where = f"{path}: key {escape_controls(repr(key))}"  # once per key: 200,000 classes import in seconds
+        name = clean_class_name(key, where=where)
+        value = [clean_text(v, f"{where}, item {i + 1}") for i, v in enumerate(value)]  # clean_text strips
         if not name:
             raise InputError(f"{path}: an empty class name; every key must name a class.")
         norm = name.lower()

@@ -144,3 +144,18 @@ def _check_result(path, dest, value, small):
     assert set(params["config"]) == own, (method, params["config"])
     if dest in own:
         assert params["config"][dest] == float(value), (path, dest, value, params["config"])
+
+
+# ---- issue 21: option values that used to end in a traceback ------------------------------------
+@pytest.mark.parametrize("args,expected", [
+    (["build-attributes", "{classes}", "--llm-model", "m", "--base-url", "http://127.0.0.1:9/v1",
+      "--llm-option", "default_headers", '{"X-Org": "org-1"}'], "--llm-option default_headers: not a field"),
+    (["index-images", "{images}", "--workers", "0", "--faiss-index", "IVF999999999,PQ3"], "IVF999999999"),
+], ids=["llm-option-default-headers", "faiss-index-huge-ivf"])
+def test_option_values_that_crashed_are_one_line(args, expected, small, tmp_path):
+    args = [a.replace("{classes}", str(small.classes)).replace("{images}", str(small.images)) for a in args]
+    res = CliRunner().invoke(cli, [*args, "--store", str(small.store), *MODEL_ARGS])
+    lines = res.output.strip().splitlines()
+    assert res.exception is None or isinstance(res.exception, SystemExit), repr(res.exception)
+    assert res.exit_code == 1 and lines[-1].startswith("Error: ") and expected in lines[-1], res.output
+    assert "Traceback" not in res.output

@@ -131,14 +131,16 @@ def test_secrets_in_options_and_urls():
                               "X-Org": "org-123456789"},
             "max_completion_tokens": 800, "extra_body": {"apiKey": "sk-body-123456789", "n": 2},
             "extra_query": {"api-version": "2024-06-01", "key": "sk-q-123456789"}}
+    # issue 21: every value under a header, query or body option counts, whatever its name
     assert secrets_in_options(opts) == ["sk-hdr-123456789", "Bearer sk-bear-123456789", "sk-bear-123456789",
-                                        "org-123456789", "sk-body-123456789", "sk-q-123456789"]
+                                        "org-123456789", "sk-body-123456789", "2024-06-01", "sk-q-123456789"]
     shown = scrub(opts)
     assert shown == {"extra_headers": {"api-key": "[redacted]", "Authorization": "[redacted]", "X-Org": "[redacted]"},
-                     "max_completion_tokens": 800, "extra_body": {"apiKey": "[redacted]", "n": 2},
-                     "extra_query": {"api-version": "2024-06-01", "key": "[redacted]"}}
+                     "max_completion_tokens": 800, "extra_body": {"apiKey": "[redacted]", "n": "[redacted]"},
+                     "extra_query": {"api-version": "[redacted]", "key": "[redacted]"}}
     found = secrets_in_url("http://bob:pa%2Fss-1234567@h:8/v1?api-key=sk-u-12345678&api-version=2024-01-01")
-    assert found == ["bob", "pa/ss-1234567", base64.b64encode(b"bob:pa/ss-1234567").decode(), "sk-u-12345678"]
+    assert found == ["bob", "pa/ss-1234567", base64.b64encode(b"bob:pa/ss-1234567").decode(), "sk-u-12345678",
+                     "2024-01-01"]
     assert secrets_in_url("http://[::1") == []
 
 
@@ -146,7 +148,7 @@ def test_redaction_covers_escaped_forms_and_log_records(caplog):
     key = 'sk-"odd"/key-123456'
     run = LLMRun(None, "m", None, max_reasks=0, max_retries=0, options={}, secrets=[key, "short"], batch_id="b")
     assert run.redact(json.dumps({"k": key})) == '{"k": "[redacted]"}'  # the JSON-escaped form
-    assert run.redact("short stays") == "short stays"  # too short to search for in free text
+    assert run.redact("short stays") == "[redacted] stays"  # a secret the user gave is found whatever its length
     assert "%2F" not in run.redact("u=sk-%22odd%22%2Fkey-123456")
     logger = logging.getLogger("openai._base_client")
     caplog.set_level(logging.DEBUG)

@@ -237,6 +237,10 @@ class FakeLLM:
             "empty": lambda: json.dumps({key: []}),
             "name_only": lambda: json.dumps({key: [cls]}),
             "short": lambda: json.dumps({key: [f"one lonely {cls} feature"]}),
+            # issue 21: unbounded answers
+            "huge": lambda: json.dumps({key: _good_items(cls, key, seed) + ["x" * (3 << 20)]}),
+            "long_item": lambda: json.dumps({key: _good_items(cls, key, seed) + ["y" * 5000]}),
+            "many": lambda: json.dumps({key: [f"{cls} feature {seed} number {i}" for i in range(40)]}),
         }[behaviour]()
         return 200, {}, _completion(body, content)
 

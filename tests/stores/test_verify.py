@@ -366,3 +366,31 @@ def test_stage_tolerates_what_it_completes(healthy, tmp_path):
         require_usable(cat, "build-attributes")
         with pytest.raises(StoreError, match=r"classify refused: attributes-unencoded: .*pipeline verify"):
             require_usable(cat, "classify")
+
+
+def test_a_regions_shard_with_other_bytes_is_refused_before_classify_reads_it(healthy, tmp_path):
+    """Issue 21: an exponent-bit flip in a regions shard (same size, readable) changed a prediction
+    with no warning; the stages that read regions now check each shard's sha256 first."""
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+
+    store = copy_store(healthy, tmp_path / "s")
+    name = shard(store, "regions").name
+
+    def flip_exponent(e):
+        e[0, 0] *= 2.0 ** 8  # one component's exponent changed: still finite, still a float
+        return e
+
+    rewrite_shard(store, "regions", name, lambda t: set_embeddings(t, flip_exponent), update_record=False)
+    sql(store, "UPDATE shards SET bytes = ? WHERE table_name = 'regions' AND name = ?",
+        params=[(store / "regions" / name).stat().st_size, name])  # same size as recorded: only the checksum differs
+    with Catalog(store, read_only=True) as cat:
+        assert not quick_check(cat)  # the cheap checks (sizes, magic bytes, records) cannot see it
+        with pytest.raises(StoreError, match="shard-checksum"):
+            require_usable(cat, "classify")
+    res = CliRunner().invoke(cli, ["classify", "--method", "clip", "--store", str(store), "-q"])
+    assert res.exit_code == 1 and "shard-checksum" in res.output and res.output.count("\n") == 1, res.output
+    res = CliRunner().invoke(cli, ["classify", "--method", "clip", "--store", str(copy_store(healthy, tmp_path / "ok")),
+                                   "-q", "--limit", "1"])
+    assert res.exit_code == 0, res.output  # the control: the same command on the undamaged copy runs

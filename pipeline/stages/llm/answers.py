@@ -40,8 +40,10 @@ def _load_json_loose(text: str) -> Any:
         raise first_error
 
 
-def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[list[str], str | None]:
-    """(usable items, None) or (what could be salvaged, why the answer is unusable)."""
+def parse_answer(content: str | None, ps: PromptSet, class_name: str,
+                 max_chars: int | None = None) -> tuple[list[str], str | None]:
+    """(usable items, None) or (what could be salvaged, why the answer is unusable). Items longer
+    than ``max_chars`` characters (or ``ps.max_words`` words) are dropped."""
     # heavy: imported on use
     from pydantic import ValidationError
 
@@ -84,7 +86,7 @@ def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[l
         if key in just_name:
             dropped_name += 1
             continue
-        if len(s.split()) > ps.max_words:
+        if len(s.split()) > ps.max_words or (max_chars is not None and len(s) > max_chars):
             dropped_long += 1
             continue
         if key not in seen:
@@ -95,7 +97,8 @@ def parse_answer(content: str | None, ps: PromptSet, class_name: str) -> tuple[l
         if dropped_name:
             return [], f"it only repeated the class name {class_name!r}"
         if dropped_long:
-            return [], f"every item was longer than {ps.max_words} words"
+            return [], f"every item was longer than {ps.max_words} words" + (
+                f" or {max_chars} characters" if max_chars is not None else "")
         return [], "every item was blank"
     if len(items) < ps.min_items:
         return items, f"only {len(items)} usable item(s), at least {ps.min_items} are needed"

@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlsplit, urluns
 from stores.catalog import now_utc
 
 from ...errors import InputError
+from ...inputs import MAX_ANSWER_BYTES, MAX_ITEM_CHARS, MAX_ITEMS_PER_CLASS  # noqa: F401  (re-exported)
 from .answers import parse_answer
 from .prompt_sets import PromptSet
 
@@ -76,14 +77,22 @@ class JobResult:
 
 # ---- secrets ----------------------------------------------------------------------------
 REDACTED = "[redacted]"
+RECORDED_BYTES = 4096  # what is kept of an over-long response or error body
 MIN_SECRET_LEN = 8  # shorter strings are not searched for in free text (they would hit ordinary words)
 _SECRET_WORDS = {"key", "apikey", "auth", "authorization", "token", "secret", "password", "passwd", "pwd", "credential",
                  "credentials", "signature", "sig", "session", "cookie", "bearer", "jwt"}
 _HEADER_OPTIONS = ("extra_headers", "headers", "default_headers")
+# request parts whose every value is recorded as [redacted] and searched for (issue 21: a query
+# parameter named "code", a body field of any name can be a credential)
+_SECRET_CONTAINERS = _HEADER_OPTIONS + ("extra_query", "default_query", "query", "extra_body", "body")
+# a base-URL path segment recorded as is: a word or a version ("v1", "openai", "chat-completions")
+_PLAIN_SEGMENT = re.compile(r"(?:[A-Za-z]+(?:[-_.][A-Za-z]+)*|v\d+(?:\.\d+)?(?:alpha|beta)?\d*)")
 
 
 def redact_url(url: str) -> str:
-    """The server as recorded: scheme, host, port and path; never userinfo, query or fragment."""
+    """The server as recorded: scheme, host, port and the path's plain words (``v1``, ``openai``);
+    never userinfo, query or fragment, and a path segment that is not a plain word (it may be a
+    key: ``/v1/sk-.../chat``) becomes ``[redacted]``."""
     try:
         parts = urlsplit(url)
         netloc = parts.hostname or ""
@@ -91,7 +100,9 @@ def redact_url(url: str) -> str:
             netloc += f":{parts.port}"
     except ValueError:  # a port that is no number: record nothing of it
         return "(invalid URL)"
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+    segments = [seg if not seg or (_PLAIN_SEGMENT.fullmatch(seg) and len(seg) <= 24) else REDACTED
+                for seg in parts.path.rstrip("/").split("/")]
+    return urlunsplit((parts.scheme, netloc, "/".join(segments), "", ""))
 
 
 def is_secret_name(name: str) -> bool:
@@ -125,18 +136,22 @@ def secrets_in_url(url: str | None) -> list[str]:
     if parts.password:  # httpx sends userinfo as Basic auth: base64("user:password"), which servers echo
         pair = f"{unquote(parts.username or '')}:{unquote(parts.password)}".encode()
         found.append(base64.b64encode(pair).decode("ascii"))
-    found += [v for k, v in parse_qsl(parts.query, keep_blank_values=False) if is_secret_name(k)]
-    found += [v for k, v in parse_qsl(parts.fragment, keep_blank_values=False) if is_secret_name(k)]
+    # every query and fragment value (a parameter of any name may carry a credential: ?code=...)
+    found += [v for _, v in parse_qsl(parts.query, keep_blank_values=False)]
+    found += [v for _, v in parse_qsl(parts.fragment, keep_blank_values=False)]
+    found += [unquote(seg) for seg in parts.path.split("/")
+              if seg and not (_PLAIN_SEGMENT.fullmatch(seg) and len(seg) <= 24)]  # a key in the path
     return found
 
 
 def secrets_in_options(options: Any, under_headers: bool = False) -> list[str]:
-    """Credentials in ``--llm-option`` values: every header value (``extra_headers``), and the
-    value of any field whose name says credential, at any depth."""
+    """Credentials in ``--llm-option`` values: every string value under a header, query or body
+    option (``extra_headers``, ``extra_query``, ``extra_body``, ...), and the value of any field
+    whose name says credential, at any depth."""
     found: list[str] = []
     if isinstance(options, dict):
         for k, v in options.items():
-            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            headers = under_headers or str(k).lower() in _SECRET_CONTAINERS
             if isinstance(v, str) and (headers or is_secret_name(k)):
                 found += _with_parts(v)
             elif isinstance(v, (dict, list)):
@@ -157,12 +172,12 @@ def secret_variants(secret: str) -> list[str]:
 
 
 def scrub(obj: Any, under_headers: bool = False) -> Any:
-    """A copy of request options safe to record: header values and credential-named fields
-    replaced by ``[redacted]`` (the names stay, so the record shows what was sent)."""
+    """A copy of request options safe to record: header, query and body values and
+    credential-named fields replaced by ``[redacted]`` (the names stay, so the record shows what was sent)."""
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            headers = under_headers or str(k).lower() in _HEADER_OPTIONS
+            headers = under_headers or str(k).lower() in _SECRET_CONTAINERS
             if (headers and not isinstance(v, (dict, list))) or (is_secret_name(k) and not isinstance(v, dict)):
                 out[k] = REDACTED
             else:
@@ -171,6 +186,29 @@ def scrub(obj: Any, under_headers: bool = False) -> Any:
     if isinstance(obj, list):
         return [scrub(v, under_headers) for v in obj]
     return obj
+
+
+def secret_pattern(secrets) -> re.Pattern | None:
+    """One regex that finds each secret in any form a server or a library may write it: every
+    character as itself, JSON-escaped (``\\/``, ``\\"``, ``\\\\``, ``\\uXXXX`` in either case),
+    URL-encoded (``%XX`` in either case, ``+`` for a space) -- mixed freely within one secret."""
+    alternatives = []
+    for secret in sorted({str(s) for s in secrets if s}, key=len, reverse=True):
+        parts = []
+        for ch in secret:
+            code = ord(ch)
+            forms = [re.escape(ch)]
+            if code < 0x10000:
+                forms.append(r"\\u" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in f"{code:04x}"))
+            if ch in '/"\\':
+                forms.append(re.escape("\\" + ch))
+            for byte in ch.encode("utf-8"):
+                forms.append("%" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in f"{byte:02x}"))
+            if ch == " ":
+                forms.append(r"\+")
+            parts.append("(?:" + "|".join(forms) + ")")
+        alternatives.append("".join(parts))
+    return re.compile("|".join(alternatives)) if alternatives else None
 
 
 class RedactingFilter(logging.Filter):
@@ -229,13 +267,17 @@ class LLMRun:
     """One generate_attributes call: shared, thread-safe state of the workers."""
 
     def __init__(self, client, llm_model: str, ps: PromptSet, *, max_reasks: int, max_retries: int,
-                 options: dict | None, secrets: Sequence[str], batch_id: str):
+                 options: dict | None, secrets: Sequence[str], batch_id: str, max_answer_bytes: int = MAX_ANSWER_BYTES,
+                 max_item_chars: int = MAX_ITEM_CHARS):
         self.client, self.llm_model, self.ps = client, llm_model, ps
+        self.max_answer_bytes, self.max_item_chars = max_answer_bytes, max_item_chars
         self.max_reasks, self.max_retries = max_reasks, max_retries
         self.options = dict(options or {})
         self.recorded_options = scrub(self.options)  # what llm_calls.request shows of them
-        forms = {f for s in secrets if s and len(str(s)) >= MIN_SECRET_LEN for f in secret_variants(str(s))}
-        self.secrets = sorted((f for f in forms if len(f) >= MIN_SECRET_LEN), key=len, reverse=True)
+        # a secret the user gave is searched for whatever its length (issue 21: a 6-character key)
+        forms = {f for s in secrets if s for f in secret_variants(str(s))}
+        self.secrets = sorted(forms, key=len, reverse=True)
+        self.pattern = secret_pattern(secrets)
         self.batch_id = batch_id
         self.mode = FORMATS[0]
         self.lock = threading.Lock()
@@ -247,7 +289,7 @@ class LLMRun:
             return None
         for s in self.secrets:
             text = text.replace(s, REDACTED)
-        return text
+        return self.pattern.sub(REDACTED, text) if self.pattern is not None else text
 
     def record_body(self, body: dict) -> str:
         """The request as stored in llm_calls: header and credential fields scrubbed, then
@@ -295,8 +337,8 @@ class LLMRun:
                 raw = self.client.chat.completions.with_raw_response.create(**body)
             except openai.APIStatusError as exc:
                 rec.latency_ms = (time.perf_counter() - t0) * 1000
-                rec.response = self.redact(_response_text(exc))
-                rec.error = self.redact(f"HTTP {exc.status_code}: {_error_message(exc)}")
+                rec.response = self.redact(_cut(_response_text(exc)))
+                rec.error = self.redact(_cut(f"HTTP {exc.status_code}: {_error_message(exc)}", 500))
                 rec.retries = self.max_retries if _retryable(exc) else 0
                 if exc.status_code in (400, 422) and mode != "none":
                     rec.error = f"server rejected response_format {mode}; " + rec.error
@@ -311,6 +353,12 @@ class LLMRun:
                 return records, None, fatal
             rec.latency_ms = (time.perf_counter() - t0) * 1000
             rec.retries = int(getattr(raw, "retries_taken", 0) or 0)
+            size = len(raw.content)
+            if size > self.max_answer_bytes:  # before parsing or storing any of it
+                rec.response = self.redact(_cut(raw.text))
+                rec.status = "invalid"
+                rec.error = f"the answer was {size} bytes, over --max-answer-bytes {self.max_answer_bytes}"
+                return records, "", False
             rec.response = self.redact(raw.text)
             if mode != FORMATS[start]:
                 with self.lock:  # remember for the rest of the run
@@ -346,7 +394,7 @@ class LLMRun:
             rec = records[-1]
             if content is None:
                 return JobResult(class_name, sample_index, "error", calls=calls, reason=rec.error, fatal=fatal)
-            items, reason = parse_answer(content, ps, class_name)
+            items, reason = parse_answer(content, ps, class_name, max_chars=self.max_item_chars)
             echoed = [t for t in items if REDACTED in t]
             if echoed:  # an item that quoted a credential is no attribute
                 items = [t for t in items if REDACTED not in t]
@@ -370,6 +418,13 @@ class LLMRun:
         if best is not None:  # some usable items, fewer than asked: keep them, say so
             return JobResult(class_name, sample_index, "short", best[0], calls, reason=reason, decided_by=best[1])
         return JobResult(class_name, sample_index, "failed", [], calls, reason=reason, decided_by=calls[-1].id)
+
+
+def _cut(text: str | None, limit: int = RECORDED_BYTES) -> str | None:
+    """At most ``limit`` characters of a body, saying how much was left out."""
+    if text is None or len(text) <= limit:
+        return text
+    return text[:limit] + f" ... [{len(text) - limit} more characters not stored]"
 
 
 def _response_text(exc) -> str | None:
@@ -400,6 +455,24 @@ def check_base_url(base_url: str | None) -> str | None:
     if not host or parts.scheme not in ("http", "https"):
         raise LLMError("--base-url / OPENAI_BASE_URL is not an http(s) URL with a host (e.g. http://localhost:8000/v1).")
     return host
+
+
+def check_request_options(client, options: dict) -> None:
+    """``--llm-option`` names must be fields the client's chat-completions call takes (an unknown
+    one is a TypeError deep in the client): LLMError in one line, before any request."""
+    import inspect
+
+    try:
+        params = inspect.signature(client.chat.completions.create).parameters
+    except (AttributeError, TypeError, ValueError):  # a stand-in client: nothing to check against
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in options if k not in params]
+    if unknown:
+        raise LLMError(f"--llm-option {unknown[0]}: not a field of the chat-completions request; headers go in "
+                       "extra_headers, query parameters in extra_query, other body fields in extra_body "
+                       "(e.g. --llm-option extra_headers '{\"X-Org\": \"...\"}').")
 
 
 def make_client(base_url: str | None = None, api_key: str | None = None, *, timeout: float = 120.0, max_retries: int = 3):

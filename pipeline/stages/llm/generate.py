@@ -40,8 +40,12 @@ from ...errors import InputError
 from ...names import clean_class_name, norm_class_name
 from ..attributes import add_attributes
 from .calls import (
+    MAX_ANSWER_BYTES,
+    MAX_ITEM_CHARS,
+    MAX_ITEMS_PER_CLASS,
     NO_KEY,
     JobResult,
+    check_request_options,
     LLMError,
     LLMRun,
     make_client,
@@ -121,6 +125,9 @@ def generate_attributes(
     options: dict | None = None,
     progress: bool = True,
     client=None,
+    max_answer_bytes: int = MAX_ANSWER_BYTES,
+    max_item_chars: int = MAX_ITEM_CHARS,
+    max_items_per_class: int = MAX_ITEMS_PER_CLASS,
 ) -> GenerateReport:
     """Ask the LLM for what the cache lacks, log every call, store the attributes.
 
@@ -157,20 +164,23 @@ def generate_attributes(
         client = make_client(base_url, api_key, timeout=timeout, max_retries=max_retries)
     else:
         max_retries = getattr(client, "max_retries", max_retries)
+    check_request_options(client, options or {})
     server = redact_url(str(client.base_url))
     secrets = [api_key or "", getattr(client, "api_key", "") or "", os.environ.get("OPENAI_API_KEY", "")]
     for url in (base_url, os.environ.get("OPENAI_BASE_URL"), str(client.base_url)):
         secrets += secrets_in_url(url)
     secrets += secrets_in_options(options or {})
     run = LLMRun(client, llm_model, ps, max_reasks=max_reasks, max_retries=max_retries, options=options,
-                 secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid())
+                 secrets=[s for s in secrets if s != NO_KEY], batch_id=new_ulid(), max_answer_bytes=max_answer_bytes,
+                 max_item_chars=max_item_chars)
+    server = run.redact(server)  # a key the user also put in the URL's path
     with redacting_logs(run.redact):  # the client libraries' log lines carry URLs and headers
         return _generate(cat, run, names, n_samples, server, refresh=refresh, retry_failed=retry_failed,
-                         concurrency=concurrency, progress=progress)
+                         concurrency=concurrency, progress=progress, max_items_per_class=max_items_per_class)
 
 
 def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, server: str, *, refresh: bool,
-              retry_failed: bool, concurrency: int, progress: bool) -> GenerateReport:
+              retry_failed: bool, concurrency: int, progress: bool, max_items_per_class: int) -> GenerateReport:
     # heavy: imported on use
     from tqdm import tqdm
 
@@ -237,7 +247,8 @@ def _generate(cat: Catalog, run: LLMRun, names: list[str], n_samples: int, serve
         samples = by_class.get(name.lower(), [])
         texts: list[str] = []
         for _, status, items in samples:
-            texts += [t for t in items if t not in texts]
+            texts += [t for t in items if t not in texts and len(t) <= run.max_item_chars]
+        texts = texts[:max_items_per_class]  # bounded before anything is stored
         if texts:
             mapping[name] = texts
             report.done.append(name)
