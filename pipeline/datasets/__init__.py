@@ -164,8 +164,9 @@ def restrict_ranking(ranked: list[list[int]], allowed: set[int]) -> list[list[in
 
 def restricted_class_ids(index_runs: list[dict], class_ids_by_norm: dict[str, int]) -> set[int] | None:
     """The store's class ids a run's accuracy is restricted to: the classes an index run's dataset
-    is scored on (ImageNet-A/-R: 200 of the 1,000), or None for every class. A store whose index
-    runs disagree (an ImageNet-A run beside a full ImageNet one) is refused: one dataset per store."""
+    is scored on (ImageNet-A/-R: 200 of the 1,000) that the store holds, or None for every class.
+    A store whose index runs disagree (an ImageNet-A run beside a full ImageNet one) is refused:
+    one dataset per store."""
     from ..names import norm_class_name
 
     recorded = [(p.get("dataset") or {}).get("restrict_to") for p in index_runs]
@@ -175,9 +176,8 @@ def restricted_class_ids(index_runs: list[dict], class_ids_by_norm: dict[str, in
     if len(kinds) > 1:
         raise InputError("This store's images come from datasets scored on different class sets (e.g. ImageNet-A "
                          "beside ImageNet); index each dataset into its own --store.")
-    names = next(iter(kinds))
-    missing = [n for n in names if norm_class_name(n) not in class_ids_by_norm]
-    if missing:
-        raise InputError(f"{len(missing)} of the {len(names)} classes the dataset is scored on are not in the store "
-                         f"(e.g. {missing[0]!r}); build-attributes with the full ImageNet file first.")
-    return {class_ids_by_norm[norm_class_name(n)] for n in names}
+    ids = {class_ids_by_norm[norm_class_name(n)] for n in next(iter(kinds)) if norm_class_name(n) in class_ids_by_norm}
+    if not ids:
+        raise InputError("None of the classes this store's dataset is scored on is in the store; build-attributes "
+                         "with the ImageNet file first.")
+    return ids
