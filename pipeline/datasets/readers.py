@@ -232,7 +232,7 @@ def read_eurosat(folder: Path, record) -> Pairs:
 # layout -> (reader, test that a folder holds this layout)
 LAYOUTS: dict[str, tuple[Callable[[Path, object], Pairs], Callable[[Path], bool]]] = {
     "imagenet": (read_imagenet, lambda f: (f / "val").is_dir() or (f / "LOC_val_solution.csv").is_file()),
-    "imagenet-v2": (read_imagenet_v2, lambda f: (f / "0").is_dir() or (f / "999").is_dir()),
+    "imagenet-v2": (read_imagenet_v2, lambda f: any(p.name.isdigit() for p in f.iterdir() if p.is_dir())),
     "imagenet-wnids": (read_imagenet_wnids, lambda f: any(p.name.startswith("n0") or p.name.startswith("n1")
                                                           for p in f.iterdir() if p.is_dir())),
     "cub": (read_cub, lambda f: (f / "images.txt").is_file()),
@@ -240,5 +240,5 @@ LAYOUTS: dict[str, tuple[Callable[[Path, object], Pairs], Callable[[Path], bool]
     "pets": (read_pets, lambda f: (f / "annotations").is_dir()),
     "dtd": (read_dtd, lambda f: (f / "labels").is_dir()),
     "places365": (read_places365, lambda f: (f / "places365_val.txt").is_file()),
-    "eurosat": (read_eurosat, lambda f: (f / "AnnualCrop").is_dir() or (f / "SeaLake").is_dir()),
+    "eurosat": (read_eurosat, lambda f: any((f / c).is_dir() for c in ("AnnualCrop", "Forest", "Highway", "River", "SeaLake"))),
 }

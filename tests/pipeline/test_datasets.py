@@ -132,3 +132,16 @@ def test_listed_but_missing_image_is_named(tmp_path):
     (tmp_path / "places365" / "val_256" / sorted(expected)[-1]).unlink()
     with pytest.raises(InputError, match="listed by the Places365 .* label files but missing"):
         read_dataset("places365", root)
+
+
+def test_wca_presets_hold_wcas_released_settings():
+    from pipeline.config import get_preset, list_presets
+
+    wca = {p.name: p for p in list_presets() if p.name.startswith("wca-")}
+    assert sorted(wca) == sorted(f"wca-{d}" for d in ("imagenet", "imagenet-v2", "imagenet-r", "imagenet-s", "imagenet-a",
+                                                      "cub", "pets", "dtd", "food101", "places365"))
+    for name, p in wca.items():
+        n = 60 if name in ("wca-imagenet", "wca-imagenet-r", "wca-imagenet-s", "wca-imagenet-a") else 100
+        assert p.regions == {"source": "crops", "n_crops": n, "crop_min": 0.1, "crop_max": 0.9}, name
+        assert p.method == {"top_k": 0, "wca_patch_n": 60, "wca_runs": 20}, name
+    assert get_preset("wca-imagenet-a").note  # no upstream config: said so
