@@ -79,3 +79,28 @@ def test_dataset_option_errors_are_one_line(tmp_path):
     ):
         res = CliRunner().invoke(cli, [*args, "--store", str(tmp_path / "s")])
         assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output, res.output
+
+
+def test_real_weights_missing_fail_at_once_in_one_line(tmp_path, monkeypatch):
+    """--pretrained openai without the weights: one line saying how to supply them, before the
+    architecture is even built (and no image read)."""
+    import open_clip
+
+    from pipeline.models import weights_in_cache
+
+    if weights_in_cache("ViT-B-32", "openai"):
+        import pytest
+
+        pytest.skip("ViT-B-32/openai weights are in this machine's Hugging Face cache")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def built(*a, **k):
+        raise AssertionError("the model was built before the weights were found missing")
+
+    monkeypatch.setattr(open_clip, "create_model_and_transforms", built)
+    root, _ = build("cub", tmp_path / "data")
+    res = CliRunner().invoke(cli, ["index-images", "--dataset", "cub", "--root", str(root), "--model", "ViT-B-32",
+                                   "--pretrained", "openai", "--store", str(tmp_path / "s")])
+    errors = [line for line in res.output.splitlines() if line.startswith("Error")]
+    assert res.exit_code == 1 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "not available offline" in errors[0] and "--pretrained /path/to/" in errors[0]
