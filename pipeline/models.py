@@ -196,6 +196,23 @@ def _network_reachable(timeout: float = 2.0) -> bool:
         return False
 
 
+def weights_in_cache(name: str, tag: str) -> bool:
+    """Whether open_clip would find the weights of tag ``tag`` offline, in the Hugging Face cache
+    (True when open_clip fetches them some other way: then its own load decides)."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(name, tag)
+    hub = cfg.get("hf_hub", "")
+    if not hub or "file" in cfg:
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    model_id, filename = os.path.split(hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    candidates = {filename, filename.rsplit(".", 1)[0] + ".safetensors", "open_clip_model.safetensors"}
+    return any(isinstance(try_to_load_from_cache(model_id, f), str) for f in candidates)
+
+
 def _go_offline() -> None:
     """Make huggingface_hub answer from its cache only, so a missing file fails at once.
 
@@ -276,6 +293,8 @@ def load_model(
     if name.startswith("hf-hub:") or (pretrained_arg and not os.path.isfile(pretrained_arg) and not is_scheme):
         if os.environ.get("HF_HUB_OFFLINE") == "1" or not _network_reachable():
             _go_offline()
+            if not name.startswith("hf-hub:") and not weights_in_cache(name, pretrained_arg):
+                raise ModelLoadError(OFFLINE_HELP.format(model=name, tag=pretrained))  # before building the model
 
     fingerprint = (
         f"{name}/random:{seed}" if seed is not None else model_fingerprint(name, pretrained_arg or pretrained)

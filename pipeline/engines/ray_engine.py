@@ -146,7 +146,7 @@ def index_images_ray(cat, model, inputs: list[str], cfg=None, *, preset: str | N
                      concurrency: int | None = None, num_gpus: float | None = None, actors_per_gpu: int = 1,
                      batch_images: int = 16, batch_size: int = 256, shard_size: int = 256, dtype: str = "float16",
                      precision: str | None = None, progress: bool = False, max_images: int | None = None,
-                     max_image_bytes: int | None = None, faiss_index: str | None = None):
+                     max_image_bytes: int | None = None, faiss_index: str | None = None, dataset=None):
     """:func:`pipeline.stages.index_images.index_images` on a Ray cluster: same store, same report.
 
     ``model``: the driver's loaded model (fingerprint, provenance); each actor loads
@@ -161,7 +161,7 @@ def index_images_ray(cat, model, inputs: list[str], cfg=None, *, preset: str | N
     plan = plan_actors(ray.cluster_resources(), concurrency=concurrency, num_gpus=num_gpus, actors_per_gpu=actors_per_gpu)
     run = start_index_run(cat, model, inputs, cfg, preset=preset, batch_size=batch_size, dtype=dtype,
                           max_images=max_images, faiss_index=faiss_index,
-                          engine=engine_params(address, plan, batch_images=batch_images))
+                          engine=engine_params(address, plan, batch_images=batch_images), dataset=dataset)
     t0 = time.perf_counter()
     spec = ModelSpec(model.name, model.pretrained, device=plan["device"], precision=precision,
                      fingerprint=model.fingerprint)

@@ -29,6 +29,7 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 
 from ..config import RegionConfig
+from ..datasets import restrict_ranking, restricted_class_ids
 from ..errors import InputError
 from .methods import find_method
 from ..names import norm_class_name
@@ -95,13 +96,19 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         image_ids.append(image_id)
     if not truth:
         raise StoreError(f"Run {run_id} has no image whose label matches a class; index labelled images (one folder per class).")
+    restricted = restricted_class_ids(run.params.get("index_runs") or tables.index_run_params(cat), classes)
+    if restricted is not None:  # ImageNet-A/-R: the argmax over their 200 classes of the 1000-way scores
+        if 0 < run.params.get("config", {}).get("top_k", 0) < n_classes:
+            raise InputError(f"Run {run_id} stored its top {run.params['config']['top_k']} classes only; its dataset is "
+                             "scored on a class subset: classify with --top-k 0.")
+        ranked, n_classes = restrict_ranking(ranked, restricted), len(restricted)
     metrics = classification_metrics(np.array(truth), ranked, n_classes)
     top_k = run.params.get("config", {}).get("top_k", 0)
     spec = find_method(run.method)
     if spec is not None and spec.shortlisted:  # the methods that score only a shortlist
         shortlisted = 0 < top_k < n_classes
         metrics["shortlist_recall"] = float(np.mean([t in r for t, r in zip(truth, ranked)])) if shortlisted else 1.0
-    draws = tables.sample_top1(cat, run_id)
+    draws = tables.sample_top1(cat, run_id) if restricted is None else None  # draws keep their 1000-way top-1 only
     if draws:
         per_draw = draw_accuracies(np.array(truth), [draws[i] for i in image_ids])
         metrics["acc1_per_draw_mean"] = float(per_draw.mean())

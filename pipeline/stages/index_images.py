@@ -81,10 +81,12 @@ class IndexRun:
 
 
 def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *, preset: str | None, batch_size: int,
-                    dtype: str, max_images: int | None, faiss_index: str | None, engine: dict) -> IndexRun:
-    """List the inputs, claim the model, check ``--regions`` and ``--faiss-index`` before any
-    work, and record the index run (``index_runs.params``: settings, engine, Faiss factory)."""
-    items = discover_images(inputs)[:max_images]
+                    dtype: str, max_images: int | None, faiss_index: str | None, engine: dict,
+                    dataset=None) -> IndexRun:
+    """List the inputs (or take ``dataset``'s images: :class:`pipeline.datasets.DatasetImages`),
+    claim the model, check ``--regions`` and ``--faiss-index`` before any work, and record the
+    index run (``index_runs.params``: settings, engine, Faiss factory, the dataset and its class names)."""
+    items = (dataset.items if dataset is not None else discover_images(inputs))[:max_images]
     claim_model(cat, model)
     if cfg.source == "patches" and not patch_grid_size(model):
         raise InputError(f"--regions patches needs a ViT; {model.name} has no patch tokens.")
@@ -101,6 +103,8 @@ def start_index_run(cat: Catalog, model, inputs: list[str], cfg: RegionConfig, *
     run_id = tables.next_index_run_id(cat)
     params = {"preset": preset, "regions": cfg.to_dict(), "model": model.describe(), "batch_size": batch_size,
               "dtype": dtype, "inputs": inputs, "engine": engine, "faiss_index": faiss_index}
+    if dataset is not None:
+        params["dataset"] = dataset.describe()
     tables.insert_index_run(cat, run_id, params, model.fingerprint)
     return IndexRun(run_id, items, known, params)
 
@@ -120,6 +124,7 @@ def index_images(
     max_images: int | None = None,
     max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES,
     faiss_index: str | None = None,
+    dataset=None,
 ) -> IndexReport:
     """Index images into the store; images already there (same content) are skipped.
 
@@ -128,12 +133,15 @@ def index_images(
     preset's method values. Files over ``max_image_bytes`` are recorded in ``image_errors``
     without being read. ``faiss_index``: a Faiss factory string for faiss/images.index and
     faiss/regions.index (None keeps what the store has: ``Flat`` images.index, no regions.index).
+    ``dataset``: a dataset read from its published layout (:func:`pipeline.datasets.read_dataset`),
+    indexed instead of ``inputs`` and recorded with its class names.
     """
     # heavy: imported on use
     from tqdm import tqdm
 
     run = start_index_run(cat, model, inputs, cfg, preset=preset, batch_size=batch_size, dtype=dtype,
-                          max_images=max_images, faiss_index=faiss_index, engine={"name": "local", "workers": workers})
+                          max_images=max_images, faiss_index=faiss_index, engine={"name": "local", "workers": workers},
+                          dataset=dataset)
     t0 = time.perf_counter()
     fn = RegionBatchFn(model, cfg, dtype=dtype, batch_size=batch_size, known_sha=run.known,
                        max_image_bytes=max_image_bytes)

@@ -22,7 +22,7 @@ def test_lazsl_presets_hold_the_published_table():
     assert values("imagenet-a-b16") == dict(crop_min=0.5, theta=0.95, n_crops=90)
     names = {p.name for p in list_presets()}
     assert {"imagenet-v2-b16", "imagenet-r-b16", "imagenet-s-b16", "food101-l14", "toy-demo"} <= names
-    assert len([n for n in names if not n.startswith("toy-")]) == 5 * 3 + 4
+    assert len([n for n in names if not n.startswith(("toy-", "wca-"))]) == 5 * 3 + 4
     assert (get_preset("toy-bound").regions["n_parts"], get_preset("toy-all").regions["n_views"]) == (60, 50)
 
 
