@@ -29,7 +29,10 @@ from ..errors import InputError
 from ..names import norm_class_name
 from .concepts import concept_view
 from .contrasts import contrast_panels, missing_true_note, pair_text
-from .explain import explain_class, image_predictions, load_image, prepare_image, resized
+from .explain import explain_class
+from .honesty import honesty_lines
+from .map_kinds import CROP_BOXES, DEFAULT_KIND
+from .resolve import image_predictions, load_image, prepare_image, resized
 from .plots import accuracy_png, curves_png, data_uri, heat_overlay, image_scale, png_bytes, thumbnail
 
 TEMPLATE = "report.html.j2"
@@ -185,11 +188,11 @@ def build_report(
     attr_maps: int = 3,
     thumb: int = 200,
     plots_dir: str | Path | None = None,
-    maps: str = "plan",
+    maps: str = DEFAULT_KIND,
     model=None,
 ) -> ReportResult:
     """Write the run's report; wrong predictions come first, then the rest by path. ``maps``:
-    plan (plan-dense, needs ``model`` or a zero-argument loader; else crop boxes), boxes or occlusion."""
+    plan-dense (needs ``model`` or a zero-argument loader; else crop-boxes), crop-boxes or occlusion."""
     import jinja2
 
     out = Path(out)
@@ -208,14 +211,12 @@ def build_report(
     imgs.sort(key=lambda d: (not d["wrong"], d["path"]))
     shown = imgs[:limit] if limit else imgs
     if callable(model) and not hasattr(model, "encode_images"):
-        model = model() if maps != "boxes" else None
+        model = model() if maps != CROP_BOXES else None
     cards = [_image_card(cat, run, im, by_norm, top_k, top_attrs, attr_maps, thumb, maps, model) for im in shown]
-    from .compare import EXPLAIN_KIND, honesty_lines
-
     shown_kind = next((c["map_kind"] for c in cards if c.get("map_kind")), maps)
-    map_info = dict(kind=EXPLAIN_KIND.get(shown_kind, shown_kind), honesty=honesty_lines(cat, run_id, shown_kind),
+    map_info = dict(kind=shown_kind, honesty=honesty_lines(cat, run_id, shown_kind),
                     note=next((c["map_note"] for c in cards if c.get("map_note")), None),
-                    table=_compare_table(cat, run_id))
+                    table=_compare_table(cat, run_id, shown_kind))
     per_class = accuracy_by_class(cat, run_id)
     n_lab = sum(t for _, _, t in per_class)
     n_ok = sum(c for _, c, _ in per_class)
@@ -248,12 +249,13 @@ def build_report(
     return ReportResult(out, run_id, len(cards), len(html.encode()), plots)
 
 
-def _compare_table(cat: Catalog, run_id: int) -> list[dict] | None:
-    """The latest ``faithfulness --compare`` summary of this run (else of the store), one row per map kind."""
+def _compare_table(cat: Catalog, run_id: int, kind: str) -> list[dict] | None:
+    """The latest ``faithfulness`` summary that measured ``kind`` on this run (else on the store),
+    one row per map kind it measured (each row names its kind)."""
     import duckdb
 
     try:
-        s = tables.map_kind_summary(cat, run_id, "random")
+        s = tables.map_kind_summary(cat, run_id, kind)
     except duckdb.CatalogException:  # a store from before migration m014 opened read-only
         return None
     if s is None:
