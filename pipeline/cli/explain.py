@@ -85,7 +85,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, map_kind, f
     for p in res.contrasts:  # why the prediction and not the runner-up / the true class: signed terms
         rows.append(dict(image=res.path, class_name=p.class_name, attribute="(class prompt)", kind="contrast",
                          other_class=p.other_name, other_attribute=None, shared=False, term=p.prompt_term,
-                         reason_rank=None, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
+                         reason_rank=p.prompt_rank, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
         for t in p.rows:
             rows.append(dict(image=res.path, class_name=p.class_name, attribute=t["attribute"], kind="contrast",
                              other_class=p.other_name, other_attribute=t["other_attribute"], shared=t["shared"],

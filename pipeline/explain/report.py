@@ -28,7 +28,7 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..names import norm_class_name
 from .concepts import concept_view
-from .contrasts import contrast_panels, missing_true_note, pair_text
+from .contrasts import contrast_panels, missing_true_note, term_text
 from .explain import explain_class
 from .honesty import honesty_lines
 from .map_kinds import CROP_BOXES, DEFAULT_KIND
@@ -173,8 +173,9 @@ def _contrast_card(p) -> dict:
     reason = p.reason
     return dict(panel=p, class_name=p.class_name, other_name=p.other_name, role=p.role, gap=p.gap,
                 prompt_term=p.prompt_term, prompt_width=50 * abs(p.prompt_term) / biggest, has_shared=p.has_shared,
+                prompt_rank=p.prompt_rank, headline=p.headline(),
                 reason=None if reason is None else dict(reason, favours=p.favours(reason["term"]),
-                                                         text=pair_text(reason)), rows=rows)
+                                                         text=term_text(reason)), rows=rows)
 
 
 def build_report(

@@ -102,7 +102,7 @@ def contrast_columns(run_id: int, contrasts: list[Contrast]) -> dict:
             cols[k].append(v)
 
     for c in contrasts:
-        add(c, None, None, False, c.result.prompt_term, None)
+        add(c, None, None, False, c.result.prompt_term, c.result.prompt_rank)
         for r in c.result.rows:
             add(c, None if r.index_a is None else int(c.attr_ids[r.index_a]),
                 None if r.index_b is None else int(c.other_attr_ids[r.index_b]), r.shared, r.term, r.reason_rank)

@@ -151,7 +151,7 @@ def test_hottest_pixels_lie_in_the_boxes_that_carried_the_most_mass(demo, tmp_pa
     with Catalog(demo.root) as cat:
         for im in demo.images:
             res = explain_image(cat, im.image_id, run_id=demo.run_id, class_name=im.label, out_dir=tmp_path / "maps",
-                                maps="boxes")
+                                maps="crop-boxes")
             ce = res.classes[0]
             for a in ce.attributes:
                 xs, ys = hottest_pixels(a.npy, a.overlay, a.map)
@@ -172,7 +172,7 @@ def test_colour_attribute_points_at_the_object(demo):
     hits = 0
     with Catalog(demo.root) as cat:
         for im in demo.images:
-            res = explain_image(cat, im.image_id, class_name=im.label, write=False, maps="boxes")
+            res = explain_image(cat, im.image_id, class_name=im.label, write=False, maps="crop-boxes")
             colour = next(a for a in res.classes[0].attributes if "colour" in a.text)
             hits += colour.map[im.mask].mean() > colour.map[~im.mask].mean()
             # and the shares are the contributions view's, normalised

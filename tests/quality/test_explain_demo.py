@@ -45,7 +45,7 @@ def test_demo_overlays_hottest_pixels_lie_in_the_heaviest_regions(demo, tmp_path
     with Catalog(root / "store") as cat:
         ids = [r[0] for r in cat.query("SELECT image_id FROM images ORDER BY path").fetchall()]
         for iid in ids:
-            res = explain_image(cat, iid, run_id=run, out_dir=tmp_path, maps="boxes")
+            res = explain_image(cat, iid, run_id=run, out_dir=tmp_path, maps="crop-boxes")
             for a in res.classes[0].attributes:
                 xs, ys = hottest_pixels(a.npy, a.overlay, a.map)
                 order = np.argsort(-a.weights)
@@ -60,15 +60,15 @@ def test_demo_overlays_hottest_pixels_lie_in_the_heaviest_regions(demo, tmp_path
 def test_demo_report_with_faithfulness_in_chromium(demo, tmp_path):
     root, run = demo
     store = ["--store", str(root / "store")]
-    r = CliRunner().invoke(cli, ["faithfulness", *store, "--steps", "3", "--limit", "4", "--boxes",
-                                 str(root / "world" / "boxes.jsonl")])
+    r = CliRunner().invoke(cli, ["faithfulness", *store, "--steps", "3", "--max-images", "4", "--boxes",
+                                 str(root / "world" / "boxes.jsonl"), "--plot", str(tmp_path / "f.png")])
     assert r.exit_code == 0, r.output
-    assert re.search(r"pointing game: \d+/96 hits", r.output)  # every (image, attribute) box of the world
+    assert re.search(r"^  plan-dense +4 ", r.output, re.M) and re.search(r"^  random-plan-dense +4 ", r.output, re.M)
     out = tmp_path / "report.html"
     r = CliRunner().invoke(cli, ["report", *store, "-o", str(out), "--limit", "6"])
     assert r.exit_code == 0, r.output
     html = out.read_text()
-    assert "Pointing game" in html and "deletion and insertion curves" in html and "per-class accuracy" in html
+    assert "Maps shown: <b>plan-dense</b>" in html and "random-plan-dense" in html and "per-class accuracy" in html
     err = screenshot(out, tmp_path / "shot.png")
     assert console_problems(err) == []
     hsv = np.asarray(Image.open(tmp_path / "shot.png").convert("HSV")).reshape(-1, 3)
@@ -111,7 +111,7 @@ def test_default_maps_point_at_the_parts_and_beat_random_maps(demo, tmp_path):
     pointing at the part boxes grown by 8 px >= 70% (chance about 10%), and deletion, insertion
     and pointing better than random maps with 95% intervals of the differences excluding 0."""
     root, run = demo
-    r = CliRunner().invoke(cli, ["faithfulness", "--compare", "--store", str(root / "store"), "--maps", "plan-dense",
+    r = CliRunner().invoke(cli, ["faithfulness", "--store", str(root / "store"),
                                  "--boxes", str(root / "world" / "boxes.jsonl"), "--tolerance", "8",
                                  "--plot", str(tmp_path / "p.png"), "--format", "json"])
     assert r.exit_code == 0, r.output
