@@ -562,7 +562,9 @@ class Catalog:
         """(Re)point the shard views at this store's committed shards (absolute paths, so the store
         may move; ``zslro://`` paths in a sandbox, :mod:`stores.sandbox`). A damaged shard is left
         out, so the rest stays usable and ``pipeline verify`` reports it."""
-        temp = "TEMP " if self.read_only else ""
+        # always TEMP: a stored view could not be replaced by a read-only reader, whose TEMP view
+        # would then shadow it and list the name twice (migration m015 dropped the stored ones)
+        temp = "TEMP "
         bad = set(self.unreadable_shards)
         for name, (_, cols) in SHARD_TABLES.items():
             files = [f for f in self.committed_shard_files(name) if f not in bad]
@@ -578,6 +580,9 @@ class Catalog:
                 self.unreadable_shards += unreadable
                 files = [f for f in files if f not in unreadable]
                 self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+        from .descriptions import apply_comments
+
+        apply_comments(self.con, names=tuple(SHARD_TABLES))
 
     def _view_body(self, files: list[Path], cols: list[tuple[str, str]]) -> str:
         if files:
