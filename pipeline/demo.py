@@ -10,7 +10,9 @@ from stores.catalog import resolve_store_path
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
-DEMO_FAITHFULNESS_IMAGES = 24  # the suggested faithfulness run: < 2 min on 2 cores, enough images for paired intervals
+# the suggested faithfulness run: about a minute on 2 idle cores (LaZSL re-run on 12 perturbed copies of 12 images,
+# full view + 30 crops each), enough images for paired bootstrap intervals
+DEMO_FAITHFULNESS_IMAGES, DEMO_FAITHFULNESS_STEPS = 12, 5
 
 
 def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: int = 20, progress: bool = True) -> Path:
@@ -66,7 +68,8 @@ def run_demo(out: str | Path, *, store: str | Path | None = None, n_per_class: i
     click.echo(f'  pipeline sql{flag} "select class_name, attribute, sum(contribution) as c from contributions '
                'group by all order by c desc limit 10"')
     click.echo(f"  pipeline explain{flag} {world_dir / 'images'}/{_first_image(world_dir)}   # maps (.png + .npy)")
-    click.echo(f"  pipeline faithfulness{flag} --boxes {world_dir / 'boxes.jsonl'} --max-images {DEMO_FAITHFULNESS_IMAGES}"
+    click.echo(f"  pipeline faithfulness{flag} --boxes {world_dir / 'boxes.jsonl'} --max-images {DEMO_FAITHFULNESS_IMAGES} "
+               f"--steps {DEMO_FAITHFULNESS_STEPS}"
                "   # plan-dense maps vs random plan-dense maps")
     return root
 

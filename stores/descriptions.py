@@ -272,3 +272,36 @@ def comment_statements(con, names=None) -> list[str]:
 def apply_comments(con, names=None) -> None:
     for stmt in comment_statements(con, names):
         con.execute(stmt)
+
+
+def catalog_listing(con) -> list[dict]:
+    """Every table and view once (a TEMP shard view shadows nothing now): name, kind, rows-free
+    summary of its columns, and its description."""
+    rows = con.execute(
+        """
+        SELECT table_name AS name, 'table' AS kind, comment, column_count AS columns FROM duckdb_tables()
+        WHERE NOT internal AND table_name NOT LIKE '\\_%' ESCAPE '\\'
+        UNION ALL
+        SELECT v.view_name, 'view', v.comment, (SELECT count(*) FROM duckdb_columns() c
+                                                 WHERE c.table_name = v.view_name AND c.database_name = v.database_name)
+        FROM duckdb_views() v WHERE NOT v.internal
+        ORDER BY kind, name
+        """).fetchall()
+    seen, out = set(), []
+    for name, kind, comment, n in rows:
+        if name not in seen:
+            seen.add(name)
+            out.append(dict(name=name, kind=kind, columns=int(n), description=comment or describe(name) or ""))
+    return out
+
+
+def table_columns(con, name: str) -> list[dict] | None:
+    """The columns of one table or view (name, type, description) in order, or None if there is none."""
+    rows = con.execute(
+        "SELECT column_name, data_type, comment, database_name FROM duckdb_columns() WHERE table_name = ? "
+        "ORDER BY database_name = 'temp' DESC, column_index", [name]).fetchall()
+    if not rows:
+        return None
+    first_db = rows[0][3]
+    return [dict(column=c, type=t, description=comment or describe(name, c) or "")
+            for c, t, comment, db in rows if db == first_db]

@@ -161,6 +161,8 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
 @click.option("--scorer", type=click.Choice(SCORERS), default="method", show_default=True,
               help="What deletion/insertion/ROAD re-score: method = the run's own method re-run on the perturbed "
                    "image (LaZSL: full view and crops); dclip = the global DCLIP probability (one encoder pass).")
+@click.option("--road", is_flag=True, help="Also ROAD (MoRF/LeRF with noisy linear imputation; needs the grad-cam "
+              "package, 6 more encoded images per map).")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
               help="Ground-truth boxes (JSON/JSONL: image, class, attribute, x0, y0, x1, y1) for the pointing game.")
 @click.option("--baseline", type=click.Choice(BASELINES), default="blur", show_default=True,
@@ -175,7 +177,7 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
 @format_option()
 @model_options
 @store_option
-def faithfulness_cmd(run_id, map_kinds, max_images, limit, steps, scorer, boxes_file, baseline, tolerance, seed,
+def faithfulness_cmd(run_id, map_kinds, max_images, limit, steps, scorer, road, boxes_file, baseline, tolerance, seed,
                      occlusion_images, plot_file, max_file_bytes, fmt, model_name, pretrained, device, store):
     """Do the maps point at what the model uses? Deletion, insertion and ROAD (re-encoding
     the perturbed images) and the pointing game where ground-truth boxes exist, for the map
@@ -201,7 +203,7 @@ def faithfulness_cmd(run_id, map_kinds, max_images, limit, steps, scorer, boxes_
         rep = compare_maps(cat, model, run_id, kinds=kinds, steps=steps, max_images=max_images or None,
                            occlusion_images=occlusion_images, boxes_file=boxes_file, tolerance=tolerance, seed=seed,
                            plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes, baseline=baseline,
-                           scorer=scorer, notify=None if quiet else (lambda line: click.echo(line, err=True)))
+                           scorer=scorer, road=road, notify=None if quiet else (lambda line: click.echo(line, err=True)))
     if fmt == "table":
         for line in rep.lines(limit=limit or None):
             click.echo(line)

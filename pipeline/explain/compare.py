@@ -17,7 +17,8 @@ Metrics (per image; the class map of the predicted class orders the pixels):
   the global DCLIP score (``--scorer dclip``, :class:`pipeline.explain.maps.GlobalScorer`:
   one encoder pass per perturbed image instead of 1 + crops). Lower deletion and higher
   insertion are better.
-* **ROAD** (Rong et al., 2022) with the ``grad-cam`` package's noisy linear imputation: the
+* **ROAD** (Rong et al., 2022; with ``--road``: the ``grad-cam`` package takes seconds to import
+  and ROAD adds 6 perturbed images per map) with the package's noisy linear imputation: the
   probability after removing the most (MoRF) and least (LeRF) relevant 10/30/50% of the pixels;
   ``road`` = (LeRF − MoRF)/2, higher is better (the package's ROADCombined).
 * **pointing** (Zhang et al.): with ``--boxes``, is the attribute map's maximum inside the part's
@@ -183,18 +184,23 @@ def _centre_grid_map_img(sq: np.ndarray, H: int, W: int) -> np.ndarray:
 
 
 # ---- metrics ------------------------------------------------------------------------------
-def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_seed: int, baseline: str = "blur"):
-    """Deletion and insertion series (``baseline``: blur by default), then ROAD MoRF and LeRF imputations (grad-cam's
-    noisy linear imputer) at ROAD_FRACTIONS: (2·(steps+1) + 6, 3, H, W) floats in [0, 1]."""
+def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_seed: int, baseline: str = "blur",
+                    road: bool = True):
+    """Deletion and insertion series (``baseline``: blur by default), then (``road``) ROAD MoRF and LeRF
+    imputations (grad-cam's noisy linear imputer) at ROAD_FRACTIONS: (2·(steps+1) [+ 6], 3, H, W) floats in [0, 1]."""
     import torch
-    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     from .resolve import baseline_image
 
     base = baseline_image(arr, baseline)
     order = pixel_order(cmap, rng)
     series = [perturbation_series(arr, base, order, steps, m) for m in ("deletion", "insertion")]
+    curves = torch.from_numpy(np.concatenate(series)).permute(0, 3, 1, 2).float() / 255
+    if not road:
+        return curves
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(np.asarray(cmap, np.float32))
     import warnings
@@ -205,18 +211,19 @@ def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_see
         # grad-cam: percentile p keeps the pixels below it, so removing the top f % is percentile 100 - f
         imputed = [RemoveMostRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
         imputed += [RemoveLeastRelevantFirst(100 - f, NoisyLinearImputer())(x, mask) for f in ROAD_FRACTIONS]
-    return torch.cat([torch.from_numpy(np.concatenate(series)).permute(0, 3, 1, 2).float() / 255,
-                      torch.stack(imputed).clamp(0, 1)])
+    return torch.cat([curves, torch.stack(imputed).clamp(0, 1)])
 
 
 def curve_metrics(probs: np.ndarray, steps: int, n_pixels: int) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray]:
-    """{deletion, insertion, road_morf, road_lerf, road} from the scores of :func:`perturbed_batch`."""
+    """{deletion, insertion[, road_morf, road_lerf, road]} from the scores of :func:`perturbed_batch`."""
     n = steps + 1
     frac, _ = step_counts(n_pixels, steps)
-    k = len(ROAD_FRACTIONS)
-    morf, lerf = float(probs[2 * n : 2 * n + k].mean()), float(probs[2 * n + k :].mean())
-    return ({"deletion": curve_auc(frac, probs[:n]), "insertion": curve_auc(frac, probs[n : 2 * n]),
-             "road_morf": morf, "road_lerf": lerf, "road": (lerf - morf) / 2}, frac, probs[:n], probs[n : 2 * n])
+    out = {"deletion": curve_auc(frac, probs[:n]), "insertion": curve_auc(frac, probs[n : 2 * n])}
+    if len(probs) > 2 * n:
+        k = len(ROAD_FRACTIONS)
+        morf, lerf = float(probs[2 * n : 2 * n + k].mean()), float(probs[2 * n + k :].mean())
+        out.update(road_morf=morf, road_lerf=lerf, road=(lerf - morf) / 2)
+    return out, frac, probs[:n], probs[n : 2 * n]
 
 
 @dataclass
@@ -315,7 +322,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
                  max_images: int | None = None, occlusion_images: int = 8, boxes_file=None,
                  tolerance: float = 8.0, seed: int = 0, plot: str | Path | None = None, progress: bool = True,
                  max_file_bytes: int | None = None, baseline: str = "blur", scorer: str = "method",
-                 notify=None) -> CompareReport:
+                 road: bool = False, notify=None) -> CompareReport:
     """Measure map kinds against random maps of the same kind (module doc); store
     faithfulness_runs/curves/scores/pointing_game rows with their map_kind, and faithfulness_summary
     rows; write the curves plot to ``plot``. ``max_images`` caps the images of every metric;
@@ -327,11 +334,12 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     from ..inputs import DEFAULT_MAX_FILE_BYTES
     from .faithfulness import read_boxes
 
-    try:
-        import pytorch_grad_cam  # noqa: F401  (ROAD's imputer)
-    except ImportError:
-        raise InputError("faithfulness needs the grad-cam package (ROAD, Grad-CAM): "
-                         "pip install 'zsl-pipeline[explain]'.") from None
+    if road or GRADCAM in (kinds or []):
+        try:
+            import pytorch_grad_cam  # noqa: F401  (ROAD's imputer, Grad-CAM)
+        except ImportError:
+            raise InputError("--road and gradcam maps need the grad-cam package: "
+                             "pip install 'zsl-pipeline[explain]'.") from None
     if baseline not in BASELINES:
         raise InputError(f"Unknown baseline {baseline!r}; use one of {', '.join(BASELINES)}.")
     if cat.read_only:
@@ -347,7 +355,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     by_image = _boxes_by_image(cat, boxes, {t[0] for t in targets})
     all_kinds = kinds + [r for r in dict.fromkeys(RANDOM_OF[k] for k in kinds)]
     params = dict(kinds=kinds, random_kinds={k: RANDOM_OF[k] for k in kinds}, steps=steps, max_images=max_images,
-                  seed=seed, baseline=baseline, scorer=scorer_name, road=list(ROAD_FRACTIONS), tolerance=tolerance,
+                  seed=seed, baseline=baseline, scorer=scorer_name, road=list(ROAD_FRACTIONS) if road else None, tolerance=tolerance,
                   occlusion_images=min(occlusion_images, len(targets)) if OCCLUSION in kinds else 0,
                   boxes=str(Path(boxes_file).resolve()) if boxes_file else None, work_short_side=WORK_SHORT_SIDE)
     fid = tables.next_faithfulness_run_id(cat)
@@ -359,7 +367,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
         t_img = time.perf_counter()
         if not _measure_image(cat, model, run, image_id, class_id, by_image.get(image_id, []), kinds, rep, rows,
                               curves_acc, chance, make_scorer, cls, steps=steps, seed=seed, baseline=baseline,
-                              tolerance=tolerance, occlusion=n_img < occlusion_images):
+                              tolerance=tolerance, occlusion=n_img < occlusion_images, road=road):
             continue
         if n_img == 0 and notify is not None and len(targets) > 1:
             est = (time.perf_counter() - t_img) * len(targets)
@@ -405,7 +413,7 @@ def _boxes_by_image(cat: Catalog, boxes: list[dict], wanted: set[int]) -> dict[i
 
 
 def _measure_image(cat, model, run, image_id, class_id, pts, kinds, rep, rows, curves_acc, chance, make_scorer, cls, *,
-                   steps, seed, baseline, tolerance, occlusion) -> bool:
+                   steps, seed, baseline, tolerance, occlusion, road) -> bool:
     """Every kind's (and its random kind's) metrics on one image, appended to ``rep`` and ``rows``."""
     import torch
 
@@ -427,7 +435,7 @@ def _measure_image(cat, model, run, image_id, class_id, pts, kinds, rep, rows, c
     _, _, all_boxes = tables.image_regions(cat, image_id)
     scorer = make_scorer(all_boxes * np.array([W / img["width"], H / img["height"]] * 2))
     for kind, cmap in maps.class_map.items():
-        batch = perturbed_batch(arr, cmap, steps, rng, road_seed=seed, baseline=baseline)
+        batch = perturbed_batch(arr, cmap, steps, rng, road_seed=seed, baseline=baseline, road=road)
         with torch.no_grad():
             probs = torch.cat([scorer(batch[i : i + 256]) for i in range(0, len(batch), 256)])
         probs = probs[:, int(np.searchsorted(cls, class_id))].cpu().numpy().astype(np.float64)

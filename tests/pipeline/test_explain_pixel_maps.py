@@ -107,7 +107,7 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
     plot = tmp_path / "cmp.png"
     r = CliRunner().invoke(cli, ["faithfulness", "--store", str(ts.root), "--boxes", str(boxes),
                                  "--maps", "plan-dense,crop-boxes,sim-sclip,gradcam,occlusion", "--occlusion-images", "1",
-                                 "--tolerance", "4", "--steps", "4", "--plot", str(plot), "--scorer", "dclip"])
+                                 "--tolerance", "4", "--steps", "4", "--plot", str(plot), "--scorer", "dclip", "--road"])
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
     for kind in ("plan-dense", "crop-boxes", "sim-sclip", "gradcam", "occlusion", "random-plan-dense",

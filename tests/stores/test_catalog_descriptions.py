@@ -41,3 +41,30 @@ def test_views_over_results_carry_run_id_and_method(tmp_path):
         cols = {r[0] for r in cat.con.execute(
             "SELECT column_name FROM duckdb_columns() WHERE table_name = 'contributions'").fetchall()}
         assert "mass" not in cols and "share" in cols  # mass was 1/N in every row
+
+
+def test_sql_tables_and_describe_show_the_descriptions(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from pipeline.cli import cli
+    from stores.descriptions import describe
+
+    store = str(tmp_path / "s")
+    with Catalog(store) as cat:
+        n_views = cat.con.execute("SELECT count(DISTINCT view_name) FROM duckdb_views() WHERE NOT internal").fetchone()[0]
+    r = CliRunner().invoke(cli, ["sql", "--tables", "--store", store, "--format", "json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.output)
+    names = [x["name"] for x in rows]
+    assert len(names) == len(set(names)) and sum(x["kind"] == "view" for x in rows) == n_views
+    assert all(x["description"] == describe(x["name"]) for x in rows)
+    r = CliRunner().invoke(cli, ["sql", "--describe", "contrasts", "--store", store, "--format", "json"])
+    cols = json.loads(r.output)
+    assert [c["column"] for c in cols[:3]] == ["run_id", "method", "image_id"]
+    assert all(c["description"] == describe("contrasts", c["column"]) for c in cols)
+    r = CliRunner().invoke(cli, ["sql", "--describe", "nope", "--store", store])
+    assert r.exit_code != 0 and "pipeline sql --tables" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["sql", "--store", store])
+    assert r.exit_code != 0 and "--tables" in r.output and "Traceback" not in r.output
