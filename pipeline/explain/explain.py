@@ -33,7 +33,7 @@ from ..names import norm_class_name
 from .concepts import concept_view, pair_lines, pair_maps
 from .contrasts import contrast_panels, missing_true_note
 from .honesty import honesty_lines
-from .map_kinds import CROP_BOXES, DEFAULT_KIND
+from .map_kinds import CROP_BOXES, DEFAULT_KIND, OCCLUSION
 from .resolve import (  # noqa: F401  (re-exported: callers import them from here)
     MAX_RENDER_SIDE,
     image_predictions,
@@ -222,7 +222,7 @@ def explain_image(
     model, needed by ``plan`` and ``occlusion``.
     """
     from .pixel_maps import class_maps, peak, resize_map
-    from .plots import heat_overlay, image_scale, png_bytes
+    from .plots import heat_overlay, image_scale, map_scales, png_bytes
 
     run = resolve_run(cat, run_id)
     run_id, method = run.run_id, run.method
@@ -266,7 +266,7 @@ def explain_image(
     if pred["rank"] == 1:  # why the prediction and not the runner-up / the true class
         res.contrasts = contrast_panels(cat, run, img["image_id"])
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
-    original = None  # decoded once, for the maps and the overlays
+    original, cm = None, None  # decoded once, for the maps and the overlays
     if maps != CROP_BOXES or write:
         original = load_image(img["path"])
         cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
@@ -287,16 +287,19 @@ def explain_image(
         cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"
         drawn = [a for a in ce.attributes if a.map is not None]
-        scale_ = image_scale([ce.map] + [a.map for a in drawn])  # one colour scale for every map of the image
-        label = "mass/px" if ce.map_kind != "occlusion" else "drop"
+        # the class map on its own scale; attribute maps on the largest of all the class's attribute maps
+        class_scale, attr_scale = map_scales(ce.full_map, cm.attribute_maps if cm is not None else [a.map for a in drawn])
+        label = "mass/px" if ce.map_kind != OCCLUSION else "drop"
         obox = scale_boxes([ce.object["box"]], w / img["width"], h / img["height"])[0] if ce.object is not None else None
-        files.write_bytes(ce.overlay, png_bytes(heat_overlay(base, ce.map, scale_, label=label, box=obox)))
+        files.write_bytes(ce.overlay, png_bytes(heat_overlay(base, ce.map, class_scale, label=label, box=obox,
+                                                             title=f"{pred['name']}: class map ({ce.map_kind})")))
         res.files.append(ce.overlay)
         ce.npy = files.write_bytes(out / f"{stem}.{cslug}.npy", npy_bytes(ce.full_map))
         res.files.append(ce.npy)
         for a in drawn:
             a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
-            files.write_bytes(a.overlay, png_bytes(heat_overlay(base, a.map, scale_, label=label)))
+            files.write_bytes(a.overlay, png_bytes(heat_overlay(base, a.map, attr_scale, label=label,
+                                                                title=f"{pred['name']}: {a.text}")))
             res.files.append(a.overlay)
             if a.full_map is not None:
                 a.npy = files.write_bytes(a.overlay.with_suffix(".npy"), npy_bytes(a.full_map))

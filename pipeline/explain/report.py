@@ -33,7 +33,7 @@ from .explain import explain_class
 from .honesty import honesty_lines
 from .map_kinds import CROP_BOXES, DEFAULT_KIND
 from .resolve import image_predictions, load_image, prepare_image, resized
-from .plots import accuracy_png, curves_png, data_uri, heat_overlay, image_scale, png_bytes, thumbnail
+from .plots import accuracy_png, curves_png, data_uri, heat_overlay, map_scales, png_bytes, thumbnail
 
 TEMPLATE = "report.html.j2"
 
@@ -94,7 +94,8 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
     true = by_norm.get(norm_class_name(img["label"])) if img["label"] else None
     true_pred = next((p for p in preds if true and p["class_id"] == true[0]), None)
     card = dict(
-        path=img["path"], name=Path(img["path"]).name, label=img["label"], image_id=img["image_id"],
+        path=img["path"], name=f"{Path(img['path']).parent.name}/{Path(img['path']).name}", label=img["label"],
+        image_id=img["image_id"],
         classes=[dict(p, is_true=bool(true and p["class_id"] == true[0])) for p in preds[:top_k]],
         predicted=top["name"], correct=None if true is None else top["class_id"] == true[0],
         true_name=true[1] if true else None, true_rank=true_pred["rank"] if true_pred else None,
@@ -136,15 +137,18 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
         heats = [resize_map(cm.class_map, (w, h))] + [
             resize_map(m, (w, h)) if (m := cm.attribute_map(a.attr_id)) is not None else a.map
             for a in ce.attributes[:attr_maps]]
-        scale = image_scale(heats)  # one colour scale per image
+        # as `explain` draws them: the class map on its scale, attribute maps on the largest of all of them
+        class_scale, attr_scale = map_scales(cm.class_map, cm.attribute_maps if cm.attribute_maps is not None
+                                             else heats[1:])
 
-        def pic(heat):
-            return data_uri(png_bytes(thumbnail(heat_overlay(base, heat, scale, display_side=2 * thumb), round(1.3 * thumb))))
+        def pic(heat, scale, title):
+            return data_uri(png_bytes(thumbnail(heat_overlay(base, heat, scale, display_side=2 * thumb, title=title),
+                                                round(1.3 * thumb))))
 
         card["maps"].append(dict(title="image", uri=data_uri(png_bytes(thumbnail(base, thumb)))))
-        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(heats[0])))
+        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(heats[0], class_scale, f"{top['name']}: class map")))
         for a, heat in zip(ce.attributes[:attr_maps], heats[1:]):
-            card["maps"].append(dict(title=a.text, uri=pic(heat)))
+            card["maps"].append(dict(title=a.text, uri=pic(heat, attr_scale, f"{top['name']}: {a.text}")))
     card["contrasts"] = [_contrast_card(p) for p in contrast_panels(cat, run, img["image_id"])]
     if card["correct"] is False:
         card["tip_note"] = missing_true_note(cat, run, img["image_id"], img["label"], contrast_panels_of(card))
