@@ -189,3 +189,28 @@ def test_map_errors_are_one_line(shapes, tmp_path):
                       (["explain", ts.images[0].path, "--maps", "rise"], "Invalid value for '--maps'")):
         r = CliRunner().invoke(cli, [*args, "--store", str(ts.root)])
         assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_png_does_not_depend_on_what_else_was_drawn_and_names_its_class_and_attribute(shapes, tmp_path):
+    """The same attribute map drawn alone (--attribute) or with all the others is the same PNG
+    byte for byte (its colour scale is the largest of all the class's attribute maps, drawn or
+    not), and every PNG has a title band with text above the map."""
+    from pipeline.explain.plots import DISPLAY_SIDE
+
+    ts, _ = shapes
+    im = ts.images[0]
+    with Catalog(ts.root, read_only=True) as cat:
+        full = explain_image(cat, im.image_id, out_dir=tmp_path / "a", maps="crop-boxes")
+        drawn = [a for a in full.classes[0].attributes if a.overlay is not None]
+        a = drawn[-1]  # not the strongest: alone it would have set the old per-call scale
+        one = explain_image(cat, im.image_id, out_dir=tmp_path / "b", maps="crop-boxes", attribute=str(a.attr_id))
+    [b] = [x for x in one.classes[0].attributes if x.overlay is not None]
+    assert len(drawn) > 1 and b.attr_id == a.attr_id
+    assert a.overlay.read_bytes() == b.overlay.read_bytes()
+    assert full.classes[0].overlay.read_bytes() == one.classes[0].overlay.read_bytes()
+    f = max(1.0, DISPLAY_SIDE / max(full.width, full.height))
+    map_h = round(full.height * f)
+    for path in (a.overlay, full.classes[0].overlay):
+        png = np.asarray(Image.open(path).convert("L"))
+        band = png[: png.shape[0] - map_h]
+        assert band.shape[0] > 10 and band.min() < 80 and np.median(band) == 255  # dark text on white
