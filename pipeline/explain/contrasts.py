@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stores import tables
+from stores import explanations, tables
 from stores.catalog import Catalog
 
 from ..names import norm_class_name
@@ -108,7 +108,7 @@ def pair_text(r: dict) -> str:
 
 def contrast_panels(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[ContrastPanel]:
     """The image's contrasts in a run: vs the runner-up first, then vs the true class."""
-    rows = tables.contrast_rows(cat, run.run_id, image_id) if _has_table(cat) else []
+    rows = tables.contrast_rows(cat, run.run_id, image_id) if explanations.has_contrast_terms(cat) else []
     if not rows:
         rows = _computed_rows(cat, run, image_id)
     panels: dict[int, ContrastPanel] = {}
@@ -131,18 +131,12 @@ def missing_true_note(cat: Catalog, run: tables.RunRecord, image_id: int, label:
         return None
     by_norm = tables.class_ids_by_norm(cat)
     true = by_norm.get(norm_class_name(label))
-    preds = cat.con.execute("SELECT class_id, rank FROM predictions WHERE run_id = ? AND image_id = ?",
-                            [run.run_id, image_id]).fetchall()
-    ranks = dict(preds)
+    ranks = explanations.prediction_ranks(cat, run.run_id, image_id)
     if true is None or ranks.get(true) == 1:
         return None
     if true not in ranks:
         return f"the true class {label} was not among the run's candidates (the top-k shortlist): no contrast"
     return f"no plan stored for the true class {label} (see --alignments-top): no contrast"
-
-
-def _has_table(cat: Catalog) -> bool:
-    return cat.con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'contrast_terms'").fetchone()[0] > 0
 
 
 def _computed_rows(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
