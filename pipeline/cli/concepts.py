@@ -54,7 +54,7 @@ def _config(n_parts, part_topk, language_topk, clustering, no_foreground, min_pa
 
 @command(cli, "mutual-knowledge")
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run).")
-@limit_option("Images to explain, by path (0 = all).", default=0)
+@limit_option("Images to explain, by path.", default=0)
 @concept_options
 @format_option()
 @model_options
@@ -92,7 +92,7 @@ def mutual_knowledge_cmd(run_id, limit, n_parts, part_topk, language_topk, clust
               help="Compare the latest run of this method in each store (default: each store's latest explained run, "
                    "else its latest run).")
 @click.option("--no-compute", is_flag=True, help="Refuse a run without mutual-knowledge rows instead of explaining it first.")
-@limit_option("Images to explain where a run has no explanations yet (0 = all).", default=0)
+@limit_option("Images to explain where a run has no explanations yet.", default=0)
 @concept_options
 @format_option()
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available).")

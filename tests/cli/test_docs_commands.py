@@ -80,3 +80,10 @@ def test_the_checker_catches_a_made_up_option_and_command(tmp_path):
                    "pipeline explain img.png --maps plan-dense   # fine\n```\n")
     assert problems(doc) == ["x.md: `pipeline explane img.png`: no command 'explane'",
                              "x.md: `pipeline faithfulness --rescore lazsl`: faithfulness has no option --rescore"]
+
+
+def test_no_help_text_says_a_thing_twice():
+    from pipeline.cli.docs import DOC
+
+    text = DOC.read_text()
+    assert "(0 = all) (0 = all)" not in text and "(0 = all). (0 = all)" not in text
