@@ -258,11 +258,12 @@ class CompareReport:
         out.append(f"  {', '.join(measured)}: deletion lower is better; insertion, ROAD, pointing higher is better. "
                    "Δ = mean difference to the random maps of the same kind on the same images [95% bootstrap "
                    "interval]; * = better than random.")
-        out.append(f"  {'map kind':17s} {'n':>4s}  " + "  ".join(f"{m:>31s}" for m in METRICS))
         by = {(r["map_kind"], r["metric"]): r for r in self.summary}
+        metrics = [m for m in METRICS if any(mm == m for _, mm in by)]  # only what was measured (ROAD: --road)
+        out.append(f"  {'map kind':17s} {'n':>4s}  " + "  ".join(f"{m:>31s}" for m in metrics))
         for k in self.kinds[: limit or None]:
             cells = []
-            for m in METRICS:
+            for m in metrics:
                 r = by.get((k, m))
                 if r is None:
                     cells.append(f"{'-':>31s}")

@@ -49,6 +49,15 @@ class ContrastPanel:
         return next((r for r in self.rows if r["reason_rank"] == 1), None)
 
     @property
+    def headline_attribute(self) -> dict | None:
+        """The attribute row the headline names: what tipped it, or (when the class prompt did)
+        the strongest evidence for B; None when the headline names no attribute."""
+        for r in (self.reason, self.against):
+            if r is not None and r.get("attribute") != PROMPT:
+                return r
+        return None
+
+    @property
     def against(self) -> dict | None:
         """The term that argued most for B (most negative; the prompt row included), or None."""
         terms = [r for r in self.rows if r["reason_rank"] is not None] + [self.prompt_row()]
@@ -120,7 +129,8 @@ def contrast_panels(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[
         if r["attr_id"] is None and r["other_attr_id"] is None:
             p.prompt_term, p.prompt_rank = r["term"], r["reason_rank"]
         else:
-            p.rows.append({k: r[k] for k in ("attribute", "other_attribute", "shared", "term", "reason_rank")})
+            p.rows.append({k: r[k] for k in ("attribute", "other_attribute", "shared", "term", "reason_rank", "attr_id",
+                                             "other_attr_id")})
     return sorted(panels.values(), key=lambda p: (not p.runner_up, p.other_name))
 
 

@@ -267,6 +267,10 @@ def explain_image(
         res.contrasts = contrast_panels(cat, run, img["image_id"])
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
     original, cm = None, None  # decoded once, for the maps and the overlays
+    if callable(model) and not hasattr(model, "encode_images"):
+        import functools
+
+        model = functools.cache(model)  # a loader: load once, for this class and a contrast's other class
     if maps != CROP_BOXES or write:
         original = load_image(img["path"])
         cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
@@ -304,12 +308,51 @@ def explain_image(
             if a.full_map is not None:
                 a.npy = files.write_bytes(a.overlay.with_suffix(".npy"), npy_bytes(a.full_map))
                 res.files.append(a.npy)
+        if res.contrasts:
+            path = contrast_png(cat, run, img, original, base, res.contrasts, cm, maps, model,
+                                out / f"{stem}.{cslug}", label)
+            if path is not None:
+                res.files.append(path)
         if pmaps is not None:  # where the pair's state and its object were found
             pscale = image_scale([pmaps[0], pmaps[1]])
             for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):
                 path = out / f"{stem}.{cslug}.{what}-{_slug(res.pair[what], 30)}.png"
                 res.files.append(files.write_bytes(path, png_bytes(heat_overlay(base, heat, pscale))))
     return res
+
+
+def contrast_png(cat: Catalog, run, img: dict, original, base, panels: list, cm, maps: str, model, stem: Path,
+                 label: str) -> Path | None:
+    """The headline attribute of "why A and not B" (vs the true class, else the runner-up) for
+    both classes side by side, on one colour scale: ``<stem>.vs-<B>.png``. None when the headline
+    names no attribute (the class prompt alone) or neither map exists."""
+    from .pixel_maps import class_maps, resize_map
+    from .plots import heat_overlay, image_scale, png_bytes
+
+    panel = next((p for p in panels if p.true_class), panels[0])
+    row = panel.headline_attribute
+    if row is None:
+        return None
+    other = class_maps(cat, run, img, original, panel.other_class_id,
+                       load_alignment(cat, run.run_id, img["image_id"], panel.other_class_id), kind=maps, model=model)
+    sides = [(panel.class_name, row["attribute"], cm.attribute_map(row["attr_id"]) if row.get("attr_id") is not None else None),
+             (panel.other_name, row["other_attribute"],
+              other.attribute_map(row["other_attr_id"]) if row.get("other_attr_id") is not None else None)]
+    sides = [(name, text, resize_map(m, base.size)) for name, text, m in sides if m is not None]
+    if not sides:
+        return None
+    scale = image_scale([m for _, _, m in sides])  # one scale for both: their masses compare directly
+    pics = [heat_overlay(base, m, scale, label=label, title=f"{name}: {text}", colorbar=i == len(sides) - 1)
+            for i, (name, text, m) in enumerate(sides)]
+    from PIL import Image as PILImage
+
+    top = max(p.size[1] for p in pics)
+    canvas = PILImage.new("RGB", (sum(p.size[0] for p in pics) + 8 * (len(pics) - 1), top), (255, 255, 255))
+    x = 0
+    for p in pics:
+        canvas.paste(p, (x, top - p.size[1]))
+        x += p.size[0] + 8
+    return files.write_bytes(stem.parent / f"{stem.name}.vs-{file_slug(panel.other_name)}.png", png_bytes(canvas))
 
 
 def npy_bytes(a: np.ndarray) -> bytes:

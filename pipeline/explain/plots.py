@@ -128,19 +128,21 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
     out = Image.fromarray(((1 - a) * base + a * colour).round().clip(0, 255).astype(np.uint8))
     if box is not None:
         out = draw_box(out, [float(c) * f for c in box])
-    if not colorbar:
+    if not colorbar and not title:
         return out
     fs = max(12, round(size[1] / 14))  # text height: ~1/14 of the map, so it survives the report's thumbnails
     font = _font(fs)
-    bar_w, pad, text_w = max(14, fs), 6, 5 * fs
+    bar_w, pad, text_w = (max(14, fs), 6, 5 * fs) if colorbar else (0, 0, 0)
     top = fs + 8 if title else 0
     canvas = Image.new("RGB", (size[0] + pad + bar_w + text_w, size[1] + top), (255, 255, 255))
     canvas.paste(out, (0, top))
-    grad = lut[np.linspace(255, 0, size[1]).round().astype(np.int64)].astype(np.uint8)
-    canvas.paste(Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1)), (size[0] + pad, top))
     d = ImageDraw.Draw(canvas)
     if title:
         d.text((2, 3), str(title), fill=(0, 0, 0), font=font)
+    if not colorbar:
+        return canvas
+    grad = lut[np.linspace(255, 0, size[1]).round().astype(np.int64)].astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1)), (size[0] + pad, top))
     x = size[0] + pad + bar_w + 3
     d.text((x, top), f"{hi:.3g}", fill=(0, 0, 0), font=font)
     d.text((x, top + size[1] - fs - 2), f"{lo:.3g}", fill=(0, 0, 0), font=font)
