@@ -1,4 +1,4 @@
-"""``pipeline faithfulness --compare``: map kinds measured against each other and against random maps.
+"""``pipeline faithfulness``: map kinds measured against random maps of the same kind (and each other).
 
 For every image the run predicted (and its class's alignments), each map kind
 (:mod:`pipeline.explain.map_kinds`: ``plan-dense`` by default, what ``explain`` draws;
