@@ -373,7 +373,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
         if n_img == 0 and notify is not None and len(targets) > 1:
             est = (time.perf_counter() - t_img) * len(targets)
             if est > COST_WARN_SECONDS:
-                notify(f"faithfulness: about {est / 60:.1f} min for {len(targets)} images "
+                notify(f"faithfulness of {', '.join(kinds)} maps: about {est / 60:.1f} min for {len(targets)} images "
                        f"({time.perf_counter() - t_img:.1f} s for the first); --max-images N measures fewer.")
     rep.chance = float(np.mean(chance)) if chance else None
     _summarise(rep, kinds, seed)
