@@ -353,14 +353,15 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     scorer_name, make_scorer, cls = _scorer_factory(cat, model, run, scorer)
     boxes = read_boxes(boxes_file, max_file_bytes or DEFAULT_MAX_FILE_BYTES) if boxes_file else []
     targets = sample_targets(tables.top1_with_alignments(cat, run.run_id, None), max_images)
-    by_image = _boxes_by_image(cat, boxes, {t[0] for t in targets})
+    skipped: list[str] = []
+    by_image = _boxes_by_image(cat, boxes, {t[0] for t in targets}, skipped)
     all_kinds = kinds + [r for r in dict.fromkeys(RANDOM_OF[k] for k in kinds)]
     params = dict(kinds=kinds, random_kinds={k: RANDOM_OF[k] for k in kinds}, steps=steps, max_images=max_images,
                   seed=seed, baseline=baseline, scorer=scorer_name, road=list(ROAD_FRACTIONS) if road else None, tolerance=tolerance,
                   occlusion_images=min(occlusion_images, len(targets)) if OCCLUSION in kinds else 0,
                   boxes=str(Path(boxes_file).resolve()) if boxes_file else None, work_short_side=WORK_SHORT_SIDE)
     fid = tables.next_faithfulness_run_id(cat)
-    rep = CompareReport(fid, run.run_id, params, all_kinds)
+    rep = CompareReport(fid, run.run_id, params, all_kinds, skipped=skipped)
     rows = tables.FaithfulnessRows(fid, run.run_id, params, model.fingerprint)
     curves_acc: dict[tuple[str, str], list[np.ndarray]] = {}
     chance = []
@@ -394,22 +395,31 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     return rep
 
 
-def _boxes_by_image(cat: Catalog, boxes: list[dict], wanted: set[int]) -> dict[int, list[dict]]:
-    """The ground-truth boxes of the measured images that name a known class and attribute."""
+def _boxes_by_image(cat: Catalog, boxes: list[dict], wanted: set[int], skipped: list[str]) -> dict[int, list[dict]]:
+    """The ground-truth boxes of the measured images (only those: --max-images caps pointing too)
+    that name a known class and attribute; why any other box is left out goes to ``skipped``."""
     by_image: dict[int, list[dict]] = {}
     if not boxes:
         return by_image
     names = tables.class_ids_by_norm(cat)
     for row in boxes:
+        name = Path(str(row["image"])).name
         try:
             iid = resolve_image(cat, row["image"])["image_id"]
         except InputError:
+            skipped.append(f"{name}: not indexed")
             continue
+        if iid not in wanted:
+            continue  # not among the measured images
         cid = names.get(norm_class_name(row["cls"])) if row["cls"] else None
-        if iid in wanted and cid is not None and row["attribute"]:
-            aid = tables.find_attribute(cat, cid, row["attribute"])
-            if aid is not None:
-                by_image.setdefault(iid, []).append(dict(row, class_id=int(cid), attr_id=int(aid)))
+        if cid is None or not row["attribute"]:
+            skipped.append(f"{name}: a pointing box needs a known class and an attribute")
+            continue
+        aid = tables.find_attribute(cat, cid, row["attribute"])
+        if aid is None:
+            skipped.append(f"{name}: class {row['cls']!r} has no attribute {row['attribute']!r}")
+            continue
+        by_image.setdefault(iid, []).append(dict(row, class_id=int(cid), attr_id=int(aid)))
     return by_image
 
 
