@@ -111,4 +111,4 @@ def presets_cmd(fmt):
                  **{f"method.{k}": v for k, v in p.method.items()}, description=p.description) for p in list_presets()]
     cols = ["name", "model", "regions.source", "regions.n_crops", "regions.crop_min", "regions.n_parts",
             "regions.n_views", "method.theta", "method.top_k", "description"]
-    emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=70))
+    emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=400))  # descriptions whole, never cut mid-word

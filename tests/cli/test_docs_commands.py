@@ -87,3 +87,13 @@ def test_no_help_text_says_a_thing_twice():
 
     text = DOC.read_text()
     assert "(0 = all) (0 = all)" not in text and "(0 = all). (0 = all)" not in text
+
+
+def test_presets_lists_whole_descriptions():
+    from click.testing import CliRunner
+
+    from pipeline.config import list_presets
+
+    out = CliRunner().invoke(cli, ["presets"]).output
+    for p in list_presets():
+        assert p.description in out, p.name  # never cut mid-word
