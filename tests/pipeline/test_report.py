@@ -53,8 +53,8 @@ def test_report_content(evil):
     first = html.index('class="card')
     assert html[first:first + 80].startswith('class="card wrong"')
     card = html[first:html.index('class="card', first + 10)]
-    why = re.search(r"<b>Why blue square and not red circle</b> \(([^)]*)\): gap \+([\d.]+) =.*?reason 1: <b>([^<]*)</b> "
-                    r"\+([\d.]+), favours blue square", card, re.S)
+    why = re.search(r"<b>Why blue square and not red circle</b> \(([^)]*)\): blue square over red circle by "
+                    r"\+([\d.]+): (.*?) \+([\d.]+) tipped it", card, re.S)  # reason 1: what tipped the decision
     assert why and "true class" in why.group(1) and why.group(3).startswith("blue colour vs ")
     with Catalog(ts.root, read_only=True) as cat:
         gap = cat.query("SELECT max(score) FILTER (WHERE c.name = 'blue square') - max(score) FILTER (WHERE c.name = "
@@ -69,6 +69,7 @@ def test_report_content(evil):
     assert html.count("<figure>") == 8 * 5  # image, class map and 3 attribute maps per image
     assert "Never-used descriptors in this run: <b>1</b>" in html and UNUSED in html
     assert "deletion" in html and "random_deletion" in html  # the faithfulness table
+    assert "of <b>crop-boxes</b> maps against" in html  # it names the map kind it measured
     # the plots are real PNGs
     for uri in re.findall(r'src="data:image/png;base64,([^"]+)" alt="(?:per-class accuracy|deletion and insertion curves)"', html):
         im = Image.open(io.BytesIO(base64.b64decode(uri)))

@@ -77,8 +77,8 @@ def test_demo_report_with_faithfulness_in_chromium(demo, tmp_path):
 
 def test_demo_contrasts_between_siblings_name_the_wing_pattern(demo):
     """A real LaZSL run's stored contrasts: between sibling classes (the same crest, tail and
-    legs) the three shared descriptors get term 0 and reason 1 is the wing-pattern pair; the
-    terms of every contrast sum to the stored score gap."""
+    legs) the three shared descriptors get term 0 and the wing-pattern pair is the one ranked
+    attribute row (beside the class prompt); the terms of every contrast sum to the stored score gap."""
     root, run = demo
     with Catalog(root / "store", read_only=True) as cat:
         desc = {}
@@ -102,8 +102,9 @@ def test_demo_contrasts_between_siblings_name_the_wing_pattern(demo):
     assert len(sib) >= n_images // 2  # siblings are each other's runner-up most of the time
     for terms in sib.values():
         assert sorted(r[3] for r in terms if r[5]) == sorted(rest(terms[0][1])) and all(r[6] == 0 for r in terms if r[5])
-        first = [r for r in terms if r[7] == 1]
-        assert len(first) == 1 and first[0][3].endswith("wings") and first[0][4].endswith("wings")
+        ranked = [r for r in terms if r[7] is not None]  # the wing pair is the only ranked attribute row
+        assert len(ranked) == 1 and ranked[0][3].endswith("wings") and ranked[0][4].endswith("wings")
+        assert ranked[0][7] in (1, 2)  # rank 1 unless the class prompt (not in these rows) pushed harder
 
 
 def test_default_maps_point_at_the_parts_and_beat_random_maps(demo, tmp_path):
