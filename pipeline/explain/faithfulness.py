@@ -1,4 +1,9 @@
-"""``pipeline faithfulness``: do the attribution maps point at what the model uses?
+"""Deletion/insertion of the run's crop-box maps with a pluggable scorer, and the boxes reader.
+
+``pipeline faithfulness`` measures the maps ``explain`` draws (:mod:`pipeline.explain.compare`);
+this module keeps the per-region library function (its rows are stored with map_kind
+``crop-boxes`` and ``random-crop-boxes``; tests pass synthetic scorers to check the metric
+itself) and :func:`read_boxes`, which both use. Do the attribution maps point at what the model uses?
 
 Deletion and insertion (RISE; the Ins/Del AUC reported by LICO): order the pixels by the
 predicted class's attribution map (``pipeline.explain``), then in ``steps`` equal steps
