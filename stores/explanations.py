@@ -21,3 +21,13 @@ def has_contrast_terms(cat: Catalog) -> bool:
     """The store has the ``contrast_terms`` table (migration m013); older read-only stores do not."""
     return cat.con.execute(
         "SELECT count(*) FROM information_schema.tables WHERE table_name = 'contrast_terms'").fetchone()[0] > 0
+
+
+def never_top_attributes(cat: Catalog, run_id: int, limit: int = 30) -> tuple[int, list[tuple[str, str]]]:
+    """(how many, first ``limit`` (class, attribute)) of the run's descriptors that carried mass but
+    never were the strongest attribute of a prediction (``attribute_usage.never_top``)."""
+    where = "FROM attribute_usage WHERE run_id = ? AND never_top AND NOT never_used"
+    n = cat.con.execute(f"SELECT count(*) {where}", [run_id]).fetchone()[0]
+    rows = cat.con.execute(f"SELECT class_name, attribute {where} ORDER BY class_name, attribute LIMIT ?",
+                           [run_id, limit]).fetchall()
+    return int(n), rows

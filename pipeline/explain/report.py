@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stores import files, tables
+from stores import explanations, files, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 
@@ -226,6 +226,7 @@ def build_report(
     n_lab = sum(t for _, _, t in per_class)
     n_ok = sum(c for _, c, _ in per_class)
     unused_n, unused = tables.never_used_attributes(cat, run_id)
+    never_top_n, never_top = explanations.never_top_attributes(cat, run_id)
     acc_png = accuracy_png(per_class) if per_class else None
     faith = faithfulness_summary(cat, run_id)
     plots: list[Path] = []
@@ -248,7 +249,7 @@ def build_report(
         n_images=len(imgs), n_shown=len(cards), n_wrong=sum(d["wrong"] for d in imgs),
         accuracy=(n_ok / n_lab) if n_lab else None, n_labelled=n_lab, n_correct=n_ok,
         accuracy_plot=data_uri(acc_png) if acc_png else None,
-        faith=faith, unused_n=unused_n, unused=unused, cards=cards, map_info=map_info,
+        faith=faith, unused_n=unused_n, unused=unused, never_top_n=never_top_n, never_top=never_top, cards=cards, map_info=map_info,
     )
     files.write_text(out, html)
     return ReportResult(out, run_id, len(cards), len(html.encode()), plots)
