@@ -556,10 +556,9 @@ def m014_faithfulness_map_kinds(con) -> None:
 def m015_catalog_descriptions(con) -> None:
     """A catalog that explains itself (issue 20).
 
-    * The shard views ``images`` and ``regions`` are no longer stored in the file: every
-      connection makes them as TEMP views over its committed shards (:meth:`Catalog.refresh_views`).
-      A read-only connection cannot replace a stored view, so it shadowed it with a TEMP one and
-      ``SHOW TABLES`` listed both names twice.
+    * (With it, :meth:`Catalog.refresh_views`:) a read-only connection shadowed the stored shard
+      views ``images`` and ``regions`` with TEMP views, so ``SHOW TABLES`` listed both names
+      twice; it now uses the stored view when that reads exactly the committed shards.
     * Every view over runs' results carries ``run_id`` and ``method``.
     * ``contributions.mass`` was 1/N in every row (LaZSL's uniform attribute marginal): it is
       replaced by ``share``, the attribute's share of the class's summed contributions.
@@ -570,9 +569,6 @@ def m015_catalog_descriptions(con) -> None:
     """
     from .descriptions import apply_comments
 
-    db = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
-    for name in ("images", "regions"):
-        con.execute(f'DROP VIEW IF EXISTS "{db}".main.{name}')
     con.execute(
         """
         CREATE OR REPLACE VIEW contributions AS
