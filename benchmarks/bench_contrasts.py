@@ -8,18 +8,21 @@ preset (exactly what ``pipeline demo`` runs; seed 1 *is* the demo's world), in a
 under a temporary folder. Then, from the ``contrasts`` view classify wrote:
 
 * ``acc1``: the LaZSL run's top-1 accuracy (``pipeline evaluate``);
+* over every wrong prediction with a contrast against its true class: the share whose
+  ``reason_rank`` 1 term favours the prediction (``top_term_favours_prediction``: 1.0 by
+  construction, every term of the gap is ranked and they sum to a positive gap) and the share
+  whose rank-1 term is the class-name prompt (``top_term_is_class_prompt``);
 * over wrong predictions between siblings (classes whose descriptors differ only in the wing
-  pattern): the share whose ``reason_rank`` 1 (vs the true class) is the wing-pattern pair
-  (``"... wings"`` on both sides); the share where that wing term is positive (the wing
-  evidence favours the *predicted* class); the share where the class-prompt term outweighs
-  reason 1 (``prompt_term > term``);
+  pattern): the share whose rank 1 is the wing-pattern pair, the share whose strongest
+  evidence for the true class (most negative term) is the wing pair, and the share where the
+  wing term favours the *predicted* class;
 * ``old_tipped_by_is_wing_pattern``: the same share for the attribute the report named before
   ("tipped by", ``queries.attribution.tipping_attribute``);
 * ``max_sum_error``: the largest |Σ terms − (score_A − score_B)| over every stored contrast,
   with the scores from ``predictions`` (not from the terms' own ``gap`` column).
 
 The contrast parameters (same-text pairing, cosine ≥ 0.5) were set by the research branch on
-world seed 2; nothing here was tuned. Prints one JSON object.
+world seed 2; nothing here was tuned (issue 20's figures: seed 11, never used before). Prints one JSON object.
 """
 from __future__ import annotations
 
@@ -65,6 +68,13 @@ def measure(seed: int, n_per_class: int, model) -> dict:
             wrong = cat.query(
                 "SELECT image_id, class_id, other_class_id, attribute, other_attribute, term FROM contrasts "
                 "WHERE run_id = ? AND true_class AND reason_rank = 1", [run.run_id]).fetchall()
+            wing_rows = {(i, b): t for i, b, t in cat.query(
+                "SELECT image_id, other_class_id, term FROM contrasts WHERE run_id = ? AND true_class AND NOT shared "
+                "AND attribute LIKE '%wings' AND other_attribute LIKE '%wings'", [run.run_id]).fetchall()}
+            against = {(i, b): (a, o) for i, b, a, o in cat.query(
+                "SELECT image_id, other_class_id, attribute, other_attribute FROM contrasts WHERE run_id = ? AND true_class "
+                "AND reason_rank IS NOT NULL AND term < 0 QUALIFY row_number() OVER (PARTITION BY image_id, other_class_id "
+                "ORDER BY term) = 1", [run.run_id]).fetchall()}
             prompt = dict(((i, b), t) for i, b, t in cat.query(
                 "SELECT image_id, other_class_id, term FROM contrast_terms WHERE run_id = ? AND true_class AND "
                 "attr_id IS NULL AND other_attr_id IS NULL", [run.run_id]).fetchall())
@@ -97,17 +107,23 @@ def measure(seed: int, n_per_class: int, model) -> dict:
         return {t for t in desc[cid] if not t.endswith("wings")}
 
     sib = [r for r in wrong if no_wings(r[1]) == no_wings(r[2])]
-    wing = [r for r in sib if (r[3] or "").endswith("wings") and (r[4] or "").endswith("wings")]
-    frac = lambda xs: round(len(xs) / len(sib), 4) if sib else None  # noqa: E731
+    is_prompt = lambda r: r[3] == "(class prompt)" and r[4] is None  # noqa: E731
+    is_wing = lambda a, o: (a or "").endswith("wings") and (o or "").endswith("wings")  # noqa: E731
+    share = lambda xs, of: round(len(xs) / len(of), 4) if of else None  # noqa: E731
+    sib_wing = [r for r in sib if (r[0], r[2]) in wing_rows]
     return {
         "seed": seed, "images": acc.n_images, "acc1": round(acc.metrics["acc1"], 4),
         "wrong_predictions": int(n_wrong), "wrong_with_true_class_contrast": len(wrong), "between_siblings": len(sib),
-        "reason_rank1_is_wing_pattern": frac(wing),
-        "old_tipped_by_is_wing_pattern": frac([r for r in sib if (tipped[r[0]] or "").endswith("wings")]),
-        "wing_term_favours_predicted": frac([r for r in wing if r[5] > 0]),
-        "prompt_term_outweighs_reason1": frac([r for r in sib if prompt[(r[0], r[2])] > r[5]]),
-        "mean_prompt_term": round(sum(prompt[(r[0], r[2])] for r in sib) / len(sib), 5) if sib else None,
-        "mean_wing_term": round(sum(r[5] for r in wing) / len(wing), 5) if wing else None,
+        "top_term_favours_prediction": share([r for r in wrong if r[5] > 0], wrong),
+        "top_term_is_class_prompt": share([r for r in wrong if is_prompt(r)], wrong),
+        "top_term_is_wing_pattern_siblings": share([r for r in sib if is_wing(r[3], r[4])], sib),
+        "strongest_for_true_class_is_wing_pattern_siblings": share(
+            [r for r in sib if is_wing(*against.get((r[0], r[2]), (None, None)))], sib),
+        "wing_term_favours_predicted_siblings": share([r for r in sib_wing if wing_rows[(r[0], r[2])] > 0], sib_wing),
+        "old_tipped_by_is_wing_pattern_siblings": share([r for r in sib if (tipped[r[0]] or "").endswith("wings")], sib),
+        "mean_prompt_term_siblings": round(sum(prompt[(r[0], r[2])] for r in sib) / len(sib), 5) if sib else None,
+        "mean_wing_term_siblings": round(sum(wing_rows[(r[0], r[2])] for r in sib_wing) / len(sib_wing), 5)
+        if sib_wing else None,
         "contrasts": int(err[1]), "max_sum_error": float(err[0]) if err[0] is not None else None,
         "seconds": {"index": round(t1 - t0, 1), "classify_with_contrasts": round(t2 - t1, 1),
                     "contrasts_alone": round(t4 - t3, 3), "per_contrast_ms": round(1000 * (t4 - t3) / max(1, n_contrasts), 3)},

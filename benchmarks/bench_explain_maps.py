@@ -96,7 +96,7 @@ def make_maps(w, i: int, kinds: list[str], *, tau: float, occ_stride: int, rng) 
 
     from pipeline.dense import dense_feature_sets
     from pipeline.explain.maps import DEFAULT_DENSE, LazslScorer, crop_attribute_sims, gradcam_map, occlusion_maps
-    from pipeline.explain.faithfulness import baseline_image
+    from pipeline.explain.resolve import baseline_image
     from queries.attribution import attribution_map
     from queries.plan_maps import plan_class_map, plan_density_map, within_region_weights
     from queries.lazsl import lazsl_scores
@@ -213,7 +213,7 @@ def perturbations(arr, cmap, steps: int, rng, road_seed: int):
     from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
-    from pipeline.explain.faithfulness import baseline_image
+    from pipeline.explain.resolve import baseline_image
     from queries.perturb import perturbation_series, pixel_order
 
     base = baseline_image(arr, "blur")

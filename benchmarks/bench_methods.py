@@ -51,6 +51,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _report import PartialJson, require_file  # noqa: E402
 from queries import class_prototypes, shortlist_candidates  # noqa: E402
 from queries.awt import awt_scores  # noqa: E402
 from queries.baselines import clip_scores, dclip_scores, wca_scores  # noqa: E402
@@ -262,26 +263,30 @@ def main(argv=None):
     ap.add_argument("--skip-imagenet", action="store_true")
     ap.add_argument("--methods", default="", help="only the toy rows of these methods (comma list); with methods "
                                                     "that read the full view only, only it is indexed")
+    ap.add_argument("--json-out", default=None, help="also write the report here, rewritten after every part")
     args = ap.parse_args(argv)
+    if not args.skip_imagenet:  # checked before the toy worlds' minutes of work
+        require_file(args.descriptors, "--descriptors", "DCLIP ImageNet descriptors from ../shared; or --skip-imagenet")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    report = {
+    out = PartialJson(args.json_out, {
         "command": "python benchmarks/bench_methods.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                 "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version()},
-    }
+    })
     if not args.skip_toy:
         from pipeline.models import load_model
 
         model = load_model(None, "toy-clip", device="cpu")
-        report["toy"] = {
-            "weights": "toy-clip", "fingerprint": model.fingerprint, "seed": args.seed, "n_per_class": args.n_per_class,
-            "preset": PRESET, "settings": {s: toy_setting(model, s, args) for s in args.settings.split(",")},
-        }
+        toy = {"weights": "toy-clip", "fingerprint": model.fingerprint, "seed": args.seed,
+               "n_per_class": args.n_per_class, "preset": PRESET, "settings": {}}
+        for s in args.settings.split(","):
+            toy["settings"][s] = toy_setting(model, s, args)
+            out.set("toy", toy)
     if not args.skip_imagenet:
-        report["imagenet_shaped"] = imagenet_shaped(args)
-    report["env"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(report, indent=1))
+        out.set("imagenet_shaped", imagenet_shaped(args))
+    out.report["env"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
+    out.finish()
 
 
 if __name__ == "__main__":

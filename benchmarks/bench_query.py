@@ -48,7 +48,9 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from _report import require_file  # noqa: E402
 from queries import class_prototypes, lazsl_scores, shortlist_candidates, sinkhorn_batch  # noqa: E402
 
 THETA, EPS, GAMMA, MAX_ITER, TOL = 0.8, 0.1, 0.0, 100, 1e-2
@@ -301,7 +303,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    desc = json.loads(Path(args.descriptors).read_text())
+    desc = json.loads(require_file(args.descriptors, "--descriptors", "DCLIP ImageNet descriptors from ../shared").read_text())
     counts = np.array([max(1, len(v)) for v in desc.values()])  # [] -> [''] upstream
     data = make_problem(counts, args.images, args.crops, args.dim, args.seed)
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))

@@ -15,6 +15,9 @@ from .models import load_model
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
+# the suggested faithfulness run: about a minute on 2 idle cores (LaZSL re-run on 12 perturbed copies of 12 images,
+# full view + 30 crops each), enough images for paired bootstrap intervals
+DEMO_FAITHFULNESS_IMAGES, DEMO_FAITHFULNESS_STEPS = 12, 5
 
 
 def run_demo(cat: Catalog, out: str | Path, *, n_per_class: int = 20, progress: bool = True) -> Path:
@@ -67,8 +70,9 @@ def run_demo(cat: Catalog, out: str | Path, *, n_per_class: int = 20, progress: 
     click.echo(f'  pipeline sql{flag} "select class_name, attribute, sum(contribution) as c from contributions '
                'group by all order by c desc limit 10"')
     click.echo(f"  pipeline explain{flag} {world_dir / 'images'}/{_first_image(world_dir)}   # maps (.png + .npy)")
-    click.echo(f"  pipeline faithfulness{flag} --compare --boxes {world_dir / 'boxes.jsonl'} --tolerance 8 --every 4"
-               "   # map kinds vs random maps")
+    click.echo(f"  pipeline faithfulness{flag} --boxes {world_dir / 'boxes.jsonl'} --max-images {DEMO_FAITHFULNESS_IMAGES} "
+               f"--steps {DEMO_FAITHFULNESS_STEPS}"
+               "   # plan-dense maps vs random plan-dense maps")
     return root
 
 

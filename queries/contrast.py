@@ -22,11 +22,13 @@ attributes, so that what both classes share cancels:
       \\text{prompt} &= \\textstyle\\sum_{k\\,\\text{shared}} d_k + \\nu\\cdot\\#\\{\\text{paired, different}\\}
 
    and ``Σ terms + prompt = score_A − score_B`` exactly.
-3. **Ranking.** ``reason_rank`` orders the non-shared attribute rows by term, largest first:
-   rank 1 is the attribute that did most to put A above B (a negative term argues for B;
-   shared rows have no rank, their term is 0). ``prompt_rank`` is the place the class-prompt
-   term would take in that order (1: it outweighs every attribute term), so a reader sees
-   whether the class name or an attribute put A first.
+3. **Ranking.** ``reason_rank`` orders every term of the gap (the class-prompt term and
+   each non-shared attribute row) by its signed contribution toward A, largest first. Rank
+   1 is what tipped the decision: since the terms sum to the gap and A outscored B, it is
+   always positive. The most negative term is the strongest evidence for B
+   (:meth:`ContrastResult.against`). Shared rows have no rank: their term is 0 by
+   construction (their difference is in the prompt term), so ranking them would only say
+   "the same words argue for neither class". ``prompt_rank`` is the prompt term's rank.
 
 >>> import numpy as np
 >>> r = contrast_terms([0.30, 0.20, 0.26], [0.29, 0.21, 0.24],
@@ -34,9 +36,11 @@ attributes, so that what both classes share cancels:
 ...                    ["a red crest", "striped wings", "a forked tail"],
 ...                    emb_a=np.eye(3), emb_b=np.eye(3))
 >>> [(row.text_a, row.text_b, round(row.term, 4), row.reason_rank) for row in r.rows]
-[('a red crest', 'a red crest', 0.0, None), ('plain wings', 'striped wings', -0.025, 1), ('a forked tail', 'a forked tail', 0.0, None)]
+[('a red crest', 'a red crest', 0.0, None), ('plain wings', 'striped wings', -0.025, 2), ('a forked tail', 'a forked tail', 0.0, None)]
 >>> round(r.prompt_term, 4), round(r.prompt_term + sum(x.term for x in r.rows), 4), round(r.gap, 4), r.prompt_rank
 (0.045, 0.02, 0.02, 1)
+>>> r.tipped() is None, round(r.against().term, 4)  # None: the class prompt tipped it
+(True, -0.025)
 """
 from __future__ import annotations
 
@@ -120,6 +124,20 @@ class ContrastResult:
     rows: list[ContrastRow] = field(default_factory=list)
     prompt_rank: int | None = None
 
+    def tipped(self) -> ContrastRow | None:
+        """The attribute row of reason_rank 1, or None when the class-prompt term is rank 1."""
+        return next((r for r in self.rows if r.reason_rank == 1), None)
+
+    def top_term(self) -> float:
+        """The largest signed term (rank 1): the prompt term or an attribute row's."""
+        r = self.tipped()
+        return self.prompt_term if r is None else r.term
+
+    def against(self) -> ContrastRow | None:
+        """The attribute row that argued most for B (most negative term), or None when none did."""
+        rows = [r for r in self.rows if r.reason_rank is not None and r.term < 0]
+        return min(rows, key=lambda r: r.term) if rows else None
+
     def top_attribute(self) -> ContrastRow | None:
         """The distinguishing attribute with the largest |term| (shared rows excluded)."""
         rows = [r for r in self.rows if not r.shared]
@@ -154,10 +172,13 @@ def contrast_terms(contrib_a, contrib_b, texts_a, texts_b, *, emb_a=None, emb_b=
     rows += [ContrastRow(None, j, None, texts_b[j], False, float(-cb[j])) for j in ub]
     prompt = float(np.sum(shared_d) + nu * n_diff)
     res = ContrastResult(gap=float(ca.sum() - cb.sum()), prompt_term=prompt, nu=nu, rows=rows)
-    ranked = sorted((r for r in rows if not r.shared), key=lambda r: -r.term)  # stable: ties keep row order
+    # every term toward A, largest first; the prompt goes first among equals, then row order (stable sort)
+    ranked = sorted([None] + [r for r in rows if not r.shared], key=lambda r: -(prompt if r is None else r.term))
     for k, r in enumerate(ranked, 1):
-        r.reason_rank = k
-    res.prompt_rank = 1 + sum(r.term > prompt for r in ranked)
+        if r is None:
+            res.prompt_rank = k
+        else:
+            r.reason_rank = k
     return res
 
 

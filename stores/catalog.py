@@ -629,10 +629,14 @@ class Catalog:
         """(Re)point the shard views at this store's committed shards (absolute paths, so the store
         may move; ``zslro://`` paths in a sandbox, :mod:`stores.sandbox`). A damaged shard is left
         out, so the rest stays usable and ``pipeline verify`` reports it."""
-        temp = "TEMP " if self.read_only else ""
         bad = set(self.unreadable_shards)
+        made = []
         for name, (_, cols) in SHARD_TABLES.items():
             files = [f for f in self.committed_shard_files(name) if f not in bad]
+            if self.read_only and self._stored_view_current(name, files):
+                continue  # no TEMP shadow: the name would be listed twice (SHOW TABLES)
+            temp = "TEMP " if self.read_only else ""
+            made.append(name)
             try:
                 self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
             except duckdb.Error as exc:
@@ -645,6 +649,26 @@ class Catalog:
                 self.unreadable_shards += unreadable
                 files = [f for f in files if f not in unreadable]
                 self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
+        if made:  # a replaced view loses its comments (stores/descriptions.py)
+            from .descriptions import apply_comments
+
+            apply_comments(self.con, names=tuple(made))
+
+    def _stored_view_current(self, name: str, files: list[Path]) -> bool:
+        """A reader can use the stored view as it is: no sandbox, it reads exactly ``files``, and
+        they open (a damaged shard must be left out by a TEMP view instead)."""
+        import re
+
+        if self.sandbox is not None:
+            return False
+        row = self.con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT temporary", [name]).fetchone()
+        if row is None or sorted(re.findall(r"'([^']*\.parquet)'", row[0] or "")) != sorted(str(f) for f in files):
+            return False
+        try:
+            self.con.execute(f"SELECT * FROM {name} LIMIT 0").fetchall()
+        except duckdb.Error:
+            return False
+        return True
 
     def _view_body(self, files: list[Path], cols: list[tuple[str, str]]) -> str:
         if files:

@@ -551,6 +551,95 @@ def m014_faithfulness_map_kinds(con) -> None:
     )
 
 
+
+@migration
+def m015_catalog_descriptions(con) -> None:
+    """A catalog that explains itself (issue 20).
+
+    * (With it, :meth:`Catalog.refresh_views`:) a read-only connection shadowed the stored shard
+      views ``images`` and ``regions`` with TEMP views, so ``SHOW TABLES`` listed both names
+      twice; it now uses the stored view when that reads exactly the committed shards.
+    * Every view over runs' results carries ``run_id`` and ``method``.
+    * ``contributions.mass`` was 1/N in every row (LaZSL's uniform attribute marginal): it is
+      replaced by ``share``, the attribute's share of the class's summed contributions.
+    * ``attribute_usage`` says how often each descriptor was the prediction's strongest
+      attribute (``top_in_predictions``, ``never_top``); ``never_used`` (no mass at all) is only
+      true for classes that were never a candidate.
+    * ``COMMENT ON`` every table, view and column (:mod:`stores.descriptions`).
+    """
+    from .descriptions import apply_comments
+
+    con.execute(
+        """
+        CREATE OR REPLACE VIEW contributions AS
+        WITH c AS (
+            SELECT run_id, image_id, class_id, attr_id, sum(mass * similarity) / nullif(sum(mass), 0) AS similarity,
+                   sum(mass * similarity) AS contribution
+            FROM alignments GROUP BY ALL
+        )
+        SELECT c.run_id, r.method, c.image_id, c.class_id, k.name AS class_name, c.attr_id, a.text AS attribute,
+               c.similarity, c.contribution,
+               c.contribution / nullif(sum(c.contribution) OVER (PARTITION BY c.run_id, c.image_id, c.class_id), 0) AS share
+        FROM c JOIN runs r USING (run_id) JOIN attributes a USING (attr_id) JOIN classes k ON k.class_id = c.class_id;
+
+        CREATE OR REPLACE VIEW top_attributes AS
+        SELECT *, row_number() OVER (PARTITION BY run_id, image_id, class_id ORDER BY contribution DESC, attr_id) AS attr_rank
+        FROM contributions;
+
+        CREATE OR REPLACE VIEW class_confusions AS
+        SELECT p.run_id, r.method, i.label, c.name AS predicted, count(*) AS n,
+               lower(trim(regexp_replace(replace(i.label, '_', ' '), '\\s+', ' ', 'g'))) = c.norm_name AS correct
+        FROM predictions p JOIN runs r USING (run_id) JOIN images i USING (image_id) JOIN classes c USING (class_id)
+        WHERE p.rank = 1 AND i.label IS NOT NULL
+        GROUP BY ALL;
+
+        CREATE OR REPLACE VIEW attribute_usage AS
+        WITH c AS (
+            SELECT run_id, image_id, class_id, attr_id, sum(mass * similarity) AS contribution
+            FROM alignments WHERE mass > 0 GROUP BY ALL
+        ),
+        ranked AS (
+            SELECT c.*, row_number() OVER (PARTITION BY run_id, image_id, class_id ORDER BY contribution DESC, attr_id) AS r
+            FROM c
+        ),
+        used AS (
+            SELECT k.run_id, k.attr_id, count(DISTINCT k.image_id) AS images, avg(k.contribution) AS mean_contribution,
+                   count(DISTINCT k.image_id) FILTER (WHERE k.r = 1 AND p.rank = 1) AS top_in_predictions
+            FROM ranked k LEFT JOIN predictions p USING (run_id, image_id, class_id)
+            GROUP BY ALL
+        ),
+        ot_runs AS (SELECT DISTINCT run_id FROM alignments)
+        SELECT o.run_id, r.method, a.attr_id, c.name AS class_name, a.text AS attribute,
+               coalesce(u.images, 0) AS images, coalesce(u.mean_contribution, 0) AS mean_contribution,
+               coalesce(u.top_in_predictions, 0) AS top_in_predictions,
+               coalesce(u.top_in_predictions, 0) = 0 AS never_top, u.attr_id IS NULL AS never_used
+        FROM ot_runs o JOIN runs r USING (run_id) CROSS JOIN attributes a JOIN classes c USING (class_id)
+        LEFT JOIN used u ON u.run_id = o.run_id AND u.attr_id = a.attr_id
+        WHERE a.style = 'descriptors';
+
+        CREATE OR REPLACE VIEW contrasts AS
+        SELECT t.run_id, r.method, t.image_id, t.class_id, ca.name AS class_name, t.other_class_id,
+               cb.name AS other_class_name, t.runner_up, t.true_class, t.attr_id,
+               CASE WHEN t.attr_id IS NULL AND t.other_attr_id IS NULL THEN '(class prompt)' ELSE a.text END AS attribute,
+               t.other_attr_id, b.text AS other_attribute, t.shared, t.term, t.reason_rank, t.gap
+        FROM contrast_terms t JOIN runs r USING (run_id)
+        JOIN classes ca ON ca.class_id = t.class_id JOIN classes cb ON cb.class_id = t.other_class_id
+        LEFT JOIN attributes a ON a.attr_id = t.attr_id LEFT JOIN attributes b ON b.attr_id = t.other_attr_id;
+        """
+    )
+    # stored contrasts of earlier runs: rank every term, the class prompt's included (queries.contrast)
+    con.execute(
+        """
+        UPDATE contrast_terms SET reason_rank = ranked.rk
+        FROM (SELECT rowid AS rid, row_number() OVER (
+                  PARTITION BY run_id, image_id, class_id, other_class_id
+                  ORDER BY term DESC, (attr_id IS NULL AND other_attr_id IS NULL) DESC, rowid) AS rk
+              FROM contrast_terms WHERE NOT shared) ranked
+        WHERE contrast_terms.rowid = ranked.rid
+        """
+    )
+    apply_comments(con)
+
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

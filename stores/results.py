@@ -110,13 +110,15 @@ class ResultRows:
     def contrast_terms(self, run_id: int, contrasts) -> None:
         """Contrastive reasons. ``contrasts``: per contrast (why ``class_id`` and not
         ``other_class_id``), ``(image_id, class_id, other_class_id, runner_up, true_class, gap,
-        prompt_term, terms)`` with ``terms`` ``(attr_id | None, other_attr_id | None, shared,
-        term, reason_rank | None)`` per attribute row. Each contrast is stored as a class-prompt
-        row (no attribute, no reason rank), then its term rows; every row carries the gap."""
+        prompt_term, prompt_rank, terms)`` with ``terms`` ``(attr_id | None, other_attr_id | None,
+        shared, term, reason_rank | None)`` per attribute row. Each contrast is stored as a
+        class-prompt row (no attribute; its rank among every term of the gap), then its term
+        rows; every row carries the gap."""
         cols: dict[str, list] = {k: [] for k in ("image_id", "class_id", "other_class_id", "runner_up", "true_class",
                                                  "attr_id", "other_attr_id", "shared", "term", "reason_rank", "gap")}
-        for image_id, class_id, other_class_id, runner_up, true_class, gap, prompt_term, terms in contrasts:
-            for attr_id, other_attr_id, shared, term, reason_rank in [(None, None, False, prompt_term, None), *terms]:
+        for image_id, class_id, other_class_id, runner_up, true_class, gap, prompt_term, prompt_rank, terms in contrasts:
+            for attr_id, other_attr_id, shared, term, reason_rank in [(None, None, False, prompt_term, prompt_rank),
+                                                                      *terms]:
                 for k, v in (("image_id", image_id), ("class_id", class_id), ("other_class_id", other_class_id),
                              ("runner_up", runner_up), ("true_class", true_class), ("attr_id", attr_id),
                              ("other_attr_id", other_attr_id), ("shared", shared), ("term", term),

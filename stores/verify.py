@@ -908,7 +908,8 @@ def repair(cat: Catalog, problems: list[Problem] | None = None, *, reencode: boo
     if "views" in checks:
         for v in EXPLANATION_VIEWS:
             cat.con.execute(f"DROP VIEW IF EXISTS {v}")
-        next(m for m in MIGRATIONS if m.__name__ == "m004_explanation_views")(cat.con)
         cat.refresh_views()
+        for name in ("m004_explanation_views", "m015_catalog_descriptions"):  # m015 replaces m004's views
+            next(m for m in MIGRATIONS if m.__name__ == name)(cat.con)
         report.add("views", "catalog.duckdb", "re-created the views")
     return report

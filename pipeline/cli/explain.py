@@ -21,6 +21,7 @@ from .options import (
     show_progress,
     store_option,
 )
+from ..explain.map_kinds import BASELINES, DEFAULT_KIND, DRAWN_KINDS, MAP_KINDS, SCORERS, parse_kinds
 from .output import emit, format_records
 
 
@@ -37,15 +38,13 @@ EXPLAIN_COLUMNS = ["image", "class_name", "attribute", "kind", "share", "contrib
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
 @output_option("folder", "the PNG overlays.", default="explanations")
 @limit_option("Attributes listed.", default=10)
-@click.option("--concepts", is_flag=True, help="Only the mutual-knowledge concepts (vision / shared / language, MI) of "
-              "the prediction, computed with the store's model if the store has none for this image.")
-@click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
-              help="plan: the plan's crop masses placed inside each crop by dense patch tokens (measured best; "
-                   "docs/explanations.md); boxes: mass over whole crop boxes; occlusion: drop of the class's LaZSL "
+@click.option("--maps", "map_kind", type=click.Choice(DRAWN_KINDS), default=DEFAULT_KIND, show_default=True,
+              help="plan-dense: the plan's crop masses placed inside each crop by dense patch tokens (measured best; "
+                   "docs/explanations.md); crop-boxes: mass over whole crop boxes; occlusion: drop of the class's LaZSL "
                    "probability under a blurred window (slow, faithful by construction; its cost is printed).")
 @format_option()
 @store_option
-def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, map_kind, fmt, store):
+def explain_cmd(image, class_name, attribute, run_id, output, limit, map_kind, fmt, store):
     """Attribution maps of one image: PNG overlays per attribute and per class, and each
     attribute's share of the score.
 
@@ -56,17 +55,14 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, m
     pipeline explain photos/cat/001.jpg
     pipeline explain photos/cat/001.jpg --maps occlusion   # the slow reference map
     pipeline explain photos/cat/001.jpg --class "tabby cat" --attribute "striped fur" -o maps/
-    pipeline explain photos/cat/001.jpg --concepts      # mutual knowledge (any run, OT or not)
 
     For (state, object) pairs it also says which region carried the state and which the
     object (czsl-local), and writes a map of each; after `pipeline mutual-knowledge` it lists
-    the prediction's vision, shared and language concepts.
+    the prediction's vision, shared and language concepts (`pipeline explain-concepts` shows
+    only those).
     """
     # heavy: imported on use
     from ..explain.explain import explain_image
-
-    if concepts:
-        return _explain_concepts(image, run_id, fmt, store)
 
     out_dir = check_output_folder(output)
     with open_store(store, read_only=True, check="explain") as cat:
@@ -90,7 +86,7 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, m
     for p in res.contrasts:  # why the prediction and not the runner-up / the true class: signed terms
         rows.append(dict(image=res.path, class_name=p.class_name, attribute="(class prompt)", kind="contrast",
                          other_class=p.other_name, other_attribute=None, shared=False, term=p.prompt_term,
-                         reason_rank=None, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
+                         reason_rank=p.prompt_rank, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
         for t in p.rows:
             rows.append(dict(image=res.path, class_name=p.class_name, attribute=t["attribute"], kind="contrast",
                              other_class=p.other_name, other_attribute=t["other_attribute"], shared=t["shared"],
@@ -99,7 +95,18 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, concepts, m
     emit(format_records(rows, fmt, columns=EXPLAIN_COLUMNS))
 
 
-def _explain_concepts(image, run_id, fmt, store) -> None:
+@command(cli, "explain-concepts")
+@click.argument("image")
+@click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
+@format_option()
+@store_option
+def explain_concepts_cmd(image, run_id, fmt, store):
+    """The mutual-knowledge concepts (vision / shared / language, MI) of one image's
+    prediction, computed with the store's model if the store has none for this image.
+
+    \b
+    pipeline explain-concepts photos/cat/001.jpg
+    """
     # heavy: imported on use
     from ..explain.concepts import explain_image_concepts
 
@@ -120,7 +127,7 @@ def _explain_concepts(image, run_id, fmt, store) -> None:
 @number_option("--show-classes", kind=int, lo=1, hi=1000, default=5, show_default=True, help="Classes listed per image.")
 @click.option("--plot", "plots_dir", default=None, type=click.Path(file_okay=False),
               help="Folder to also write the accuracy and deletion/insertion plots to, as PNG files.")
-@click.option("--maps", "map_kind", type=click.Choice(["plan", "boxes", "occlusion"]), default="plan", show_default=True,
+@click.option("--maps", "map_kind", type=click.Choice(DRAWN_KINDS), default=DEFAULT_KIND, show_default=True,
               help="The maps drawn (as `explain --maps`); occlusion is slow (hundreds of encoder passes per image).")
 @store_option
 def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
@@ -146,72 +153,64 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
 
 @command(cli, "faithfulness")
 @click.option("--run", "run_id", type=RUN_ID, default=None, help="Run id (default: the latest run with alignments).")
+@click.option("--maps", "map_kinds", default=DEFAULT_KIND, show_default=True, metavar="KINDS",
+              help=f"Comma-separated map kinds to measure, or all: {', '.join(MAP_KINDS)}. Each is paired with "
+                   "random maps of the same kind.")
+@number_option("--max-images", kind=int, lo=0, hi=2**31 - 1, default=0, show_default=True,
+               help="Measure at most this many images, evenly spread over image_id order; every metric uses the "
+                    "same images (0 = all).")
+@limit_option("Table rows shown (map kinds).", default=0)
 @number_option("--steps", kind=int, lo=1, hi=200, default=10, show_default=True, help="Deletion/insertion steps (equal shares of the pixels).")
-@limit_option("Images to score, by image_id.", default=0)
+@click.option("--scorer", type=click.Choice(SCORERS), default="method", show_default=True,
+              help="What deletion/insertion/ROAD re-score: method = the run's own method re-run on the perturbed "
+                   "image (LaZSL: full view and crops); dclip = the global DCLIP probability (one encoder pass).")
+@click.option("--road", is_flag=True, help="Also ROAD (MoRF/LeRF with noisy linear imputation; needs the grad-cam "
+              "package, 6 more encoded images per map).")
 @click.option("--boxes", "boxes_file", type=click.Path(dir_okay=False), default=None,
               help="Ground-truth boxes (JSON/JSONL: image, class, attribute, x0, y0, x1, y1) for the pointing game.")
-@click.option("--baseline", type=click.Choice(["blur", "mean", "black"]), default="blur", show_default=True,
+@click.option("--baseline", type=click.Choice(BASELINES), default="blur", show_default=True,
               help="What deleted pixels become (and insertion starts from).")
-@number_option("--random-maps", "n_random", kind=int, lo=1, hi=100, default=1, show_default=True, help="Random maps per image (curves averaged).")
-@number_option("--tolerance", lo=0, hi=10_000, default=0.0, show_default=True, help="Pointing game: pixels the box is grown by.")
+@number_option("--tolerance", lo=0, hi=10_000, default=8.0, show_default=True, help="Pointing game: pixels the box is grown by.")
 @number_option("--seed", kind=int, lo=0, hi=2**63 - 1, default=0, show_default=True, help="Seed of the random maps and tie order.")
-@click.option("--compare", is_flag=True, help="Compare map kinds (--maps) with deletion, insertion, ROAD and pointing, "
-              "each paired with random maps (bootstrap 95% intervals); needs the [explain] extra.")
-@click.option("--maps", "map_kinds", default="all", show_default=True, metavar="KINDS",
-              help="--compare: comma-separated map kinds: plan-dense, crop-boxes, occlusion, random, gradcam, sim-plain, "
-                   "sim-sclip (random is always added).")
-@number_option("--every", kind=int, lo=1, hi=10**6, default=1, show_default=True,
-               help="--compare: every N-th image (by image_id), to bound the run time.")
 @number_option("--occlusion-images", kind=int, lo=0, hi=10**6, default=8, show_default=True,
-               help="--compare: occlusion maps on the first N images only (hundreds of encoder passes each).")
+               help="occlusion: maps on the first N measured images only (hundreds of encoder passes each).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default="faithfulness-maps.png", show_default=True,
-              help="--compare: PNG of the mean deletion and insertion curves per map kind.")
+              help="PNG of the mean deletion and insertion curves per map kind.")
 @byte_size_option("--max-file-bytes", DEFAULT_MAX_FILE_BYTES, "A larger --boxes file is refused unread.")
 @format_option()
 @model_options
 @store_option
-def faithfulness_cmd(run_id, steps, limit, boxes_file, baseline, n_random, tolerance, seed, compare, map_kinds, every,
+def faithfulness_cmd(run_id, map_kinds, max_images, limit, steps, scorer, road, boxes_file, baseline, tolerance, seed,
                      occlusion_images, plot_file, max_file_bytes, fmt, model_name, pretrained, device, store):
-    """Deletion/insertion AUC of the run's maps against random maps (re-encoding the
-    perturbed images), and the pointing game where ground-truth boxes exist. Results go to
-    the tables faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game.
+    """Do the maps point at what the model uses? Deletion, insertion and ROAD (re-encoding
+    the perturbed images) and the pointing game where ground-truth boxes exist, for the map
+    kind `explain` draws (plan-dense) or the kinds --maps names, each against random maps
+    of the same kind (paired, 95% bootstrap intervals). Results go to the tables
+    faithfulness_runs, faithfulness_curves, faithfulness_scores, pointing_game and
+    faithfulness_summary; `explain` and `report` quote them.
 
     \b
-    pipeline faithfulness --steps 10 --limit 100
-    pipeline faithfulness --boxes world/boxes.jsonl
-    pipeline faithfulness --compare --boxes world/boxes.jsonl --tolerance 8 --every 4
+    pipeline faithfulness --max-images 24
+    pipeline faithfulness --boxes world/boxes.jsonl --tolerance 8 --max-images 24
+    pipeline faithfulness --maps plan-dense,crop-boxes,gradcam --scorer dclip
 
-    --compare measures map kinds against each other and against random maps; results also go to
-    the table faithfulness_summary, and `explain` / `report` quote them.
+    A run estimated to take over a minute prints its estimate after the first image.
     """
     # heavy: imported on use
-    from ..explain.faithfulness import faithfulness
+    from ..explain.compare import compare_maps
 
-    if compare:
-        # heavy: imported on use
-        from ..explain.compare import compare_maps, parse_kinds
-
-        kinds = parse_kinds(map_kinds)
-        plot = check_output_file(plot_file)
-        with open_store(store, check="faithfulness") as cat:
-            model = load_store_model(cat, model_name, pretrained, device)
-            rep = compare_maps(cat, model, run_id, kinds=kinds, steps=steps, limit=limit or None, every=every,
-                               occlusion_images=occlusion_images, boxes_file=boxes_file, tolerance=tolerance, seed=seed,
-                               plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes, baseline=baseline)
-        if fmt == "table":
-            for line in rep.lines():
-                click.echo(line)
-        else:
-            emit(format_records(rep.records(), fmt))
-        return
-
+    kinds = parse_kinds(map_kinds)
+    plot = check_output_file(plot_file)
+    quiet = click.get_current_context().meta.get("zsl_quiet")
     with open_store(store, check="faithfulness") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
-        rep = faithfulness(cat, model, run_id, steps=steps, limit=limit or None, boxes_file=boxes_file, seed=seed,
-                           baseline=baseline, n_random=n_random, tolerance=tolerance, progress=show_progress(),
-                           max_file_bytes=max_file_bytes)
+        rep = compare_maps(cat, model, run_id, kinds=kinds, steps=steps, max_images=max_images or None,
+                           occlusion_images=occlusion_images, boxes_file=boxes_file, tolerance=tolerance, seed=seed,
+                           plot=plot, progress=show_progress(), max_file_bytes=max_file_bytes, baseline=baseline,
+                           scorer=scorer, road=road, notify=None if quiet else (lambda line: click.echo(line, err=True)))
     if fmt == "table":
-        for line in rep.lines():
+        for line in rep.lines(limit=limit or None):
             click.echo(line)
     else:
-        emit(format_records(rep.records(), fmt))
+        records = rep.records()
+        emit(format_records(records[: limit or None] if limit else records, fmt))

@@ -24,7 +24,10 @@ from .output import emit, format_records, format_rows
 
 
 @command(cli, "sql")
-@click.argument("query")
+@click.argument("query", required=False)
+@click.option("--tables", "list_tables", is_flag=True, help="List every table and view with its description, not a query.")
+@click.option("--describe", "describe_name", metavar="NAME", default=None,
+              help="The columns of table or view NAME with their types and descriptions, not a query.")
 @click.option("-p", "--param", "params", type=(str, str), multiple=True, help="Named parameter: -p name value ($name in SQL).")
 @click.option("--allow-read", "allow_read", multiple=True, metavar="[NAME=]FILE",
               help="Make a CSV/TSV/Parquet/JSON file of yours readable, as the view NAME (default: the file name "
@@ -39,13 +42,16 @@ from .output import emit, format_records, format_rows
 @format_option()
 @output_option("file", "the formatted rows instead of printing them (never inside the store).")
 @store_option
-def sql_cmd(query, params, allow_read, limit, timeout, memory_limit, allow_partial, fmt, output, store):
+def sql_cmd(query, list_tables, describe_name, params, allow_read, limit, timeout, memory_limit, allow_partial, fmt,
+            output, store):
     """Run one read-only SQL statement on the store.
 
     \b
     pipeline sql "select method, count(*) from runs join predictions using (run_id) group by method"
     pipeline sql "select * from images where label = \\$l" -p l cat --format csv
     pipeline sql "select i.path, l.truth from images i join labels l using (path)" --allow-read labels.csv
+    pipeline sql --tables                  # every table and view, described
+    pipeline sql --describe contrasts      # its columns, described
 
     Every table and view of the store can be read; nothing can be written (no COPY, ATTACH,
     EXPORT, INSTALL/LOAD or SET) and no other file read unless named with --allow-read.
@@ -53,6 +59,10 @@ def sql_cmd(query, params, allow_read, limit, timeout, memory_limit, allow_parti
     """
     out = check_output_file(output)
     check_output_outside(out, resolve_store_path(store))
+    if list_tables or describe_name:
+        return _catalog_listing(list_tables, describe_name, query, fmt, out, store)
+    if not query:
+        raise click.UsageError("Give a QUERY, or --tables / --describe NAME to see what there is to query.")
     allowed = parse_allow_read(allow_read)
     with open_store(store, read_only=True, sandbox=True, allow_read=allowed, memory_limit=f"{memory_limit}B") as cat:
         if not allow_partial:
@@ -78,6 +88,24 @@ def _require_whole_shards(cat, query: str) -> None:
         raise InputError(f"the store has {n} missing or damaged shard{'s' if n > 1 else ''} ({first}); an answer would "
                          f"leave their rows out. Run `pipeline verify --store {cat.root}`, or pass --allow-partial "
                          "to query what is left.")
+
+
+def _catalog_listing(list_tables, describe_name, query, fmt, out, store) -> None:
+    # heavy: imported on use
+    from stores.descriptions import catalog_listing, table_columns
+
+    if query or (list_tables and describe_name):
+        raise click.UsageError("--tables and --describe list the catalog; give them alone, without a QUERY.")
+    with open_store(store, read_only=True) as cat:
+        if list_tables:
+            rows = catalog_listing(cat.con)
+            cols = ["name", "kind", "columns", "description"]
+        else:
+            rows = table_columns(cat.con, describe_name)
+            if rows is None:
+                raise click.UsageError(f"No table or view {describe_name!r}; `pipeline sql --tables` lists them.")
+            cols = ["column", "type", "description"]
+    emit(format_rows(cols, [[r[c] for c in cols] for r in rows], fmt, max_width=400), out)
 
 
 @cli.group("catalog")
@@ -123,4 +151,4 @@ def presets_cmd(fmt):
                  **{f"method.{k}": v for k, v in p.method.items()}, description=p.description) for p in list_presets()]
     cols = ["name", "model", "regions.source", "regions.n_crops", "regions.crop_min", "regions.n_parts",
             "regions.n_views", "method.theta", "method.top_k", "description"]
-    emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=70))
+    emit(format_rows(cols, [[r.get(c) for c in cols] for r in rows], fmt, max_width=400))  # descriptions whole, never cut mid-word

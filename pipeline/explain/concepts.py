@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from queries.attribution import attribution_map, scale_boxes
-from stores import tables
+from stores import explanations, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 
@@ -109,14 +109,14 @@ def concept_view(cat: Catalog, run_id: int, image_id: int) -> ConceptView | None
 
 
 def concept_run(cat: Catalog, image_id: int, run_id: int | None) -> tables.RunRecord:
-    """``explain --concepts``: the given run, else the latest run that explained this image, else the latest run."""
+    """``explain-concepts``: the given run, else the latest run that explained this image, else the latest run."""
     if run_id is not None:
         run = tables.get_run(cat, run_id)
         if run is None:
             raise StoreError(f"No run {run_id}; `pipeline sql \"select run_id, method from runs\"` lists them.")
         return run
-    row = cat.con.execute("SELECT max(run_id) FROM mutual_knowledge WHERE image_id = ?", [image_id]).fetchone()
-    run = tables.get_run(cat, int(row[0])) if row and row[0] is not None else tables.latest_run(cat)
+    latest = explanations.latest_concept_run_id(cat, image_id)
+    run = tables.get_run(cat, latest) if latest is not None else tables.latest_run(cat)
     if run is None:
         raise StoreError("No runs in the store; run `pipeline classify` first.")
     return run
@@ -126,7 +126,7 @@ def explain_image_concepts(cat: Catalog, image, run_id: int | None = None, *, mo
     """The image's mutual-knowledge explanation in a run, computed (and stored) first if missing;
     ``model`` is the store's model, or a callable that loads it (called only when needed)."""
     from ..stages.mutual_knowledge import ConceptConfig, explain_concepts
-    from .explain import resolve_image
+    from .resolve import resolve_image
 
     img = resolve_image(cat, image)
     run = concept_run(cat, img["image_id"], run_id)

@@ -22,22 +22,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from queries.attribution import Alignment, attribute_contributions, attribute_weights, attribution_map, class_weights
-from queries.attribution import coverage_count, scale_boxes, score_parts, shares
+from queries.attribution import coverage_count, scale_boxes, shares
 from stores import files, tables
 from stores.catalog import Catalog
-from stores.errors import StoreError
 
 from ..errors import InputError
-from ..imaging import open_image, read_image_file
-from ..stages.methods import find_method
 from ..names import norm_class_name
 from .concepts import concept_view, pair_lines, pair_maps
 from .contrasts import contrast_panels, missing_true_note
-
-MAX_RENDER_SIDE = 1024  # overlays of larger images are drawn at this size (boxes scaled to match)
+from .honesty import honesty_lines
+from .map_kinds import CROP_BOXES, DEFAULT_KIND, OCCLUSION
+from .resolve import (  # noqa: F401  (re-exported: callers import them from here)
+    MAX_RENDER_SIDE,
+    image_predictions,
+    load_alignment,
+    load_image,
+    prepare_image,
+    resized,
+    resolve_image,
+    resolve_run,
+)
 
 
 @dataclass
@@ -71,7 +77,7 @@ class ClassExplanation:
     overlay: Path | None = None
     parts: tuple[float, float] | None = None  # ((1-θ)·global, θ·local): they sum to the score
     object: dict | None = None  # object-bound: the object that carried the class (region_id, kind, n_parts, box)
-    map_kind: str = "boxes"  # plan | boxes | occlusion (pipeline.explain.pixel_maps)
+    map_kind: str = CROP_BOXES  # a name of pipeline.explain.map_kinds.DRAWN_KINDS
     map_note: str | None = None
     map_cost: dict | None = None  # occlusion: windows, encoder passes, seconds
     full_map: np.ndarray | None = field(default=None, repr=False)  # (H, W) original pixels
@@ -139,11 +145,9 @@ class ExplainResult:
 
 
     def map_lines(self, c: ClassExplanation) -> list[str]:
-        from .pixel_maps import KIND_NAMES
-
         out = []
         if c.full_map is not None:
-            out.append(f"maps   {KIND_NAMES.get(c.map_kind, c.map_kind)}; class map peak at x={c.peak[0]}, y={c.peak[1]} px")
+            out.append(f"maps   {c.map_kind}; class map peak at x={c.peak[0]}, y={c.peak[1]} px")
         if c.map_note:
             out.append(f"note   {c.map_note}")
         if c.map_cost:
@@ -152,83 +156,6 @@ class ExplainResult:
                        f"passes, {k['seconds']:.1f} s")
         out += [f"faith  {h}" for h in self.honesty]
         return out
-
-
-# ---- reading the store ------------------------------------------------------------------
-def resolve_run(cat: Catalog, run_id: int | None = None) -> tables.RunRecord:
-    """The given run, or the latest run that stored alignments; it must have alignments."""
-    if run_id is None:
-        run = tables.latest_run(cat, with_alignments=True)
-        if run is None:
-            raise StoreError(
-                "No run with alignments in the store; explanations come from an OT run: `pipeline classify --method lazsl`."
-            )
-        return run
-    run = tables.get_run(cat, run_id)
-    if run is None:
-        raise InputError(f"No run {run_id}; list runs with `pipeline sql \"select run_id, method from runs\"`.")
-    if not tables.run_has_alignments(cat, run_id):
-        raise InputError(f"Run {run_id} ({run.method}) stored no alignments; explanations need an OT run (--method lazsl).")
-    return run
-
-
-def resolve_image(cat: Catalog, image: str | int | Path) -> dict:
-    """An indexed image by image_id, path (as given or resolved), file content, or unique path suffix."""
-    s = str(image)
-    rows = []
-    if isinstance(image, (int, np.integer)) or s.strip().isdigit():  # an id pasted with its line end
-        rows = tables.find_images(cat, image_id=int(s.strip()))
-    if not rows:
-        rows = tables.find_images(cat, paths=[s, str(Path(s).expanduser().resolve())])
-    if not rows and Path(s).is_file():
-        import hashlib
-
-        try:
-            data = read_image_file(s)  # bounded like index-images: a huge file is no indexed image
-        except (ValueError, OSError):
-            data = None
-        if data is not None:
-            rows = tables.find_images(cat, sha256=hashlib.sha256(data).hexdigest())
-    if not rows:
-        rows = tables.find_images(cat, path_suffix="/" + s.lstrip("./"))
-        if len(rows) > 1:
-            raise InputError(f"{s} matches {len(rows)} indexed images; give a longer path or the image_id.")
-    if not rows:
-        raise InputError(f"{s} is not an indexed image in {cat.root}; index it with `pipeline index-images`, or pass an image_id.")
-    r = rows[0]
-    return dict(image_id=int(r["image_id"]), path=r["path"], width=int(r["width"]), height=int(r["height"]),
-                label=r["label"])
-
-
-def load_alignment(cat: Catalog, run_id: int, image_id: int, class_id: int) -> Alignment:
-    return Alignment.from_rows(tables.alignment_rows(cat, run_id, image_id, class_id))
-
-
-def image_predictions(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
-    """The run's ranked classes for an image, with the score's global and local parts."""
-    spec = find_method(run.method)
-    theta = run.params.get("config", {}).get(spec.theta_field) if spec is not None and spec.theta_field else None
-    return [dict(p, parts=score_parts(p["score"], p["global_score"], p["local_score"], theta))
-            for p in tables.image_predictions(cat, run.run_id, image_id)]
-
-
-def load_image(path: str, size: tuple[int, int] | None = None) -> Image.Image:
-    """The image as indexed (EXIF-rotated RGB), optionally resized to (w, h)."""
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"{path}: the indexed image file is gone; overlays need the pixels (the maps are in the store).")
-    try:
-        img = open_image(read_image_file(p))
-    except ValueError as exc:
-        raise InputError(f"{path}: {exc}") from None
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable ({exc.strerror or exc}).") from None
-    return resized(img, size)
-
-
-def resized(img: Image.Image, size: tuple[int, int] | None) -> Image.Image:
-    """``img`` at (w, h) (bilinear), or as it is."""
-    return img if size is None or img.size == tuple(size) else img.resize(size, Image.Resampling.BILINEAR)
 
 
 # ---- maps -------------------------------------------------------------------------------
@@ -258,19 +185,6 @@ def explain_class(al: Alignment, region_ids: np.ndarray, boxes: np.ndarray, heig
     return ce
 
 
-def prepare_image(cat: Catalog, run_id: int, img: dict, class_ids: list[int], max_side: int = MAX_RENDER_SIDE):
-    """Alignments of the classes, the regions that took part, and the render geometry."""
-    all_ids, kinds, all_boxes = tables.image_regions(cat, img["image_id"])
-    als = {cid: load_alignment(cat, run_id, img["image_id"], cid) for cid in class_ids}
-    used = np.unique(np.concatenate([al.regions() for al in als.values()] + [np.zeros(0, np.int64)]))
-    keep = np.isin(all_ids, used)
-    scale = min(1.0, max_side / max(img["width"], img["height"]))
-    w, h = max(1, round(img["width"] * scale)), max(1, round(img["height"] * scale))
-    boxes = scale_boxes(all_boxes[keep], w / img["width"], h / img["height"])
-    kind = kinds[int(np.flatnonzero(keep)[0])] if keep.any() else "crop"
-    return als, all_ids[keep], boxes, (w, h), scale, kind
-
-
 def _slug(text: str, n: int = 40) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "-", text).strip("-").lower()
     return (s[:n].rstrip("-") or "x")
@@ -292,7 +206,7 @@ def explain_image(
     attribute: str | None = None,
     out_dir: str | Path = "explanations",
     write: bool = True,
-    maps: str = "plan",
+    maps: str = DEFAULT_KIND,
     model=None,
 ) -> ExplainResult:
     """Explain one image's prediction (or ``class_name``'s score) in a run; write PNG overlays.
@@ -303,12 +217,12 @@ def explain_image(
     never share a file. Each map is also written as ``.npy`` (float32, the original image's
     pixels) next to its PNG.
 
-    ``maps``: ``plan`` (default: plan-dense), ``boxes`` or ``occlusion``
+    ``maps``: ``plan-dense`` (default), ``crop-boxes`` or ``occlusion``
     (:mod:`pipeline.explain.pixel_maps`); ``model`` (or a zero-argument loader) is the store's
     model, needed by ``plan`` and ``occlusion``.
     """
     from .pixel_maps import class_maps, peak, resize_map
-    from .plots import heat_overlay, image_scale, png_bytes
+    from .plots import heat_overlay, image_scale, map_scales, png_bytes
 
     run = resolve_run(cat, run_id)
     run_id, method = run.run_id, run.method
@@ -352,8 +266,12 @@ def explain_image(
     if pred["rank"] == 1:  # why the prediction and not the runner-up / the true class
         res.contrasts = contrast_panels(cat, run, img["image_id"])
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
-    original = None  # decoded once, for the maps and the overlays
-    if maps != "boxes" or write:
+    original, cm = None, None  # decoded once, for the maps and the overlays
+    if callable(model) and not hasattr(model, "encode_images"):
+        import functools
+
+        model = functools.cache(model)  # a loader: load once, for this class and a contrast's other class
+    if maps != CROP_BOXES or write:
         original = load_image(img["path"])
         cm = class_maps(cat, run, img, original, pred["class_id"], al, kind=maps, model=model)
         ce.map_kind, ce.map_note, ce.map_cost = cm.kind, cm.note, cm.cost
@@ -364,8 +282,6 @@ def explain_image(
             if a.full_map is not None:
                 a.peak = peak(a.full_map)
                 a.map = resize_map(a.full_map, (w, h)) if a.map is not None else None
-        from .compare import honesty_lines
-
         res.honesty = honesty_lines(cat, run_id, cm.kind)
     if write:
         out = Path(out_dir)
@@ -375,26 +291,68 @@ def explain_image(
         cslug = file_slug(pred["name"])
         ce.overlay = out / f"{stem}.{cslug}.png"
         drawn = [a for a in ce.attributes if a.map is not None]
-        scale_ = image_scale([ce.map] + [a.map for a in drawn])  # one colour scale for every map of the image
-        label = "mass/px" if ce.map_kind != "occlusion" else "drop"
+        # the class map on its own scale; attribute maps on the largest of all the class's attribute maps
+        class_scale, attr_scale = map_scales(ce.full_map, cm.attribute_maps if cm is not None else [a.map for a in drawn])
+        label = "mass/px" if ce.map_kind != OCCLUSION else "drop"
         obox = scale_boxes([ce.object["box"]], w / img["width"], h / img["height"])[0] if ce.object is not None else None
-        files.write_bytes(ce.overlay, png_bytes(heat_overlay(base, ce.map, scale_, label=label, box=obox)))
+        files.write_bytes(ce.overlay, png_bytes(heat_overlay(base, ce.map, class_scale, label=label, box=obox,
+                                                             title=f"{pred['name']}: class map ({ce.map_kind})")))
         res.files.append(ce.overlay)
         ce.npy = files.write_bytes(out / f"{stem}.{cslug}.npy", npy_bytes(ce.full_map))
         res.files.append(ce.npy)
         for a in drawn:
             a.overlay = out / f"{stem}.{cslug}.attr{a.attr_id}-{_slug(a.text, 30)}.png"
-            files.write_bytes(a.overlay, png_bytes(heat_overlay(base, a.map, scale_, label=label)))
+            files.write_bytes(a.overlay, png_bytes(heat_overlay(base, a.map, attr_scale, label=label,
+                                                                title=f"{pred['name']}: {a.text}")))
             res.files.append(a.overlay)
             if a.full_map is not None:
                 a.npy = files.write_bytes(a.overlay.with_suffix(".npy"), npy_bytes(a.full_map))
                 res.files.append(a.npy)
+        if res.contrasts:
+            path = contrast_png(cat, run, img, original, base, res.contrasts, cm, maps, model,
+                                out / f"{stem}.{cslug}", label)
+            if path is not None:
+                res.files.append(path)
         if pmaps is not None:  # where the pair's state and its object were found
             pscale = image_scale([pmaps[0], pmaps[1]])
             for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):
                 path = out / f"{stem}.{cslug}.{what}-{_slug(res.pair[what], 30)}.png"
                 res.files.append(files.write_bytes(path, png_bytes(heat_overlay(base, heat, pscale))))
     return res
+
+
+def contrast_png(cat: Catalog, run, img: dict, original, base, panels: list, cm, maps: str, model, stem: Path,
+                 label: str) -> Path | None:
+    """The headline attribute of "why A and not B" (vs the true class, else the runner-up) for
+    both classes side by side, on one colour scale: ``<stem>.vs-<B>.png``. None when the headline
+    names no attribute (the class prompt alone) or neither map exists."""
+    from .pixel_maps import class_maps, resize_map
+    from .plots import heat_overlay, image_scale, png_bytes
+
+    panel = next((p for p in panels if p.true_class), panels[0])
+    row = panel.headline_attribute
+    if row is None:
+        return None
+    other = class_maps(cat, run, img, original, panel.other_class_id,
+                       load_alignment(cat, run.run_id, img["image_id"], panel.other_class_id), kind=maps, model=model)
+    sides = [(panel.class_name, row["attribute"], cm.attribute_map(row["attr_id"]) if row.get("attr_id") is not None else None),
+             (panel.other_name, row["other_attribute"],
+              other.attribute_map(row["other_attr_id"]) if row.get("other_attr_id") is not None else None)]
+    sides = [(name, text, resize_map(m, base.size)) for name, text, m in sides if m is not None]
+    if not sides:
+        return None
+    scale = image_scale([m for _, _, m in sides])  # one scale for both: their masses compare directly
+    pics = [heat_overlay(base, m, scale, label=label, title=f"{name}: {text}", colorbar=i == len(sides) - 1)
+            for i, (name, text, m) in enumerate(sides)]
+    from PIL import Image as PILImage
+
+    top = max(p.size[1] for p in pics)
+    canvas = PILImage.new("RGB", (sum(p.size[0] for p in pics) + 8 * (len(pics) - 1), top), (255, 255, 255))
+    x = 0
+    for p in pics:
+        canvas.paste(p, (x, top - p.size[1]))
+        x += p.size[0] + 8
+    return files.write_bytes(stem.parent / f"{stem.name}.vs-{file_slug(panel.other_name)}.png", png_bytes(canvas))
 
 
 def npy_bytes(a: np.ndarray) -> bytes:

@@ -1,4 +1,9 @@
-"""``pipeline faithfulness``: do the attribution maps point at what the model uses?
+"""Deletion/insertion of the run's crop-box maps with a pluggable scorer, and the boxes reader.
+
+``pipeline faithfulness`` measures the maps ``explain`` draws (:mod:`pipeline.explain.compare`);
+this module keeps the per-region library function (its rows are stored with map_kind
+``crop-boxes`` and ``random-crop-boxes``; tests pass synthetic scorers to check the metric
+itself) and :func:`read_boxes`, which both use. Do the attribution maps point at what the model uses?
 
 Deletion and insertion (RISE; the Ins/Del AUC reported by LICO): order the pixels by the
 predicted class's attribution map (``pipeline.explain``), then in ``steps`` equal steps
@@ -44,7 +49,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from queries.attribution import (
     attribute_weights,
@@ -62,9 +67,9 @@ from stores.errors import StoreError
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, JSONTooDeep, loads_json, read_text_bounded
 from ..names import norm_class_name
-from .explain import load_image, prepare_image, resolve_image, resolve_run
+from .map_kinds import CROP_BOXES, RANDOM_OF
+from .resolve import BASELINES, baseline_image, load_image, prepare_image, resolve_image, resolve_run  # noqa: F401
 
-BASELINES = ("blur", "mean", "black")
 KINDS = ("deletion", "insertion", "random_deletion", "random_insertion")
 WORK_SHORT_SIDE = 256
 MAX_STEPS = 200
@@ -171,17 +176,6 @@ class LazslScorer:
 SCORERS = {"global": GlobalDescriptorScorer, "lazsl": LazslScorer}
 
 
-def baseline_image(arr: np.ndarray, kind: str) -> np.ndarray:
-    if kind == "blur":
-        sigma = max(1.0, min(arr.shape[:2]) / 20)
-        return np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(sigma)))
-    if kind == "mean":
-        return np.broadcast_to(arr.reshape(-1, 3).mean(0).round().astype(np.uint8), arr.shape).copy()
-    if kind == "black":
-        return np.zeros_like(arr)
-    raise InputError(f"Unknown baseline {kind!r}; use one of {', '.join(BASELINES)}.")
-
-
 @dataclass
 class FaithReport:
     faith_run_id: int
@@ -209,7 +203,8 @@ class FaithReport:
 
     def lines(self) -> list[str]:
         p = self.params
-        out = [f"faithfulness run {self.faith_run_id} on run {self.run_id} ({self.method}): {self.images} images, "
+        out = [f"faithfulness run {self.faith_run_id} on run {self.run_id} ({self.method}), {CROP_BOXES} maps vs "
+               f"random-{CROP_BOXES}: {self.images} images, "
                f"{p['steps']} steps, baseline {p['baseline']}, scorer {p.get('scorer', '?')}, {self.seconds:.1f} s"]
         if self.images:
             out.append(f"  {'curve':18s} {'images':>6s} {'mean AUC':>9s}")
@@ -344,7 +339,7 @@ def faithfulness(
     params = {"steps": steps, "limit": limit, "seed": seed, "baseline": baseline, "n_random": n_random,
               "work_short_side": WORK_SHORT_SIDE, "tolerance": tolerance,
               "boxes": str(Path(boxes_file).resolve()) if boxes_file else None,
-              "random_map": "U(0,1) weight per region of the plan, same boxes"}
+              "map_kind": CROP_BOXES, "random_map": "random-crop-boxes: U(0,1) weight per region of the plan, same boxes"}
     if scorer is None:
         if model is None:
             raise StoreError("Re-scoring perturbed images needs the model; pass --model/--pretrained of this store.")
@@ -384,10 +379,11 @@ def faithfulness(
         frac, _ = step_counts(h * w, steps)
         for kind in KINDS:
             y = res[kind]
+            map_kind = RANDOM_OF[CROP_BOXES] if kind.startswith("random_") else CROP_BOXES
             rows.curves += [dict(image_id=image_id, class_id=class_id, kind=kind, step=i, fraction=float(frac[i]),
-                                 score=float(y[i])) for i in range(steps + 1)]
+                                 score=float(y[i]), map_kind=map_kind) for i in range(steps + 1)]
             auc = curve_auc(frac, y)
-            rows.scores.append(dict(image_id=image_id, class_id=class_id, kind=kind, auc=auc))
+            rows.scores.append(dict(image_id=image_id, class_id=class_id, kind=kind, auc=auc, map_kind=map_kind))
             rep.aucs.setdefault(kind, []).append(auc)
         rep.images += 1
 
@@ -444,5 +440,6 @@ def _point(cat: Catalog, run: tables.RunRecord, row: dict, tolerance: float, ski
         skipped.append(f"{Path(str(row['image'])).name}: empty map")
         return None
     return dict(image_id=img["image_id"], class_id=class_id, attr_id=attr_id, attribute=row["attribute"], hit=res.hit,
+                map_kind=CROP_BOXES,
                 energy_inside=res.energy_inside, x=res.x / sx, y=res.y / sy, x0=row["box"][0], y0=row["box"][1],
                 x1=row["box"][2], y1=row["box"][3])

@@ -1,13 +1,13 @@
 """Maps of one (image, class) in the image's own pixels, for ``explain``, ``report`` and ``faithfulness``.
 
-Three kinds (``--maps``):
+Three kinds (``--maps``; the names are :mod:`pipeline.explain.map_kinds`):
 
-* ``plan`` (default, "plan-dense"): the stored LaZSL plan's crop masses placed inside each crop
+* ``plan-dense`` (default): the stored LaZSL plan's crop masses placed inside each crop
   by the crop's own dense patch tokens (SCLIP-style attention at the last two blocks, one
   forward pass per crop; :func:`pipeline.explain.maps.plan_maps`, the math in
   :mod:`queries.plan_maps`). Each crop keeps exactly its plan mass; an attribute map integrates
   to the attribute's plan mass, the class map to the class's LaZSL local part Σ T·F.
-* ``boxes``: the plan's mass spread over whole crop boxes (``queries.attribution.attribution_map``,
+* ``crop-boxes``: the plan's mass spread over whole crop boxes (``queries.attribution.attribution_map``,
   the map shipped before; for ``--regions patches`` the boxes are the patch cells, already at
   the resolution of the evidence).
 * ``occlusion``: the drop of the class's LaZSL softmax probability when a window of the image
@@ -29,20 +29,21 @@ from PIL import Image
 from queries.attribution import Alignment, attribution_map, class_weights, scale_boxes
 
 from ..errors import InputError
+from .map_kinds import CROP_BOXES, OCCLUSION, PLAN_DENSE, RANDOM_OF, check_drawn_kind
 
-MAP_KINDS = ("plan", "boxes", "occlusion")
-KIND_NAMES = {"plan": "plan-dense", "boxes": "crop boxes", "occlusion": "occlusion"}
 OCCLUSION_WORK_SIDE = 256  # occlusion runs on a copy whose short side is at most this (then upsampled)
 
 
 @dataclass
 class ClassMaps:
-    kind: str  # plan | boxes | occlusion (what was actually drawn)
+    kind: str  # a name of pipeline.explain.map_kinds.DRAWN_KINDS (what was actually drawn)
     class_map: np.ndarray = field(repr=False)  # (H, W) original pixels
     attr_ids: list[int] = field(default_factory=list)
     attribute_maps: np.ndarray | None = field(default=None, repr=False)  # (N, H, W), attr_ids order
     note: str | None = None  # e.g. why another kind than asked was drawn
     cost: dict | None = None  # occlusion: windows, encoder passes, seconds
+    boxes: np.ndarray | None = field(default=None, repr=False)  # plan-dense, crop-boxes: the crops with mass (R, 4)
+    grid: tuple[int, int] | None = None  # plan-dense: the patch grid inside each crop
 
     def attribute_map(self, attr_id: int) -> np.ndarray | None:
         if self.attribute_maps is None or attr_id not in self.attr_ids:
@@ -116,7 +117,7 @@ def plan_dense(cat, model, image: Image.Image, al: Alignment, all_ids: np.ndarra
     pixels = torch.stack([model.preprocess(region_image(image, kinds[p], b, size)) for p, b in zip(pos, boxes)])
     sims, grid = crop_attribute_sims(model, pixels, _attr_embeddings(cat, model, attr_ids))
     m = plan_maps(boxes, T, Fm, sims, grid, H, W, tau=1.0 / logit_scale(model))
-    return ClassMaps("plan", m.class_map, attr_ids.tolist(), m.attribute_maps)
+    return ClassMaps(PLAN_DENSE, m.class_map, attr_ids.tolist(), m.attribute_maps, boxes=boxes, grid=tuple(grid))
 
 
 def box_maps(al: Alignment, all_ids: np.ndarray, all_boxes: np.ndarray, height: int, width: int,
@@ -130,7 +131,27 @@ def box_maps(al: Alignment, all_ids: np.ndarray, all_boxes: np.ndarray, height: 
     attr_ids = np.unique(al.attr_id)
     am = np.stack([attribution_map(boxes, attribute_weights(al, ids, int(a)), height, width) for a in attr_ids]) \
         if len(attr_ids) else np.zeros((0, height, width))
-    return ClassMaps("boxes", attribution_map(boxes, class_weights(al, ids), height, width), attr_ids.tolist(), am, note)
+    return ClassMaps(CROP_BOXES, attribution_map(boxes, class_weights(al, ids), height, width), attr_ids.tolist(), am, note,
+                     boxes=boxes)
+
+
+def random_map(cm: ClassMaps, rng: np.random.Generator, height: int, width: int) -> tuple[str, np.ndarray]:
+    """A random map of the same kind as ``cm`` (``map_kinds.RANDOM_OF``): (its kind name, (H, W)).
+
+    plan-dense: U(0, 1) mass per crop, spread over the crop's patch cells by U(0, 1) weights
+    (the same crops and grid); crop-boxes: U(0, 1) mass per crop over the same whole boxes;
+    any other kind: U(0, 1) on an 8x8 grid, bilinear. A fresh draw on every call."""
+    from queries.plan_maps import plan_density_map
+
+    kind = RANDOM_OF[cm.kind]
+    if cm.kind == PLAN_DENSE:
+        R, L = len(cm.boxes), cm.grid[0] * cm.grid[1]
+        within = rng.random((R, L, 1))
+        within /= within.sum(1, keepdims=True)
+        return kind, plan_density_map(cm.boxes, rng.random((R, 1)), within, cm.grid, height, width).maps[0]
+    if cm.kind == CROP_BOXES:
+        return kind, attribution_map(cm.boxes, rng.random(len(cm.boxes)), height, width)
+    return kind, resize_map(rng.random((8, 8)), (width, height))
 
 
 def occlusion(cat, model, run, image: Image.Image, class_id: int, all_boxes: np.ndarray, *,
@@ -143,7 +164,7 @@ def occlusion(cat, model, run, image: Image.Image, class_id: int, all_boxes: np.
 
     from stores import tables
 
-    from .faithfulness import baseline_image
+    from .resolve import baseline_image
     from .maps import LazslScorer, occlusion_maps
 
     t0 = time.perf_counter()
@@ -173,27 +194,26 @@ def occlusion(cat, model, run, image: Image.Image, class_id: int, all_boxes: np.
     n_win = len(sliding_windows(h, w, window=win, stride=win))
     cost = dict(windows=n_win, window_px=win, encoder_passes=int(passes), seconds=round(time.perf_counter() - t0, 2))
     amaps = np.stack([resize_map(a, (W, H)) for a in amaps]) if len(amaps) else np.zeros((0, H, W))
-    return ClassMaps("occlusion", resize_map(cmap, (W, H)), attr_ids, amaps, cost=cost)
+    return ClassMaps(OCCLUSION, resize_map(cmap, (W, H)), attr_ids, amaps, cost=cost)
 
 
-def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Alignment, *, kind: str = "plan",
+def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Alignment, *, kind: str = PLAN_DENSE,
                model=None) -> ClassMaps:
     """The maps of ``kind`` for one (image, class) at the image's size. ``model`` may be a
     zero-argument loader (called only when the kind needs the encoder)."""
     from stores import tables
 
-    if kind not in MAP_KINDS:
-        raise InputError(f"--maps must be one of {', '.join(MAP_KINDS)} (got {kind!r}).")
+    check_drawn_kind(kind)
     all_ids, kinds, all_boxes = tables.image_regions(cat, img["image_id"])
     W, H = image.size
     sx, sy = W / img["width"], H / img["height"]
     all_boxes = scale_boxes(all_boxes, sx, sy) if (sx, sy) != (1.0, 1.0) else all_boxes
     used = np.unique(al.region_id[al.mass > 0])
     used_kinds = {kinds[i] for i in np.flatnonzero(np.isin(all_ids, used))}
-    if kind != "boxes" and used_kinds & {"patch"}:
-        return box_maps(al, all_ids, all_boxes, H, W, note=f"{KIND_NAMES[kind]} maps need crop regions; the patch "
+    if kind != CROP_BOXES and used_kinds & {"patch"}:
+        return box_maps(al, all_ids, all_boxes, H, W, note=f"{kind} maps need crop regions; the patch "
                         "regions' boxes are the patch cells, drawn as they are")
-    if kind == "boxes":
+    if kind == CROP_BOXES:
         return box_maps(al, all_ids, all_boxes, H, W)
     if callable(model) and not hasattr(model, "encode_images"):
         from stores.errors import StoreError
@@ -205,8 +225,8 @@ def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Align
         except (ModelLoadError, StoreError):
             model = None
     if model is None:
-        return box_maps(al, all_ids, all_boxes, H, W, note=f"{KIND_NAMES[kind]} maps need the store's model, which "
+        return box_maps(al, all_ids, all_boxes, H, W, note=f"{kind} maps need the store's model, which "
                         "could not be loaded; crop-box maps drawn instead")
-    if kind == "occlusion":
+    if kind == OCCLUSION:
         return occlusion(cat, model, run, image, class_id, all_boxes)
     return plan_dense(cat, model, image, al, all_ids, all_boxes, kinds)

@@ -78,16 +78,34 @@ def _resize_float(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(a.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR), np.float64)
 
 
+def map_scales(class_map: np.ndarray, attribute_maps) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(class-map scale, attribute-map scale) of one (image, class): the class map on its own, every
+    attribute map on the scale of the largest of *all* the class's attribute maps (not only those
+    drawn), so a map's colours never depend on what else one call drew."""
+    attrs = [] if attribute_maps is None else list(attribute_maps)
+    return image_scale([class_map]), image_scale(attrs)
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: one fixed bitmap size
+        return ImageFont.load_default()
+
+
 def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float], *, cmap: str = MAP_CMAP,
                  display_side: int = DISPLAY_SIDE, label: str | None = None, colorbar: bool = True,
-                 box=None) -> Image.Image:
+                 box=None, title: str | None = None) -> Image.Image:
     """The map drawn over the image on a fixed scale, with a colour bar.
 
     The image and the map are upsampled to ``display_side`` (long side; Lanczos for the image,
     bilinear for the map) when smaller. v = (heat - lo) / (hi - lo) clipped to [0, 1]; colour =
     cmap(v); opacity = MAP_ALPHA · clip((v - t) / (o - t), 0, 1) with t = TRANSPARENT_BELOW and
     o = OPAQUE_FROM, so low values leave the image visible. The colour bar on the right is labelled lo .. hi (``label``:
-    what the values are). ``box`` (x0, y0, x1, y1 in the image's pixels) is outlined.
+    what the values are) in a font sized to the picture, readable when a page shows it at half size.
+    ``box`` (x0, y0, x1, y1 in the image's pixels) is outlined; ``title`` (class and attribute) is written above.
     """
     from PIL import ImageDraw
 
@@ -110,19 +128,26 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
     out = Image.fromarray(((1 - a) * base + a * colour).round().clip(0, 255).astype(np.uint8))
     if box is not None:
         out = draw_box(out, [float(c) * f for c in box])
-    if not colorbar:
+    if not colorbar and not title:
         return out
-    bar_w, pad, text_w = 14, 6, 64
-    canvas = Image.new("RGB", (size[0] + pad + bar_w + text_w, size[1]), (255, 255, 255))
-    canvas.paste(out, (0, 0))
-    grad = lut[np.linspace(255, 0, size[1]).round().astype(np.int64)].astype(np.uint8)
-    canvas.paste(Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1)), (size[0] + pad, 0))
+    fs = max(12, round(size[1] / 14))  # text height: ~1/14 of the map, so it survives the report's thumbnails
+    font = _font(fs)
+    bar_w, pad, text_w = (max(14, fs), 6, 5 * fs) if colorbar else (0, 0, 0)
+    top = fs + 8 if title else 0
+    canvas = Image.new("RGB", (size[0] + pad + bar_w + text_w, size[1] + top), (255, 255, 255))
+    canvas.paste(out, (0, top))
     d = ImageDraw.Draw(canvas)
+    if title:
+        d.text((2, 3), str(title), fill=(0, 0, 0), font=font)
+    if not colorbar:
+        return canvas
+    grad = lut[np.linspace(255, 0, size[1]).round().astype(np.int64)].astype(np.uint8)
+    canvas.paste(Image.fromarray(np.repeat(grad[:, None, :], bar_w, axis=1)), (size[0] + pad, top))
     x = size[0] + pad + bar_w + 3
-    d.text((x, 0), f"{hi:.3g}", fill=(0, 0, 0))
-    d.text((x, size[1] - 12), f"{lo:.3g}", fill=(0, 0, 0))
+    d.text((x, top), f"{hi:.3g}", fill=(0, 0, 0), font=font)
+    d.text((x, top + size[1] - fs - 2), f"{lo:.3g}", fill=(0, 0, 0), font=font)
     if label:
-        d.text((x, size[1] // 2 - 6), label[:10], fill=(80, 80, 80))
+        d.text((x, top + size[1] // 2 - fs // 2), label[:8], fill=(80, 80, 80), font=font)
     return canvas
 
 

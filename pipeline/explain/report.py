@@ -21,16 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from stores import files, tables
+from stores import explanations, files, tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 
 from ..errors import InputError
 from ..names import norm_class_name
 from .concepts import concept_view
-from .contrasts import contrast_panels, missing_true_note, pair_text
-from .explain import explain_class, image_predictions, load_image, prepare_image, resized
-from .plots import accuracy_png, curves_png, data_uri, heat_overlay, image_scale, png_bytes, thumbnail
+from .contrasts import contrast_panels, missing_true_note, term_text
+from .explain import explain_class
+from .honesty import honesty_lines
+from .map_kinds import CROP_BOXES, DEFAULT_KIND
+from .resolve import image_predictions, load_image, prepare_image, resized
+from .plots import accuracy_png, curves_png, data_uri, heat_overlay, map_scales, png_bytes, thumbnail
 
 TEMPLATE = "report.html.j2"
 
@@ -91,7 +94,8 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
     true = by_norm.get(norm_class_name(img["label"])) if img["label"] else None
     true_pred = next((p for p in preds if true and p["class_id"] == true[0]), None)
     card = dict(
-        path=img["path"], name=Path(img["path"]).name, label=img["label"], image_id=img["image_id"],
+        path=img["path"], name=f"{Path(img['path']).parent.name}/{Path(img['path']).name}", label=img["label"],
+        image_id=img["image_id"],
         classes=[dict(p, is_true=bool(true and p["class_id"] == true[0])) for p in preds[:top_k]],
         predicted=top["name"], correct=None if true is None else top["class_id"] == true[0],
         true_name=true[1] if true else None, true_rank=true_pred["rank"] if true_pred else None,
@@ -133,15 +137,18 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
         heats = [resize_map(cm.class_map, (w, h))] + [
             resize_map(m, (w, h)) if (m := cm.attribute_map(a.attr_id)) is not None else a.map
             for a in ce.attributes[:attr_maps]]
-        scale = image_scale(heats)  # one colour scale per image
+        # as `explain` draws them: the class map on its scale, attribute maps on the largest of all of them
+        class_scale, attr_scale = map_scales(cm.class_map, cm.attribute_maps if cm.attribute_maps is not None
+                                             else heats[1:])
 
-        def pic(heat):
-            return data_uri(png_bytes(thumbnail(heat_overlay(base, heat, scale, display_side=2 * thumb), round(1.3 * thumb))))
+        def pic(heat, scale, title):
+            return data_uri(png_bytes(thumbnail(heat_overlay(base, heat, scale, display_side=2 * thumb, title=title),
+                                                round(1.3 * thumb))))
 
         card["maps"].append(dict(title="image", uri=data_uri(png_bytes(thumbnail(base, thumb)))))
-        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(heats[0])))
+        card["maps"].append(dict(title=f"class: {top['name']}", uri=pic(heats[0], class_scale, f"{top['name']}: class map")))
         for a, heat in zip(ce.attributes[:attr_maps], heats[1:]):
-            card["maps"].append(dict(title=a.text, uri=pic(heat)))
+            card["maps"].append(dict(title=a.text, uri=pic(heat, attr_scale, f"{top['name']}: {a.text}")))
     card["contrasts"] = [_contrast_card(p) for p in contrast_panels(cat, run, img["image_id"])]
     if card["correct"] is False:
         card["tip_note"] = missing_true_note(cat, run, img["image_id"], img["label"], contrast_panels_of(card))
@@ -170,8 +177,9 @@ def _contrast_card(p) -> dict:
     reason = p.reason
     return dict(panel=p, class_name=p.class_name, other_name=p.other_name, role=p.role, gap=p.gap,
                 prompt_term=p.prompt_term, prompt_width=50 * abs(p.prompt_term) / biggest, has_shared=p.has_shared,
+                prompt_rank=p.prompt_rank, headline=p.headline(),
                 reason=None if reason is None else dict(reason, favours=p.favours(reason["term"]),
-                                                         text=pair_text(reason)), rows=rows)
+                                                         text=term_text(reason)), rows=rows)
 
 
 def build_report(
@@ -185,11 +193,11 @@ def build_report(
     attr_maps: int = 3,
     thumb: int = 200,
     plots_dir: str | Path | None = None,
-    maps: str = "plan",
+    maps: str = DEFAULT_KIND,
     model=None,
 ) -> ReportResult:
     """Write the run's report; wrong predictions come first, then the rest by path. ``maps``:
-    plan (plan-dense, needs ``model`` or a zero-argument loader; else crop boxes), boxes or occlusion."""
+    plan-dense (needs ``model`` or a zero-argument loader; else crop-boxes), crop-boxes or occlusion."""
     import jinja2
 
     out = Path(out)
@@ -208,18 +216,17 @@ def build_report(
     imgs.sort(key=lambda d: (not d["wrong"], d["path"]))
     shown = imgs[:limit] if limit else imgs
     if callable(model) and not hasattr(model, "encode_images"):
-        model = model() if maps != "boxes" else None
+        model = model() if maps != CROP_BOXES else None
     cards = [_image_card(cat, run, im, by_norm, top_k, top_attrs, attr_maps, thumb, maps, model) for im in shown]
-    from .compare import EXPLAIN_KIND, honesty_lines
-
     shown_kind = next((c["map_kind"] for c in cards if c.get("map_kind")), maps)
-    map_info = dict(kind=EXPLAIN_KIND.get(shown_kind, shown_kind), honesty=honesty_lines(cat, run_id, shown_kind),
+    map_info = dict(kind=shown_kind, honesty=honesty_lines(cat, run_id, shown_kind),
                     note=next((c["map_note"] for c in cards if c.get("map_note")), None),
-                    table=_compare_table(cat, run_id))
+                    table=_compare_table(cat, run_id, shown_kind))
     per_class = accuracy_by_class(cat, run_id)
     n_lab = sum(t for _, _, t in per_class)
     n_ok = sum(c for _, c, _ in per_class)
     unused_n, unused = tables.never_used_attributes(cat, run_id)
+    never_top_n, never_top = explanations.never_top_attributes(cat, run_id)
     acc_png = accuracy_png(per_class) if per_class else None
     faith = faithfulness_summary(cat, run_id)
     plots: list[Path] = []
@@ -242,18 +249,19 @@ def build_report(
         n_images=len(imgs), n_shown=len(cards), n_wrong=sum(d["wrong"] for d in imgs),
         accuracy=(n_ok / n_lab) if n_lab else None, n_labelled=n_lab, n_correct=n_ok,
         accuracy_plot=data_uri(acc_png) if acc_png else None,
-        faith=faith, unused_n=unused_n, unused=unused, cards=cards, map_info=map_info,
+        faith=faith, unused_n=unused_n, unused=unused, never_top_n=never_top_n, never_top=never_top, cards=cards, map_info=map_info,
     )
     files.write_text(out, html)
     return ReportResult(out, run_id, len(cards), len(html.encode()), plots)
 
 
-def _compare_table(cat: Catalog, run_id: int) -> list[dict] | None:
-    """The latest ``faithfulness --compare`` summary of this run (else of the store), one row per map kind."""
+def _compare_table(cat: Catalog, run_id: int, kind: str) -> list[dict] | None:
+    """The latest ``faithfulness`` summary that measured ``kind`` on this run (else on the store),
+    one row per map kind it measured (each row names its kind)."""
     import duckdb
 
     try:
-        s = tables.map_kind_summary(cat, run_id, "random")
+        s = tables.map_kind_summary(cat, run_id, kind)
     except duckdb.CatalogException:  # a store from before migration m014 opened read-only
         return None
     if s is None:

@@ -88,10 +88,11 @@ def _embeddings(attrs: dict, ids: list[int]) -> np.ndarray | None:
 
 
 def contrast_rows(run_id: int, contrasts: list[Contrast]) -> ResultRows:
-    """The rows of ``contrast_terms``: per contrast its gap, class-prompt term and attribute rows."""
+    """The rows of ``contrast_terms``: per contrast its gap, the class-prompt term with its rank
+    among all the gap's terms, and the attribute rows."""
     rows = ResultRows()
     rows.contrast_terms(run_id, ((c.image_id, c.class_id, c.other_class_id, c.runner_up, c.true_class, c.result.gap,
-                                  c.result.prompt_term,
+                                  c.result.prompt_term, c.result.prompt_rank,
                                   [(None if r.index_a is None else int(c.attr_ids[r.index_a]),
                                     None if r.index_b is None else int(c.other_attr_ids[r.index_b]), r.shared, r.term,
                                     r.reason_rank) for r in c.result.rows])

@@ -302,7 +302,7 @@ def format_maps_table(rows: list[dict]) -> list[str]:
         return []
     head = f"{'method':14s} {'run':>4s} {'regions':24s} {'acc1':>7s} {'pointing (chance)':>18s} {'deletion (random)':>18s} " \
            f"{'insertion (random)':>19s} {'better':>6s}"
-    out = ["", f"maps ({MAP_KIND}, `faithfulness --compare`; deletion lower is better):", head, "-" * len(head)]
+    out = ["", f"maps ({MAP_KIND}, `faithfulness`; deletion lower is better):", head, "-" * len(head)]
     for r in measured:
         cell = lambda m, ref: "-" if r[f"maps_{m}"] is None else f"{r[f'maps_{m}']:.3f} ({r[f'maps_{m}_{ref}']:.3f})"  # noqa: E731
         out.append(f"{r['method']:14s} {r['run_id']:>4d} {r['regions'][:24]:24s} {_pct(r['acc1'])} "

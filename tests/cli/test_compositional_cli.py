@@ -53,9 +53,9 @@ def test_mutual_knowledge_explain_concepts_and_compare(flow):
     (row,) = json.loads(run(["mutual-knowledge", "--max-images", "3", "--bank", w / "concepts.txt", "--format", "json", *s]).stdout)
     assert row["method"] == "clip" and row["images"] == 3 and row["bank"] == 36
     img = w / "images" / "striped_cup" / "0000.png"
-    concepts = json.loads(run(["explain", img, "--concepts", "--format", "json", *s]).stdout)
+    concepts = json.loads(run(["explain-concepts", img, "--format", "json", *s]).stdout)
     assert {c["side"] for c in concepts} == {"vision", "language"} and len([c for c in concepts if c["side"] == "language"]) == 4
-    text = run(["explain", img, "--concepts", *s]).output
+    text = run(["explain-concepts", img, *s]).output
     assert "vision only" in text and "language only" in text and "MI" in text
     (cmp,) = json.loads(run(["compare", root / "s", "--no-compute", "--format", "json"]).stdout)
     assert cmp["method"] == "clip" and cmp["images"] >= 3 and cmp["mi"] == pytest.approx(cmp["mi"])

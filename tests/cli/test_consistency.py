@@ -174,17 +174,42 @@ def test_presets_command_lists_the_table():
     assert rows["toy-demo"]["method.top_k"] == 0
 
 
+def make_venv_with_installed_packages(venv: Path) -> Path:
+    """A fresh venv that sees the packages installed for *this* interpreter. Inside a virtualenv,
+    ``python -m venv --system-site-packages`` would see the base interpreter's packages only (it
+    lacks duckdb and the rest), so the running interpreter's site-packages are added by a .pth
+    file instead; the venv's own site-packages still come first, so the wheel installed there wins."""
+    import site
+    import sysconfig
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    here = [p for p in dict.fromkeys([*site.getsitepackages(), sysconfig.get_paths()["purelib"]]) if Path(p).is_dir()]
+    (Path(purelib) / "_installed_packages.pth").write_text("".join(f"{p}\n" for p in here))
+    return venv
+
+
+def test_venv_for_the_install_test_sees_the_installed_packages(tmp_path):
+    """The fresh venv imports what this interpreter has installed (duckdb), even inside a virtualenv."""
+    venv = make_venv_with_installed_packages(tmp_path / "venv")
+    out = subprocess.run([str(venv / "bin" / "python"), "-c", "import duckdb, sys; print(duckdb.__file__, sys.prefix)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert str(venv) in out.stdout.split()[1]
+
+
 @pytest.mark.slow
 def test_non_editable_install_runs_the_demo(tmp_path):
     """pip install . (a wheel, not editable) into a fresh venv, then `pipeline demo` from elsewhere."""
     wheels = tmp_path / "wheels"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels),
                     str(ROOT)], check=True, capture_output=True)
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    venv = make_venv_with_installed_packages(tmp_path / "venv")
     py = venv / "bin" / "python"
     (wheel,) = wheels.glob("*.whl")
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(wheel)], check=True,
+    subprocess.run([str(py), "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)], check=True,
                    capture_output=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "ZSL_STORE")}
     out = subprocess.run([str(venv / "bin" / "pipeline"), "demo", "-o", str(tmp_path / "demo"),

@@ -105,7 +105,7 @@ def test_deeply_nested_json_is_one_line(tmp_path, small, where):
         res = invoke("build-attributes", deep, "--llm-model", "m", "--base-url", "http://127.0.0.1:9/v1",
                      "--store", small.store, *MODEL_ARGS)
     else:
-        res = invoke("faithfulness", "--boxes", deep, "--limit", "1", "--steps", "2", "--store", small.store, *MODEL_ARGS)
+        res = invoke("faithfulness", "--boxes", deep, "--max-images", "1", "--steps", "2", "--store", small.store, *MODEL_ARGS)
     line = one_line_error(res, 1)
     assert "nested deeper than 64 levels" in line and str(deep) in line
 
@@ -406,7 +406,7 @@ def test_boxes_rows_with_bad_numbers_are_one_line(tmp_path, small):
                          [{"image_id": "abc", "box": [0, 0, 4, 4]}, "image_id must be a non-negative integer"]):
         b = tmp_path / "b.jsonl"
         b.write_text(json.dumps(row) + "\n")
-        res = invoke("faithfulness", "--boxes", b, "--limit", "1", "--steps", "2", "--store", small.store, *MODEL_ARGS)
+        res = invoke("faithfulness", "--boxes", b, "--max-images", "1", "--steps", "2", "--store", small.store, *MODEL_ARGS)
         assert message in one_line_error(res, 1)
 
 

@@ -93,7 +93,7 @@ def base_args(path: tuple[str, ...], small, out) -> list[str]:
         ("evaluate",): ["--method", "lazsl", *s],
         ("explain",): [small.image_path, "-o", str(out / "maps"), *s],
         ("report",): ["-o", str(out / "report.html"), "--limit", "2", *s],
-        ("faithfulness",): ["--limit", "1", "--steps", "2", "--boxes", str(small.boxes), *s, *MODEL_ARGS],
+        ("faithfulness",): ["--max-images", "1", "--steps", "2", "--boxes", str(small.boxes), *s, *MODEL_ARGS],
         ("sql",): ["select count(*) from classes", *s],
         ("make-toyworld",): ["-o", str(out / "world"), "--n-per-class", "1"],
         # the small store holds another model, so the demo stops at once (one line) after --wait is parsed

@@ -67,7 +67,8 @@ def test_view_rows_match_the_computation(truth):
     assert {c.other_class_id for c in contrasts} == {r[0] for r in view}
     want = set()
     for c in contrasts:
-        want.add((c.other_class_id, None, "(class prompt)", None, None, False, round(c.result.prompt_term, 12), None))
+        want.add((c.other_class_id, None, "(class prompt)", None, None, False, round(c.result.prompt_term, 12),
+                  c.result.prompt_rank))
         for r in c.result.rows:
             a = None if r.index_a is None else int(c.attr_ids[r.index_a])
             b = None if r.index_b is None else int(c.other_attr_ids[r.index_b])
@@ -75,6 +76,21 @@ def test_view_rows_match_the_computation(truth):
     assert {tuple(round(v, 12) if isinstance(v, float) else v for v in r) for r in view} == want
     ranks = sorted(r[7] for r in view if r[7] is not None and r[0] == contrasts[0].other_class_id)
     assert ranks == list(range(1, len(ranks) + 1))
+
+
+def test_headline_names_what_tipped_it_and_the_evidence_for_the_other_class():
+    from pipeline.explain.contrasts import PROMPT, ContrastPanel
+
+    rows = [dict(attribute="plain wings", other_attribute="striped wings", shared=False, term=-0.0077, reason_rank=2),
+            dict(attribute="a red crest", other_attribute="a red crest", shared=True, term=0.0, reason_rank=None)]
+    p = ContrastPanel("fare", "zedarik", 2, False, True, 0.0071, 0.0148, rows, prompt_rank=1)
+    assert p.reason["attribute"] == PROMPT and p.against["attribute"] == "plain wings"
+    assert p.headline() == ("fare over zedarik by +0.0071: the class-name prompt +0.0148 tipped it, outweighing "
+                            "plain wings vs striped wings, which favoured zedarik by 0.0077")
+    rows[0].update(term=0.0148, reason_rank=1)
+    p = ContrastPanel("fare", "zedarik", 2, False, True, 0.0071, -0.0077, rows, prompt_rank=2)
+    assert p.headline() == ("fare over zedarik by +0.0071: plain wings vs striped wings +0.0148 tipped it, outweighing "
+                            "the class-name prompt, which favoured zedarik by 0.0077")
 
 
 @pytest.mark.parametrize("method", ["lazsl", "object-bound"])
@@ -127,8 +143,13 @@ def test_shared_descriptors_cancel_in_a_classified_run(tmp_path, tiny_model, met
     assert {r[3] for r in rows if r[5]} == {"a round shape", "a smooth outline"}
     assert all(r[6] == 0.0 and r[7] is None and r[3] == r[4] for r in rows if r[5])
     ranked = [r for r in rows if r[7] is not None]
-    assert len(ranked) == len(gaps)  # one distinguishing pair per contrast
-    assert all(r[3] == f"{r[1].split()[0]} colour" and r[4] == f"{r[2].split()[0]} colour" and r[7] == 1 for r in ranked)
+    assert len(ranked) == 2 * len(gaps)  # per contrast: the class prompt and one distinguishing pair, both ranked
+    # what tipped each decision (rank 1) favours the prediction: 100% by construction, and checked here
+    top = {(r[0], r[2]): r for r in rows if r[7] == 1}
+    assert len(top) == len(gaps) and all(r[6] > 0 for r in top.values())
+    pairs = [r for r in ranked if r[3] != "(class prompt)"]  # the colour pair is the only distinguishing pair
+    assert len(pairs) == len(gaps)
+    assert all(r[3] == f"{r[1].split()[0]} colour" and r[4] == f"{r[2].split()[0]} colour" for r in pairs)
 
 
 def test_store_contrasts_without_plans_writes_nothing(truth):

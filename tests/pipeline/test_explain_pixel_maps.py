@@ -1,4 +1,4 @@
-"""explain --maps plan|boxes|occlusion, the .npy maps and --format json, faithfulness --compare and
+"""explain --maps plan-dense|crop-boxes|occlusion, the .npy maps and --format json, faithfulness and
 the honesty lines, on the shapes store (constructed plans) with the tiny random-weight ViT."""
 import json
 
@@ -51,7 +51,7 @@ def test_plan_maps_conserve_the_plan_and_json_matches_the_npy(shapes, tmp_path):
     for x0, y0, x1, y1 in carried.astype(int):
         covered[y0:y1, x0:x1] = True
     for row in rows:
-        assert row["map_kind"] == "plan"
+        assert row["map_kind"] == "plan-dense"
         m = np.load(row["npy"])
         assert m.shape == (H, W)
         y, x = np.unravel_index(np.argmax(m), m.shape)
@@ -70,10 +70,10 @@ def test_boxes_and_occlusion_maps(shapes, tmp_path, tiny_model):
     ts, _ = shapes
     im = ts.images[1]
     with Catalog(ts.root) as cat:
-        b = explain_image(cat, im.image_id, out_dir=tmp_path / "b", maps="boxes")
+        b = explain_image(cat, im.image_id, out_dir=tmp_path / "b", maps="crop-boxes")
         o = explain_image(cat, im.image_id, out_dir=tmp_path / "c", maps="occlusion", model=tiny_model)
     cb, co = b.classes[0], o.classes[0]
-    assert cb.map_kind == "boxes" and co.map_kind == "occlusion"
+    assert cb.map_kind == "crop-boxes" and co.map_kind == "occlusion"
     np.testing.assert_allclose(np.load(cb.npy), cb.full_map, rtol=1e-6)
     # the box map at the image's size is the stored-box map the explain math draws (128 px: no rescale)
     np.testing.assert_allclose(cb.full_map, cb.map, atol=1e-12)
@@ -105,13 +105,17 @@ def test_overlay_uses_one_scale_and_leaves_low_values_transparent():
 def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_path):
     ts, boxes = shapes
     plot = tmp_path / "cmp.png"
-    r = CliRunner().invoke(cli, ["faithfulness", "--compare", "--store", str(ts.root), "--boxes", str(boxes),
+    r = CliRunner().invoke(cli, ["faithfulness", "--store", str(ts.root), "--boxes", str(boxes),
                                  "--maps", "plan-dense,crop-boxes,sim-sclip,gradcam,occlusion", "--occlusion-images", "1",
-                                 "--tolerance", "4", "--steps", "4", "--plot", str(plot)])
+                                 "--tolerance", "4", "--steps", "4", "--plot", str(plot), "--scorer", "dclip", "--road"])
     assert r.exit_code == 0, r.output
-    for kind in ("plan-dense", "crop-boxes", "sim-sclip", "gradcam", "occlusion", "random"):
-        assert f"  {kind} " in r.output
-    assert "pointing chance" in r.output and Image.open(plot).size[0] > 400
+    lines = r.output.strip().splitlines()
+    for kind in ("plan-dense", "crop-boxes", "sim-sclip", "gradcam", "occlusion", "random-plan-dense",
+                 "random-crop-boxes", "random-grid"):
+        assert any(line.startswith(f"  {kind} ") for line in lines), kind
+    kinds = ("plan-dense", "crop-boxes", "occlusion", "gradcam", "sim-sclip", "random")
+    assert all(any(k in line for k in kinds) for line in lines if not line.startswith("  map kind ")), r.output
+    assert "pointing: chance" in r.output and Image.open(plot).size[0] > 400
     with Catalog(ts.root) as cat:
         fid = cat.query("SELECT max(faith_run_id) FROM faithfulness_summary").fetchone()[0]
         summ = {(s["map_kind"], s["metric"]): s for s in tables.faithfulness_summary_rows(cat, fid)}
@@ -127,7 +131,8 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
         for m in ("deletion", "insertion", "road"):
             s = summ[(kind, m)]
             mine = [val[(kind, m, im.image_id)] for im in ts.images]
-            rnd = [val[("random", m, im.image_id)] for im in ts.images]
+            rkind = {"plan-dense": "random-plan-dense", "crop-boxes": "random-crop-boxes"}.get(kind, "random-grid")
+            rnd = [val[(rkind, m, im.image_id)] for im in ts.images]
             assert s["value"] == pytest.approx(np.mean(mine)) and s["random_value"] == pytest.approx(np.mean(rnd))
             assert s["diff"] == pytest.approx(np.mean(mine) - np.mean(rnd))
             assert s["diff_low"] <= s["diff"] <= s["diff_high"]
@@ -137,7 +142,7 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
     assert val[("plan-dense", "deletion", ts.images[0].image_id)] == pytest.approx(
         curve_auc([c[1] for c in first], [c[2] for c in first]))
     # pointing: one box per image, so the value is the share of hits; chance = box area / image area
-    for kind in ("plan-dense", "random"):
+    for kind in ("plan-dense", "random-plan-dense"):
         hits = [h for k, _, h in pg if k == kind]
         assert len(hits) == n and summ[(kind, "pointing")]["value"] == pytest.approx(np.mean(hits))
     W, H = Image.open(ts.images[0].path).size
@@ -146,16 +151,17 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
     assert summ[("plan-dense", "pointing")]["chance"] == pytest.approx(chance)
     # explain and the report quote the measured figures of the kind they show
     r = CliRunner().invoke(cli, ["explain", ts.images[0].path, "--store", str(ts.root), "-o", str(tmp_path / "e"),
-                                 "--maps", "boxes"])
+                                 "--maps", "crop-boxes"])
     s = summ[("crop-boxes", "deletion")]
-    assert f"deletion {s['value']:.3f} vs random {s['random_value']:.3f}" in r.output
+    assert f"deletion {s['value']:.3f} vs random-crop-boxes {s['random_value']:.3f}" in r.output
     worse = [m for m in ("deletion", "insertion", "road", "pointing") if not summ[("crop-boxes", m)]["better"]]
     assert ("NOT better than random" in r.output) == bool(worse)
     r = CliRunner().invoke(cli, ["report", "--store", str(ts.root), "-o", str(tmp_path / "r.html"), "--limit", "2"])
     assert r.exit_code == 0, r.output
     html = (tmp_path / "r.html").read_text()
     s = summ[("plan-dense", "deletion")]
-    assert "Maps shown: <b>plan-dense</b>" in html and f"deletion {s['value']:.3f} vs random {s['random_value']:.3f}" in html
+    assert "Maps shown: <b>plan-dense</b>" in html
+    assert f"deletion {s['value']:.3f} vs random-plan-dense {s['random_value']:.3f}" in html
     # evaluate puts the run's measured default maps beside its accuracy, with its region set
     with Catalog(ts.root, read_only=True) as cat:
         run_id = cat.query("SELECT DISTINCT run_id FROM faithfulness_summary WHERE faith_run_id = ?", [fid]).fetchone()[0]
@@ -179,7 +185,32 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
 
 def test_map_errors_are_one_line(shapes, tmp_path):
     ts, boxes = shapes
-    for args, msg in ((["faithfulness", "--compare", "--maps", "plan-dense,heat"], "unknown map kind(s) heat"),
+    for args, msg in ((["faithfulness", "--maps", "plan-dense,heat"], "unknown map kind(s) heat"),
                       (["explain", ts.images[0].path, "--maps", "rise"], "Invalid value for '--maps'")):
         r = CliRunner().invoke(cli, [*args, "--store", str(ts.root)])
         assert r.exit_code != 0 and msg in r.output and "Traceback" not in r.output, r.output
+
+
+def test_a_png_does_not_depend_on_what_else_was_drawn_and_names_its_class_and_attribute(shapes, tmp_path):
+    """The same attribute map drawn alone (--attribute) or with all the others is the same PNG
+    byte for byte (its colour scale is the largest of all the class's attribute maps, drawn or
+    not), and every PNG has a title band with text above the map."""
+    from pipeline.explain.plots import DISPLAY_SIDE
+
+    ts, _ = shapes
+    im = ts.images[0]
+    with Catalog(ts.root, read_only=True) as cat:
+        full = explain_image(cat, im.image_id, out_dir=tmp_path / "a", maps="crop-boxes")
+        drawn = [a for a in full.classes[0].attributes if a.overlay is not None]
+        a = drawn[-1]  # not the strongest: alone it would have set the old per-call scale
+        one = explain_image(cat, im.image_id, out_dir=tmp_path / "b", maps="crop-boxes", attribute=str(a.attr_id))
+    [b] = [x for x in one.classes[0].attributes if x.overlay is not None]
+    assert len(drawn) > 1 and b.attr_id == a.attr_id
+    assert a.overlay.read_bytes() == b.overlay.read_bytes()
+    assert full.classes[0].overlay.read_bytes() == one.classes[0].overlay.read_bytes()
+    f = max(1.0, DISPLAY_SIDE / max(full.width, full.height))
+    map_h = round(full.height * f)
+    for path in (a.overlay, full.classes[0].overlay):
+        png = np.asarray(Image.open(path).convert("L"))
+        band = png[: png.shape[0] - map_h]
+        assert band.shape[0] > 10 and band.min() < 80 and np.median(band) == 255  # dark text on white

@@ -1,6 +1,7 @@
 """Deletion/insertion and the pointing game: the metric's pieces, a sanity test of the metric
 itself, the stored tables and the CLI."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -163,19 +164,25 @@ def test_pointing_game_and_cli(store, tmp_path):
         f.write(json.dumps({"image": store.images[0].path, "class": store.images[0].label, "attribute": "wings",
                             "x0": 0, "y0": 0, "x1": 5, "y1": 5}) + "\n")  # not an attribute of that class
         f.write(json.dumps({"image": "elsewhere/nope.png", "x0": 0, "y0": 0, "x1": 5, "y1": 5}) + "\n")
-    r = CliRunner().invoke(cli, ["faithfulness", "--store", str(store.root), "--steps", "2", "--limit", "2",
-                                 "--boxes", str(boxes), "--random-maps", "1"])
+    r = CliRunner().invoke(cli, ["faithfulness", "--store", str(store.root), "--steps", "2", "--max-images", "2",
+                                 "--maps", "crop-boxes", "--scorer", "dclip", "--boxes", str(boxes),
+                                 "--plot", str(tmp_path / "f.png")])
     assert r.exit_code == 0, r.output
-    assert "deletion" in r.output and "mean AUC" in r.output and "pointing game:" in r.output
-    assert "skipped 2" in r.output
+    assert re.search(r"^  crop-boxes +2 ", r.output, re.M) and re.search(r"^  random-crop-boxes +2 ", r.output, re.M)
+    assert "nope.png: not indexed" in r.output and "scorer dclip-global-softmax" in r.output
     with Catalog(store.root, read_only=True) as cat:
         fid = cat.query("SELECT max(faith_run_id) FROM faithfulness_runs").fetchone()[0]
-        rows = cat.query("SELECT image_id, attribute, hit, energy_inside, x, y, x0, y0, x1, y1 FROM pointing_game "
+        scored = {i for (i,) in cat.query("SELECT DISTINCT image_id FROM faithfulness_scores WHERE faith_run_id = ?",
+                                          [fid]).fetchall()}
+        rows = cat.query("SELECT image_id, map_kind, attribute, hit, energy_inside, x, y, x0, y0, x1, y1 FROM pointing_game "
                          "WHERE faith_run_id = ?", [fid]).fetchall()
-        assert len(rows) == len(store.images)
+        # --max-images caps every metric: pointing ran on exactly the images deletion/insertion measured
+        assert len(scored) == 2 and {r_[0] for r_ in rows} == scored
+        assert sorted(r_[1] for r_ in rows) == ["crop-boxes"] * 2 + ["random-crop-boxes"] * 2
         # the colour attribute's map is built from the object, so its energy on the object box beats the box's area share
-        lift = [e / ((x1 - x0) * (y1 - y0) / 128**2) for _, _, _, e, _, _, x0, y0, x1, y1 in rows]
+        mine = [r_ for r_ in rows if r_[1] == "crop-boxes"]
+        lift = [e / ((x1 - x0) * (y1 - y0) / 128**2) for _, _, _, _, e, _, _, x0, y0, x1, y1 in mine]
         assert np.mean(lift) > 1.0
-        assert all(0 <= x <= 128 and 0 <= y <= 128 for *_, x, y, _a, _b, _c, _d in rows)
+        assert all(0 <= x <= 128 and 0 <= y <= 128 for *_, x, y, _a, _b, _c, _d in mine)
     r = CliRunner().invoke(cli, ["faithfulness", "--store", str(store.root), "--steps", "0"])
     assert r.exit_code == 2 and "--steps" in r.output and "must be >= 1 and <=" in r.output and len(r.output.strip().splitlines()) == 1

@@ -53,8 +53,8 @@ def test_report_content(evil):
     first = html.index('class="card')
     assert html[first:first + 80].startswith('class="card wrong"')
     card = html[first:html.index('class="card', first + 10)]
-    why = re.search(r"<b>Why blue square and not red circle</b> \(([^)]*)\): gap \+([\d.]+) =.*?reason 1: <b>([^<]*)</b> "
-                    r"\+([\d.]+), favours blue square", card, re.S)
+    why = re.search(r"<b>Why blue square and not red circle</b> \(([^)]*)\): blue square over red circle by "
+                    r"\+([\d.]+): (.*?) \+([\d.]+) tipped it", card, re.S)  # reason 1: what tipped the decision
     assert why and "true class" in why.group(1) and why.group(3).startswith("blue colour vs ")
     with Catalog(ts.root, read_only=True) as cat:
         gap = cat.query("SELECT max(score) FILTER (WHERE c.name = 'blue square') - max(score) FILTER (WHERE c.name = "
@@ -68,7 +68,20 @@ def test_report_content(evil):
     assert "global part" in html and "local part" in html
     assert html.count("<figure>") == 8 * 5  # image, class map and 3 attribute maps per image
     assert "Never-used descriptors in this run: <b>1</b>" in html and UNUSED in html
+    with Catalog(ts.root, read_only=True) as cat:  # never the strongest attribute of a prediction, against a loop
+        rows = cat.query("SELECT image_id, class_id, attr_id, mass, similarity FROM alignments WHERE run_id = ? AND mass > 0",
+                         [res.run_id]).fetchall()
+        preds = set(cat.query("SELECT image_id, class_id FROM predictions WHERE run_id = ? AND rank = 1",
+                              [res.run_id]).fetchall())
+    contrib: dict = {}
+    for i, c, a, m, f in rows:
+        contrib.setdefault((i, c), {}).setdefault(a, 0.0)
+        contrib[(i, c)][a] += m * f
+    led = {min(v, key=lambda a: (-v[a], a)) for k, v in contrib.items() if k in preds}
+    n_never_top = len({r_[2] for r_ in rows} - led)
+    assert f"never led a prediction (candidates to drop or reword): <b>{n_never_top}</b>" in html
     assert "deletion" in html and "random_deletion" in html  # the faithfulness table
+    assert "of <b>crop-boxes</b> maps against" in html  # it names the map kind it measured
     # the plots are real PNGs
     for uri in re.findall(r'src="data:image/png;base64,([^"]+)" alt="(?:per-class accuracy|deletion and insertion curves)"', html):
         im = Image.open(io.BytesIO(base64.b64decode(uri)))

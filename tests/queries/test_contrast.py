@@ -23,11 +23,17 @@ def test_terms_sum_to_gap(seed):
     # every attribute of each class appears exactly once
     assert sorted(x.index_a for x in r.rows if x.index_a is not None) == list(range(na))
     assert sorted(x.index_b for x in r.rows if x.index_b is not None) == list(range(nb))
-    ranked = sorted((x for x in r.rows if x.reason_rank), key=lambda x: x.reason_rank)
-    assert [x.reason_rank for x in ranked] == list(range(1, len(ranked) + 1))
+    # every term of the gap is ranked, the class prompt's included: ranks 1..n over prompt + non-shared rows
+    ranked = {x.reason_rank: x.term for x in r.rows if x.reason_rank} | {r.prompt_rank: r.prompt_term}
+    assert sorted(ranked) == list(range(1, len(ranked) + 1))
     assert all(x.shared == (x.reason_rank is None) for x in r.rows)  # every non-shared row is ranked
-    assert [x.term for x in ranked] == sorted((x.term for x in ranked), reverse=True)
-    assert r.prompt_rank == 1 + sum(x.term > r.prompt_term for x in ranked)
+    assert [ranked[k] for k in sorted(ranked)] == sorted(ranked.values(), reverse=True)
+    assert r.top_term() == max(ranked.values())
+    if r.gap > 0:  # the prediction won: what tipped it (rank 1) argues for it, by construction
+        assert r.top_term() > 0
+    against = r.against()
+    negatives = [x.term for x in r.rows if x.reason_rank and x.term < 0]
+    assert (against is None) == (not negatives) and (against is None or against.term == min(negatives))
 
 
 def test_against_plain_loop():
@@ -47,9 +53,8 @@ def test_against_plain_loop():
     assert by_a[1].term == pytest.approx(ca[1] - cb[2] - nu)
     assert r.prompt_term == pytest.approx(sum(d) + nu)
     assert r.top_attribute().text_a == "plain wings"
-    # ranking: the wing pair is the only distinguishing attribute; the prompt term (+0.0127)
-    # outweighs it (-0.0085)
-    assert by_a[1].reason_rank == 1 and r.prompt_rank == 1
+    # ranking: the prompt term (+0.0127) tipped it; the wing pair (-0.0085) argued for B
+    assert r.prompt_rank == 1 and by_a[1].reason_rank == 2 and r.tipped() is None and r.against() is by_a[1]
     assert [x.reason_rank for x in r.rows if x.shared] == [None, None, None]
 
 

@@ -37,11 +37,11 @@ def test_alignments_keep_positive_mass_on_stored_texts_of_the_top_classes():
 
 def test_contrasts_store_a_prompt_row_then_the_terms_and_rows_round_trip():
     rows = ResultRows(images=2)
-    rows.contrast_terms(3, [(5, 8, 9, True, False, 0.25, 0.05, [(100, None, False, 0.2, 1), (101, 201, True, 0.0, None)])])
+    rows.contrast_terms(3, [(5, 8, 9, True, False, 0.25, 0.05, 2, [(100, None, False, 0.2, 1), (101, 201, True, 0.0, None)])])
     rows.sample_predictions(3, np.array([5, 6]), np.array([[8, 9], [9, 9]]))
     t = rows.tables()["contrast_terms"].to_pydict()
     assert t["attr_id"] == [None, 100, 101] and t["other_attr_id"] == [None, None, 201]
-    assert t["reason_rank"] == [None, 1, None] and t["term"] == [0.05, 0.2, 0.0] and t["gap"] == [0.25] * 3
+    assert t["reason_rank"] == [2, 1, None] and t["term"] == [0.05, 0.2, 0.0] and t["gap"] == [0.25] * 3
     back = ResultRows.from_bytes(rows.to_bytes())
     assert back.images == 2 and {k: v.to_pydict() for k, v in back.tables().items()} == {
         k: v.to_pydict() for k, v in rows.tables().items()}

@@ -28,4 +28,5 @@ def _lazsl_scores(ctx, batch, rows) -> None:
 register(Method("lazsl", "LaZSL: transport between crops and descriptors on the Faiss shortlist (--theta, --eps).",
                 texts.descriptors, _lazsl_scores, LocalConfig, region_kinds=CROP_KINDS,
                 region_hint="regions besides the full view (index-images --regions crops|grid|patches)",
-                shortlisted=True, writes_alignments=True, writes_contrasts=True, theta_field="theta"))
+                shortlisted=True, writes_alignments=True, writes_contrasts=True, theta_field="theta",
+                rescores_pixels=True))

@@ -76,6 +76,9 @@ class Method:
     stage: Callable[..., Any] | None = None
     # explain: the weight θ of the local part of the score, read from the run's config (None: no split)
     theta_field: str | None = None
+    # faithfulness: its score can be re-computed from perturbed pixels by LaZSL's re-scorer
+    # (pipeline.explain.maps.LazslScorer); the others are scored there with --scorer dclip
+    rescores_pixels: bool = False
 
     def make_config(self, settings=None):
         """This method's config from ``settings``: its own config (kept), another method's config
