@@ -172,7 +172,7 @@ def report_cmd(run_id, output, limit, show_classes, plots_dir, map_kind, store):
               help="What deleted pixels become (and insertion starts from).")
 @number_option("--tolerance", lo=0, hi=10_000, default=8.0, show_default=True, help="Pointing game: pixels the box is grown by.")
 @number_option("--seed", kind=int, lo=0, hi=2**63 - 1, default=0, show_default=True, help="Seed of the random maps and tie order.")
-@number_option("--occlusion-images", kind=int, lo=0, hi=10**6, default=8, show_default=True,
+@number_option("--max-occlusion-images", "occlusion_images", kind=int, lo=0, hi=10**6, default=8, show_default=True,
                help="occlusion: maps on the first N measured images only (hundreds of encoder passes each).")
 @click.option("--plot", "plot_file", type=click.Path(dir_okay=False), default="faithfulness-maps.png", show_default=True,
               help="PNG of the mean deletion and insertion curves per map kind.")

@@ -4,7 +4,7 @@
                 (:mod:`pipeline.explain.pixel_maps`, ``explain --maps plan``)
 ``crop-boxes``  the plan's mass over whole crop boxes (``explain --maps boxes``)
 ``occlusion``   drop of the class's LaZSL probability under a blurred window (slow; only the
-                first ``--occlusion-images`` images)
+                first ``--max-occlusion-images`` images)
 ``random``      U(0, 1) on an 8×8 grid, bilinear (a fresh draw per map, seeded)
 ``gradcam``     Grad-CAM (``grad-cam`` package) on the image tower's last block for the text
 ``sim-plain``   cosine of the full image's plain last-layer patch tokens to the text

@@ -106,7 +106,7 @@ def test_compare_stores_paired_differences_and_explain_quotes_them(shapes, tmp_p
     ts, boxes = shapes
     plot = tmp_path / "cmp.png"
     r = CliRunner().invoke(cli, ["faithfulness", "--store", str(ts.root), "--boxes", str(boxes),
-                                 "--maps", "plan-dense,crop-boxes,sim-sclip,gradcam,occlusion", "--occlusion-images", "1",
+                                 "--maps", "plan-dense,crop-boxes,sim-sclip,gradcam,occlusion", "--max-occlusion-images", "1",
                                  "--tolerance", "4", "--steps", "4", "--plot", str(plot), "--scorer", "dclip", "--road"])
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
