@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from ...settings import setting
 from . import fields, texts
 from .registry import CROP_KINDS, Method, register
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,8 @@ def _cupl_scores(ctx, batch, rows) -> None:
 
 def _wca_scores(ctx, batch, rows) -> None:
     """WCA's weighted crops x sentences; each random draw's winner goes to ``sample_predictions``."""
+    # heavy: imported on use
+    import numpy as np
     from queries import baselines
 
     config, n = ctx.config, len(ctx.classes)

@@ -2,14 +2,19 @@
 (:mod:`queries.lazsl`)."""
 from __future__ import annotations
 
-from stores.results import text_ids
+from typing import TYPE_CHECKING
 
 from . import texts
 from .fields import LocalConfig
 from .registry import CROP_KINDS, Method, register
 
+if TYPE_CHECKING:
+    from stores.results import text_ids
+
 
 def _lazsl_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
+    from stores.results import text_ids
     from queries import lazsl
 
     config = ctx.config

@@ -3,16 +3,17 @@ inside it); the class score is the best object's (:mod:`queries.binding`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-
-from stores.results import text_ids
+from typing import TYPE_CHECKING
 
 from ...settings import setting
 from ...errors import InputError
 from . import texts
 from .fields import LocalConfig
 from .registry import PART_KINDS, Method, chunks, register
+
+if TYPE_CHECKING:
+    import numpy as np
+    from stores.results import text_ids
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class ObjectBoundConfig(LocalConfig):
 
 
 def _object_bound_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
+    import numpy as np
+    from stores.results import text_ids
     from queries import binding
 
     config = ctx.config
