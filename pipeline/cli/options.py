@@ -31,6 +31,7 @@ from ..engines.ray_engine import require_ray
 from ..errors import InputError
 from ..inputs import human_bytes, parse_byte_size
 from ..models import ModelLoadError, load_model
+from ..stages.methods import method_names, option_fields
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -116,8 +117,6 @@ class IntList(click.ParamType):
 
 def config_option(config_cls, name: str, *extra_decls: str):
     """An option for one field of a frozen config (:func:`field_option`)."""
-    from dataclasses import fields
-
     return field_option(next(f for f in fields(config_cls) if f.name == name), *extra_decls)
 
 
@@ -158,8 +157,6 @@ REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "par
 
 def method_option_fields() -> list:
     """The settings of the registered methods' configs that are command-line options."""
-    from ..stages.methods import option_fields
-
     return [f for f in option_fields().values() if f.metadata.get("cli", True)]
 
 
@@ -233,15 +230,11 @@ def model_options(fn):
 
 
 def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
-    from ..stages.methods import method_names
-
     return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
                         help=f"{', '.join(method_names())}; repeat or comma-separate for several.{help_extra}")
 
 
 def parse_methods(values) -> list[str]:
-    from ..stages.methods import method_names
-
     names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
     unknown = [m for m in names if m not in method_names()]
     if unknown:

@@ -180,6 +180,7 @@ class ScoreContext:
     def shortlist(self):
         """Shortlisted methods shortlist by the normalised mean of the very texts they score."""
         if self.spec.shortlisted and self._shortlist is None:
+            # heavy: imported on use
             from queries.shortlist import Shortlist, class_prototypes
 
             self._shortlist = Shortlist(class_prototypes(self.texts.attrs.embeddings, self.cls_index, len(self.classes)))

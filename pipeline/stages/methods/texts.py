@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 def load_templates(spec: str) -> list[str]:
     """'openai' -> open_clip's 80 ImageNet templates; 'simple' -> its 7; else a file, one per line with {}."""
     if spec in ("openai", "simple"):
+        # heavy: imported on use
         import open_clip
 
         meta = open_clip.zero_shot_metadata
