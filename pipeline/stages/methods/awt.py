@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from stores.errors import StoreError
 
@@ -10,11 +9,6 @@ from ...settings import setting
 from . import texts
 from .fields import SinkhornConfig
 from .registry import VIEW_KINDS, Method, MethodTexts, chunks, register
-
-if TYPE_CHECKING:
-    import numpy as np
-    from stores import tables
-    from stores.results import text_ids
 
 
 @dataclass(frozen=True)

@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from ...settings import setting
 from . import fields, texts
 from .registry import CROP_KINDS, Method, register
-
-if TYPE_CHECKING:
-    import numpy as np
 
 
 @dataclass(frozen=True)

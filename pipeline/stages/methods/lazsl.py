@@ -2,14 +2,9 @@
 (:mod:`queries.lazsl`)."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from . import texts
 from .fields import LocalConfig
 from .registry import CROP_KINDS, Method, register
-
-if TYPE_CHECKING:
-    from stores.results import text_ids
 
 
 def _lazsl_scores(ctx, batch, rows) -> None:

@@ -3,17 +3,12 @@ inside it); the class score is the best object's (:mod:`queries.binding`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ...settings import setting
 from ...errors import InputError
 from . import texts
 from .fields import LocalConfig
 from .registry import PART_KINDS, Method, chunks, register
-
-if TYPE_CHECKING:
-    import numpy as np
-    from stores.results import text_ids
 
 
 @dataclass(frozen=True)

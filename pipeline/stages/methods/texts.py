@@ -21,7 +21,6 @@ from ...names import CLIP_TEMPLATE, PHOTO_PROMPTS, check_text, norm_class_name
 from .registry import MethodTexts
 
 if TYPE_CHECKING:
-    import numpy as np
     from stores import tables
 
 
