@@ -35,7 +35,9 @@ def _own_descriptions(cat, config, model, method: str) -> MethodTexts | None:
     (set ``awt-class``) as the class prompt; None when the store has no AWT descriptions."""
     # heavy: imported on use
     import numpy as np
+
     from stores import tables
+
     from ..attributes import add_class_texts, awt_class_prompts, first_per_class
 
     attrs = tables.attribute_matrix(cat, cat.model, "awt")
@@ -85,8 +87,9 @@ def _logit_scale(config, model) -> dict:
 def _awt_scores(ctx, batch, rows) -> None:
     # heavy: imported on use
     import numpy as np
-    from stores.results import text_ids
+
     from queries import awt
+    from stores.results import text_ids
 
     config, classes, tx = ctx.config, ctx.classes, ctx.texts
     cols = ctx.spec.region_columns(batch, with_full=True)

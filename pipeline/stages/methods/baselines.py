@@ -82,7 +82,7 @@ def _wca_scores(ctx, batch, rows) -> None:
     """WCA's weighted crops x sentences; each random draw's winner goes to ``sample_predictions``."""
     # heavy: imported on use
     import numpy as np
-    # heavy: imported on use
+
     from queries import baselines
 
     config, n = ctx.config, len(ctx.classes)

@@ -9,8 +9,8 @@ from .registry import CROP_KINDS, Method, register
 
 def _lazsl_scores(ctx, batch, rows) -> None:
     # heavy: imported on use
-    from stores.results import text_ids
     from queries import lazsl
+    from stores.results import text_ids
 
     config = ctx.config
     cols = ctx.spec.region_columns(batch)

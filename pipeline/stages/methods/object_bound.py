@@ -21,8 +21,9 @@ class ObjectBoundConfig(LocalConfig):
 def _object_bound_scores(ctx, batch, rows) -> None:
     # heavy: imported on use
     import numpy as np
-    from stores.results import text_ids
+
     from queries import binding
+    from stores.results import text_ids
 
     config = ctx.config
     cols = ctx.spec.region_columns(batch, with_full=True)

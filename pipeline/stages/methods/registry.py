@@ -21,6 +21,7 @@ from ...errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
+
     from stores import tables
 
 CROP_KINDS = ("crop", "grid", "patch")  # LaZSL's and WCA's regions

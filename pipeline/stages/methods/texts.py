@@ -54,6 +54,7 @@ def encode_missing_prompts(cat: Catalog, model, method: str) -> None:
     """Encode the class prompts that have no embedding yet (the text encoder is needed then)."""
     # heavy: imported on use
     from stores import tables
+
     from ..attributes import encode_class_prompts
 
     if not tables.class_prompts_without_embedding(cat, cat.model):
@@ -68,6 +69,7 @@ def class_prompts(cat: Catalog, model, templates: list[str], template_set: str, 
     """The class prompts of ``template_set`` (written and encoded when missing)."""
     # heavy: imported on use
     from stores import tables
+
     from ..attributes import add_class_prompts, encode_class_prompts
 
     fp = cat.model
@@ -90,7 +92,9 @@ def photo_prompts(cat: Catalog, model, method: str) -> tables.TextMatrix:
 def concat(a: tables.TextMatrix, b: tables.TextMatrix) -> tables.TextMatrix:
     # heavy: imported on use
     import numpy as np
+
     from stores import tables
+
     return tables.TextMatrix(np.concatenate([a.ids, b.ids]), np.concatenate([a.class_ids, b.class_ids]),
                              np.concatenate([a.embeddings, b.embeddings]))
 
@@ -139,6 +143,7 @@ def _descriptor_after_text(cat: Catalog) -> str:
     for ImageNet), read back from a stored prompt, so waffle's prompts take the same form."""
     # heavy: imported on use
     from stores import tables
+
     from ..attributes import dclip_sentence
 
     for name, rows in tables.attributes_by_class(cat, "descriptors").items():
@@ -155,9 +160,15 @@ def waffle(cat: Catalog, config, model, method: str) -> MethodTexts:
     seed, the count and the template)."""
     # heavy: imported on use
     from stores import tables
+
     from ..attributes import dclip_sentence
-    from ..control_prompts import (DCLIP_TEMPLATE, WAFFLE_TEMPLATE, characters_from_descriptors, load_random_words,
-                                          waffle_prompts)
+    from ..control_prompts import (
+        DCLIP_TEMPLATE,
+        WAFFLE_TEMPLATE,
+        characters_from_descriptors,
+        load_random_words,
+        waffle_prompts,
+    )
 
     names = tables.class_names(cat)
     if not names:
@@ -188,6 +199,7 @@ def nameless(cat: Catalog, config, model, method: str) -> MethodTexts:
     "a photo of a {c}." prompt once per class when ``config.nameless == "photo"`` (arXiv 2412.11917)."""
     # heavy: imported on use
     from stores import tables
+
     from ..attributes import add_class_texts
 
     by_class = tables.attributes_by_class(cat, "descriptors")
