@@ -12,6 +12,7 @@ from stores.catalog import Catalog, resolve_store_path
 from .config import get_preset
 from .stages.methods import resolve_method_config
 from .models import load_model
+from .stages.classify import classify
 
 DEMO_PRESET = "toy-demo"  # pipeline/presets/toy-demo.json: 30 crops, crop-min 0.5, all classes scored
 DEMO_METHODS = ("clip", "dclip", "wca", "lazsl")
@@ -28,7 +29,6 @@ def run_demo(cat: Catalog, out: str | Path, *, n_per_class: int = 20, progress: 
     # heavy: imported on use (the stages import torch; `pipeline --help` imports this module)
     from .explain.report import write_report
     from .stages.attributes import import_attribute_file
-    from .stages.classify import classify
     from .stages.evaluate import evaluate_run, format_table
     from .stages.index_images import index_images
     from .toy.world import make_toyworld

@@ -126,12 +126,11 @@ def f(method, fmt, m):
 
 
 def test_planted_violations_in_a_fixture_tree_are_each_found(tmp_path, names):
-    (tmp_path / "pipeline" / "stages").mkdir(parents=True)
-    (tmp_path / "pipeline" / "methods").mkdir()
+    (tmp_path / "pipeline" / "stages" / "methods").mkdir(parents=True)
     (tmp_path / "stores").mkdir()
     (tmp_path / "queries").mkdir()
     (tmp_path / "pipeline" / "stages" / "bad.py").write_text(PLANTED)
-    (tmp_path / "pipeline" / "methods" / "fine.py").write_text(PLANTED)  # the registry may name methods
+    (tmp_path / "pipeline" / "stages" / "methods" / "fine.py").write_text(PLANTED)  # the registry may name methods
     (tmp_path / "queries" / "clean.py").write_text('X = ("clip", "paper")\ndef g(t):\n    return t == "paper"\n')
     (tmp_path / "stores" / "user.py").write_text("from pipeline.stages.bad import SHORTLISTED\n\n"
                                                  "def h(m):\n    return m not in SHORTLISTED\n")

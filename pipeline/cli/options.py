@@ -31,6 +31,7 @@ from ..engines.ray_engine import require_ray
 from ..errors import InputError
 from ..inputs import human_bytes, parse_byte_size
 from ..models import ModelLoadError, load_model
+from ..stages.methods import method_names, option_fields
 
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -156,8 +157,6 @@ REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "par
 
 def method_option_fields() -> list:
     """The settings of the registered methods' configs that are command-line options."""
-    from ..stages.methods import option_fields
-
     return [f for f in option_fields().values() if f.metadata.get("cli", True)]
 
 
@@ -231,15 +230,11 @@ def model_options(fn):
 
 
 def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
-    from ..stages.methods import method_names
-
     return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
                         help=f"{', '.join(method_names())}; repeat or comma-separate for several.{help_extra}")
 
 
 def parse_methods(values) -> list[str]:
-    from ..stages.methods import method_names
-
     names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
     unknown = [m for m in names if m not in method_names()]
     if unknown:

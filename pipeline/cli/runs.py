@@ -7,7 +7,7 @@ from functools import partial
 import click
 
 from ..config import recorded_preset
-from ..stages.methods import resolve_method_config
+from ..stages.methods import get_method, resolve_method_config
 from ..engines.ray_engine import classify_ray
 from ..names import check_text
 from .compositional import run_notes
@@ -42,7 +42,6 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     # heavy: imported on use
     from stores import tables
 
-    from ..stages.methods import get_method
     from ..stages.classify import classify_runs
 
     own = {f.name for m in methods for f in fields(get_method(m).config)}

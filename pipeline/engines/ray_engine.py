@@ -32,6 +32,7 @@ import time
 from typing import Any, Iterator
 
 from ..config import RegionConfig
+from ..stages.methods import get_method
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 
@@ -220,7 +221,6 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
     # heavy: imported on use
-    from ..stages.methods import get_method
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
 
     if get_method(method).stage is not None:

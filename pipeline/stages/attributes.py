@@ -24,7 +24,9 @@ from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, load_json_file
 from ..names import check_text, clean_class_name, clean_text, escape_controls, norm_class_name
 
-STYLES = ("descriptors", "sentences", "awt")
+#: the attribute style of AWT's description files (a style, not the method of the same name)
+AWT_STYLE = "awt"
+STYLES = ("descriptors", "sentences", AWT_STYLE)
 PROMPT_DIR = Path(__file__).resolve().parent.parent / "prompts"
 #: AWT's class template of each dataset (``AWT_zero_shot/data/cls_to_names.py``, ``CUSTOM_TEMPLATES``;
 #: its description files are ``<dataset>.json``), without the final period.
@@ -57,7 +59,7 @@ def render_prompt(class_name: str, text: str, style: str, after_text: str = "",
 
     ``awt``: AWT's ``template.format(c) + ". " + description`` (an empty description gives the
     class prompt and a blank, which the tokenizer drops: upstream encodes exactly that)."""
-    if style == "awt":
+    if style == AWT_STYLE:
         return f"{class_template.replace('{}', class_name)}. {text.strip()}"
     if style == "descriptors":
         if not text.strip():
@@ -108,7 +110,7 @@ def guess_style(mapping: dict[str, list[str]], path: str | Path | None = None) -
     style = "sentences" if words >= 7 or periods > 0.5 else "descriptors"
     named_awt = path is not None and Path(path).name.lower().startswith(("awt_", "awt-"))
     if named_awt or (style == "sentences" and min(len(v) for v in mapping.values()) >= AWT_DESCRIPTIONS):
-        return "awt"
+        return AWT_STYLE
     return style
 
 
@@ -302,7 +304,7 @@ def awt_class_prompts(cat: Catalog) -> dict[int, list[tuple[str, str]]]:
     as :func:`add_class_texts` takes them."""
     ids = tables.class_ids_by_norm(cat)
     out = {}
-    for name, rows in tables.attributes_by_class(cat, "awt").items():
+    for name, rows in tables.attributes_by_class(cat, AWT_STYLE).items():
         text, prompt = rows[0]
         head = prompt[: len(prompt) - len(text.strip()) - 2]  # the prompt without ". {description}"
         out[ids[norm_class_name(name)]] = [(head.replace(name, "{}", 1), head + ".")]
@@ -387,9 +389,9 @@ def import_attribute_file(
     ``awt_template`` or AWT's own for the dataset the file is named after."""
     lists, report = read_attribute_lists(path, max_bytes)
     report.style = style or guess_style(lists, path)
-    mapping = lists if report.style == "awt" else drop_blank_texts(lists, report)
+    mapping = lists if report.style == AWT_STYLE else drop_blank_texts(lists, report)
     template = AWT_DEFAULT_TEMPLATE
-    if report.style == "awt":
+    if report.style == AWT_STYLE:
         template = awt_template or awt_template_for(path) or AWT_DEFAULT_TEMPLATE
         if "{}" not in template:
             raise InputError(f"--awt-template {template!r}: put {{}} where the class name goes.")

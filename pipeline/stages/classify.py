@@ -19,6 +19,7 @@ from stores.catalog import Catalog
 from stores.errors import StoreError
 from stores.results import ResultRows, write_results
 
+from .contrasts import store_contrasts
 from .methods import MethodTexts, ScoreContext, get_method
 from .methods.texts import load_templates  # noqa: F401  (re-exported: part of this stage's API)
 from .reports import ClassifyReport
@@ -108,6 +109,7 @@ def classify(
     config. Each batch goes through :func:`score_region_batch`; the run and its rows are one
     transaction.
     """
+    # heavy: imported on use
     from tqdm import tqdm
 
     spec = get_method(method)
@@ -146,8 +148,6 @@ def write_contrasts(cat: Catalog, report: ClassifyReport, image_ids=None) -> Non
     rank 2 and vs the true class) from the rows just written (:mod:`.contrasts`)."""
     if not get_method(report.method).writes_contrasts:
         return
-    from .contrasts import store_contrasts
-
     store_contrasts(cat, report.run_id, image_ids)
     top = report.params.get("config", {}).get("alignments_top", 0)
     if top == 1:

@@ -400,6 +400,7 @@ def classify_compositional(cat: Catalog, method: str, config, *, pair_style: str
     method's :class:`pipeline.stages.methods.czsl.PairConfig`; ``pair_style``:
     the style of :func:`pair_texts`; ``local``: the pair branch is LaZSL over the crops (its
     plans go to ``alignments``, the regions that carried state and object to ``pair_regions``)."""
+    # heavy: imported on use
     from tqdm import tqdm
 
     fp = cat.model

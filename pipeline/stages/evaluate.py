@@ -33,7 +33,7 @@ from ..datasets import restrict_ranking, restricted_class_ids
 from ..errors import InputError
 from .methods import find_method
 from ..names import norm_class_name
-from .attributes import first_per_class
+from .attributes import AWT_STYLE, first_per_class
 from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
 
@@ -206,8 +206,8 @@ def run_prompts(cat: Catalog, params: dict) -> dict[str, list[str]]:
         return out
     style = kind.split(" ")[0] if kind else None
     fp = cat.model
-    if style == "awt" and fp:  # AWT's class prompt, then its first N descriptions
-        m = tables.attribute_matrix(cat, fp, "awt")
+    if style == AWT_STYLE and fp:  # AWT's class prompt, then its first N descriptions
+        m = tables.attribute_matrix(cat, fp, AWT_STYLE)
         ids = m.ids[first_per_class(m.class_ids, params.get("config", {}).get("awt_descriptions", 0))]
         out = tables.class_prompt_texts(cat, "awt-class")
         for name, prompts in tables.texts_by_ids(cat, ids.tolist()).items():

@@ -193,7 +193,7 @@ def test_waffle_prompts_and_scores(store, tiny_model, form):
     config = MethodConfig(top_k=0, seed=3)
     template, characters = "A photo of a {name}, {sentence}.", "aefghiklnoprstwy"
     if form == "dclip":
-        config = replace(config, waffle_template="dclip", waffle_characters="a-z")
+        config = config.updated(waffle_template="dclip", waffle_characters="a-z")
         template, characters = "{name}, {sentence}", None
     run = classify(store, "waffle", config, model=tiny_model, progress=False)
     names = tables.class_names(store)

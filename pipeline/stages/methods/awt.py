@@ -3,11 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from stores import tables
 from stores.errors import StoreError
-from stores.results import text_ids
 
 from ...settings import setting
 from . import texts
@@ -37,6 +33,11 @@ def _own_descriptions(cat, config, model, method: str) -> MethodTexts | None:
     """AWT's texts as its code builds them: the store's AWT descriptions (style ``awt``), the
     first ``config.awt_descriptions`` of each class, and each class's prompt ``template(c) + "."``
     (set ``awt-class``) as the class prompt; None when the store has no AWT descriptions."""
+    # heavy: imported on use
+    import numpy as np
+
+    from stores import tables
+
     from ..attributes import add_class_texts, awt_class_prompts, first_per_class
 
     attrs = tables.attribute_matrix(cat, cat.model, "awt")
@@ -84,7 +85,11 @@ def _logit_scale(config, model) -> dict:
 
 
 def _awt_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
+    import numpy as np
+
     from queries import awt
+    from stores.results import text_ids
 
     config, classes, tx = ctx.config, ctx.classes, ctx.texts
     cols = ctx.spec.region_columns(batch, with_full=True)

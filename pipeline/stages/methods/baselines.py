@@ -3,9 +3,7 @@ WCA also reads the crops). The math is :mod:`queries.baselines`."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
-import numpy as np
+from dataclasses import dataclass, replace
 
 from ...settings import setting
 from . import fields, texts
@@ -56,6 +54,7 @@ class NamelessConfig(fields.RankedConfig):
 def _prompt_scores(ctx, batch, rows) -> None:
     """Cosine to each class's text, a template ensemble being normalize(mean_t normalize(emb))
     per class: the same segment mean as CuPL's."""
+    # heavy: imported on use
     from queries import baselines
 
     class_text = baselines.cupl_class_text(ctx.texts.attrs.embeddings, ctx.cls_index, len(ctx.classes))
@@ -64,6 +63,7 @@ def _prompt_scores(ctx, batch, rows) -> None:
 
 def _dclip_scores(ctx, batch, rows) -> None:
     """The mean of cosines over each class's texts (DCLIP; WaffleCLIP's and the name-free ones too)."""
+    # heavy: imported on use
     from queries import baselines
 
     ctx.add_top_k(rows, batch.image_ids, baselines.dclip_scores(batch.full, ctx.texts.attrs.embeddings, ctx.cls_index,
@@ -71,6 +71,7 @@ def _dclip_scores(ctx, batch, rows) -> None:
 
 
 def _cupl_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
     from queries import baselines
 
     ctx.add_top_k(rows, batch.image_ids, baselines.cupl_scores(batch.full, ctx.texts.attrs.embeddings, ctx.cls_index,
@@ -79,6 +80,9 @@ def _cupl_scores(ctx, batch, rows) -> None:
 
 def _wca_scores(ctx, batch, rows) -> None:
     """WCA's weighted crops x sentences; each random draw's winner goes to ``sample_predictions``."""
+    # heavy: imported on use
+    import numpy as np
+
     from queries import baselines
 
     config, n = ctx.config, len(ctx.classes)
@@ -97,8 +101,6 @@ def _wca_scores(ctx, batch, rows) -> None:
 
 def _waffle_seeds(config) -> list:
     """One run per seed (seed, seed+1, ...); evaluate reports mean ± std over the group."""
-    from dataclasses import replace
-
     return [replace(config, seed=config.seed + i) for i in range(config.waffle_seeds)]
 
 

@@ -32,12 +32,14 @@ def _control(score):
 
 
 def _best_region(regions, attr, attr_class, n_classes):
+    # heavy: imported on use
     from queries.controls import best_region_scores
 
     return best_region_scores(regions, attr, attr_class, n_classes)
 
 
 def _crop_dclip(regions, attr, attr_class, n_classes):
+    # heavy: imported on use
     from queries.controls import crop_dclip_scores
 
     return crop_dclip_scores(regions, attr, attr_class, n_classes)

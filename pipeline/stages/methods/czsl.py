@@ -30,6 +30,7 @@ class PairConfig(LocalConfig):
 
 
 def _stage(cat, method: str, config, *, pair_style: str, local: bool, **kwargs):
+    # heavy: imported on use
     from ..compositional import classify_compositional
 
     return classify_compositional(cat, method, config, pair_style=pair_style, local=local, **kwargs)

@@ -2,15 +2,15 @@
 (:mod:`queries.lazsl`)."""
 from __future__ import annotations
 
-from stores.results import text_ids
-
 from . import texts
 from .fields import LocalConfig
 from .registry import CROP_KINDS, Method, register
 
 
 def _lazsl_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
     from queries import lazsl
+    from stores.results import text_ids
 
     config = ctx.config
     cols = ctx.spec.region_columns(batch)

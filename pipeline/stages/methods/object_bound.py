@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from stores.results import text_ids
-
 from ...settings import setting
 from ...errors import InputError
 from . import texts
@@ -23,7 +19,11 @@ class ObjectBoundConfig(LocalConfig):
 
 
 def _object_bound_scores(ctx, batch, rows) -> None:
+    # heavy: imported on use
+    import numpy as np
+
     from queries import binding
+    from stores.results import text_ids
 
     config = ctx.config
     cols = ctx.spec.region_columns(batch, with_full=True)

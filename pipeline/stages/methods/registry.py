@@ -13,15 +13,16 @@ their math (torch) when called.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable
-
-import numpy as np
-
-from stores import tables
+from typing import TYPE_CHECKING, Any, Callable
 
 from stores.errors import StoreError
 
 from ...errors import InputError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from stores import tables
 
 CROP_KINDS = ("crop", "grid", "patch")  # LaZSL's and WCA's regions
 PART_KINDS = CROP_KINDS + ("part",)  # object-bound's candidate objects and their parts
@@ -94,6 +95,8 @@ class Method:
                        kinds: tuple[str, ...] | None = None) -> np.ndarray:
         """The batch's columns of this method's region kinds (or ``kinds``; row 0, the full view,
         first when ``with_full``); one line naming what to index when there are none."""
+        # heavy: imported on use
+        import numpy as np
         cols = batch.columns(kinds or self.region_kinds)
         if len(cols) == 0:
             have = ", ".join(sorted(set(batch.kinds[0].tolist()))) if batch.kinds is not None else "no"
@@ -181,6 +184,7 @@ class ScoreContext:
     def shortlist(self):
         """Shortlisted methods shortlist by the normalised mean of the very texts they score."""
         if self.spec.shortlisted and self._shortlist is None:
+            # heavy: imported on use
             from queries.shortlist import Shortlist, class_prototypes
 
             self._shortlist = Shortlist(class_prototypes(self.texts.attrs.embeddings, self.cls_index, len(self.classes)))
@@ -195,6 +199,8 @@ class ScoreContext:
 
     def add_top_k(self, rows, image_ids, scores, global_scores=None, local_scores=None) -> None:
         """Store each image's ``k`` best classes of a full (B, C) score matrix (optional parts alike)."""
+        # heavy: imported on use
+        import numpy as np
         order = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]
         pick = lambda x: None if x is None else np.take_along_axis(np.asarray(x), order, 1)  # noqa: E731
         rows.predictions(self.run_id, image_ids, self.classes[order], pick(scores), pick(global_scores),

@@ -10,10 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from stores import tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
 
@@ -22,10 +20,14 @@ from ...inputs import read_text_bounded
 from ...names import CLIP_TEMPLATE, PHOTO_PROMPTS, check_text, norm_class_name
 from .registry import MethodTexts
 
+if TYPE_CHECKING:
+    from stores import tables
+
 
 def load_templates(spec: str) -> list[str]:
     """'openai' -> open_clip's 80 ImageNet templates; 'simple' -> its 7; else a file, one per line with {}."""
     if spec in ("openai", "simple"):
+        # heavy: imported on use
         import open_clip
 
         meta = open_clip.zero_shot_metadata
@@ -50,6 +52,9 @@ def ensemble_set_name(templates: str) -> str:
 
 def encode_missing_prompts(cat: Catalog, model, method: str) -> None:
     """Encode the class prompts that have no embedding yet (the text encoder is needed then)."""
+    # heavy: imported on use
+    from stores import tables
+
     from ..attributes import encode_class_prompts
 
     if not tables.class_prompts_without_embedding(cat, cat.model):
@@ -62,6 +67,9 @@ def encode_missing_prompts(cat: Catalog, model, method: str) -> None:
 
 def class_prompts(cat: Catalog, model, templates: list[str], template_set: str, method: str) -> tables.TextMatrix:
     """The class prompts of ``template_set`` (written and encoded when missing)."""
+    # heavy: imported on use
+    from stores import tables
+
     from ..attributes import add_class_prompts, encode_class_prompts
 
     fp = cat.model
@@ -82,12 +90,19 @@ def photo_prompts(cat: Catalog, model, method: str) -> tables.TextMatrix:
 
 
 def concat(a: tables.TextMatrix, b: tables.TextMatrix) -> tables.TextMatrix:
+    # heavy: imported on use
+    import numpy as np
+
+    from stores import tables
+
     return tables.TextMatrix(np.concatenate([a.ids, b.ids]), np.concatenate([a.class_ids, b.class_ids]),
                              np.concatenate([a.embeddings, b.embeddings]))
 
 
 def stored_attributes(cat: Catalog, first: str, second: str) -> tuple[tables.TextMatrix, str]:
     """The encoded attributes of style ``first``, else (said in the kind) of style ``second``."""
+    # heavy: imported on use
+    from stores import tables
     attrs, kind = tables.attribute_matrix(cat, cat.model, first), first
     if len(attrs) == 0:  # a store with only the other style: use it, and say so in params
         attrs, kind = tables.attribute_matrix(cat, cat.model, second), f"{second} (no {first} in the store)"
@@ -126,6 +141,9 @@ def template_ensemble(cat: Catalog, config, model, method: str) -> MethodTexts:
 def _descriptor_after_text(cat: Catalog) -> str:
     """What build-attributes appended to the store's descriptor prompts (``--after-text``, "."
     for ImageNet), read back from a stored prompt, so waffle's prompts take the same form."""
+    # heavy: imported on use
+    from stores import tables
+
     from ..attributes import dclip_sentence
 
     for name, rows in tables.attributes_by_class(cat, "descriptors").items():
@@ -140,9 +158,17 @@ def waffle(cat: Catalog, config, model, method: str) -> MethodTexts:
     """WaffleCLIP's random descriptors for the store's classes (seed ``config.seed``), stored as
     class prompts (template set ``waffle:<seed>:<digest>``, a function of the class names, the
     seed, the count and the template)."""
+    # heavy: imported on use
+    from stores import tables
+
     from ..attributes import dclip_sentence
-    from ..control_prompts import (DCLIP_TEMPLATE, WAFFLE_TEMPLATE, characters_from_descriptors, load_random_words,
-                                          waffle_prompts)
+    from ..control_prompts import (
+        DCLIP_TEMPLATE,
+        WAFFLE_TEMPLATE,
+        characters_from_descriptors,
+        load_random_words,
+        waffle_prompts,
+    )
 
     names = tables.class_names(cat)
     if not names:
@@ -171,6 +197,9 @@ def waffle(cat: Catalog, config, model, method: str) -> MethodTexts:
 def nameless(cat: Catalog, config, model, method: str) -> MethodTexts:
     """Class-name-free prompts: each stored descriptor alone (set ``nameless``), plus the
     "a photo of a {c}." prompt once per class when ``config.nameless == "photo"`` (arXiv 2412.11917)."""
+    # heavy: imported on use
+    from stores import tables
+
     from ..attributes import add_class_texts
 
     by_class = tables.attributes_by_class(cat, "descriptors")
