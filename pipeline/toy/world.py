@@ -515,6 +515,47 @@ def caption_view(scene: Scene, view, rng: np.random.Generator, nonce: str | None
     return "an empty background"
 
 
+CAPTION_MODES = ("bound", "unbound")
+
+
+def caption_view_unbound(scene: Scene, view, rng: np.random.Generator, nonce: str | None = None,
+                         p_dclip: float = 0.2, min_inside: float = 0.6) -> str:
+    """A caption of ``view`` that lists the visible attributes without saying which bird has which.
+
+    The weak-binding counterpart of :func:`caption_view` (the way web captions describe a scene):
+    the attributes of every visible part of every bird go into one shuffled, de-duplicated list
+    ("birds with a blue crest, striped wings, a red crest and orange legs"), so a caption never
+    pairs an attribute with its bird. Visibility, the DCLIP form behind a nonce and the clutter
+    phrase follow :func:`caption_view` (same probabilities), so only the grouping differs.
+    """
+    texts, n_birds, whole = [], 0, True
+    for bird in scene.birds:
+        vis = [p for p in PART_NAMES if _inside_fraction(bird.boxes[p], view) >= min_inside]
+        if vis:
+            n_birds += 1
+            whole = whole and _inside_fraction(bird.bbox, view) >= 0.85
+            texts.extend(descriptor(p, bird.combo[PART_NAMES.index(p)]) for p in vis)
+    texts = list(dict.fromkeys(texts))
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    things = list(dict.fromkeys(c.text for c in scene.clutter if _inside_fraction(c.box, view) >= min_inside))
+    if texts and nonce is not None and rng.random() < p_dclip:
+        return f"{nonce}, {dclip_sentence(texts[rng.integers(len(texts))])}"
+    if texts:
+        if whole:
+            head = ("a bird with", "a small bird with")[rng.integers(2)] if n_birds == 1 else "birds with"
+        else:
+            head = ("part of a bird with", "a close-up of")[rng.integers(2)] if n_birds == 1 else "parts of birds with"
+        cap = f"{head} {_join(texts)}"
+        if things and rng.random() < 0.5:
+            pick = [things[i] for i in rng.permutation(len(things))[:min(2, len(things))]]
+            cap += f", next to {_join(pick)}"
+        return cap
+    if things:
+        pick = [things[i] for i in rng.permutation(len(things))[:3]]
+        return _join(pick)
+    return "an empty background"
+
+
 def _png_bytes(img: Image.Image) -> bytes:
     import io
 
