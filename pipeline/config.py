@@ -203,6 +203,8 @@ class MethodConfig(_Config):
     nameless: str = _f("photo", "dclip-nameless: photo = each descriptor alone plus one 'a photo of a {c}.' per class "
                        "(arXiv 2412.11917); none = the descriptors alone, no class name anywhere.",
                        choices=("photo", "none"))
+    control_parts: bool = _f(False, "best-region, crop-dclip: score the part crops (index-images --n-parts) as well "
+                               "as the crops.")
     # compositional (state, object) pairs: the czsl-* methods (pipeline/stages/compositional.py)
     pair_weight: float = _f(1.0, "czsl-*: MSCI weight w_p of the pair branch, score = w_p·t·pair + (w_s·P_state)·(w_o·P_object).",
                             lo=0.0, hi=1000.0)

@@ -85,7 +85,7 @@ def run_notes(cat, report) -> list[str]:
     from stores import tables
 
     lines = [f"run {report.run_id}: note: {n}" for n in report.notes]
-    feas = tables.pair_feasibility_rows(cat, report.run_id) if report.method.startswith("czsl-") else []
+    feas = tables.pair_feasibility_rows(cat, report.run_id)  # only compositional runs have rows
     removed = [r["name"] for r in feas if r["removed"]]
     if feas:
         lines.append(f"run {report.run_id}: feasibility left out {len(removed)} of {len(feas)} pairs"

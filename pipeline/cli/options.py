@@ -132,7 +132,10 @@ def config_option(config_cls, name: str, *extra_decls: str, default_from_config:
         return click.option(*decls, type=click.Choice(meta["choices"]), **common)
     if isinstance(f.default, tuple) and all(isinstance(v, int) for v in f.default):
         return click.option(*decls, type=IntList(), **common)
-    if isinstance(f.default, bool) or meta.get("lo") is None and meta.get("hi") is None:
+    if isinstance(f.default, bool):  # a flag: given (True) or not given (None)
+        return click.option(*decls, is_flag=True, default=None, help=meta["help"],
+                            callback=lambda ctx, param, value: True if value else None)
+    if meta.get("lo") is None and meta.get("hi") is None:
         return click.option(*decls, **common)
     kind = int if isinstance(f.default, int) else float
     return click.option(*decls, type=Number(kind, meta.get("lo"), meta.get("hi"), meta.get("lo_open")), **common)
@@ -150,7 +153,7 @@ def stack(*decorators):
 METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wca_score", "seed", "templates",
                         "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
                         "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
-                        "nameless")
+                        "nameless", "control_parts")
 REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
                         "layers")
 
@@ -221,19 +224,19 @@ def model_options(fn):
 
 
 def method_option(default: tuple[str, ...] | None = ("lazsl",), help_extra: str = ""):
-    from ..stages.classify import METHODS
+    from ..methods import method_names
 
     return click.option("--method", "methods", multiple=True, default=default, show_default=bool(default),
-                        help=f"{', '.join(METHODS)}; repeat or comma-separate for several.{help_extra}")
+                        help=f"{', '.join(method_names())}; repeat or comma-separate for several.{help_extra}")
 
 
 def parse_methods(values) -> list[str]:
-    from ..stages.classify import METHODS
+    from ..methods import method_names
 
     names = [m.strip() for v in values or () for m in str(v).split(",") if m.strip()]
-    unknown = [m for m in names if m not in METHODS]
+    unknown = [m for m in names if m not in method_names()]
     if unknown:
-        raise click.BadParameter(f"unknown method {unknown[0]!r}; use {', '.join(METHODS)}", param_hint="--method")
+        raise click.BadParameter(f"unknown method {unknown[0]!r}; use {', '.join(method_names())}", param_hint="--method")
     return list(dict.fromkeys(names))
 
 

@@ -37,12 +37,13 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
     from stores import tables
 
     from ..config import recorded_preset
-    from ..stages.classify import NEEDS_TEXT_ENCODER, classify_runs
+    from ..methods import get_method
+    from ..stages.classify import classify_runs
 
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)))
     for note in resolved.notes:
         click.echo(f"note: {note}", err=True)
-    needs_text = any(m in NEEDS_TEXT_ENCODER for m in methods)
+    needs_text = any(get_method(m).needs_text_encoder for m in methods)
     model = load_store_model(cat, model_name, pretrained, device, required=False) if needs_text else None
     provenance = {"preset": resolved.preset, "origins": resolved.origins}
     scorer = None

@@ -214,10 +214,10 @@ def classify_ray(cat, method: str, config=None, *, model=None, image_ids=None, p
     actor gets them once and scores whole regions shards (a shard holds whole images); the
     driver writes the run and every row in one transaction, so a killed run leaves nothing."""
     from ..config import MethodConfig
+    from ..methods import get_method
     from ..stages.classify import ScoredRows, prepare_run, write_contrasts, write_scored
-    from ..stages.compositional import CZSL_METHODS
 
-    if method in CZSL_METHODS:
+    if get_method(method).stage is not None:
         raise InputError(f"--method {method} runs on the local engine only; drop --engine ray for it.")
     ray = connect(address)
     plan = plan_actors(ray.cluster_resources(), concurrency=concurrency, num_gpus=0)

@@ -120,9 +120,11 @@ def _has_table(cat: Catalog) -> bool:
 
 
 def _computed_rows(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
-    from ..stages.contrasts import CONTRAST_METHODS, compute_contrasts
+    from ..methods import find_method
+    from ..stages.contrasts import compute_contrasts
 
-    if run.method not in CONTRAST_METHODS:
+    spec = find_method(run.method)
+    if spec is None or not spec.writes_contrasts:
         return []
     names = tables.class_names(cat)
     out = []

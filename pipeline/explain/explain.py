@@ -32,6 +32,7 @@ from stores.errors import StoreError
 
 from ..errors import InputError
 from ..imaging import open_image, read_image_file
+from ..methods import find_method
 from ..names import norm_class_name
 from .concepts import concept_view, pair_lines, pair_maps
 from .contrasts import contrast_panels, missing_true_note
@@ -205,7 +206,8 @@ def load_alignment(cat: Catalog, run_id: int, image_id: int, class_id: int) -> A
 
 def image_predictions(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
     """The run's ranked classes for an image, with the score's global and local parts."""
-    theta = run.params.get("config", {}).get("theta") if run.method in ("lazsl", "object-bound") else None
+    spec = find_method(run.method)
+    theta = run.params.get("config", {}).get(spec.theta_field) if spec is not None and spec.theta_field else None
     return [dict(p, parts=score_parts(p["score"], p["global_score"], p["local_score"], theta))
             for p in tables.image_predictions(cat, run.run_id, image_id)]
 

@@ -25,6 +25,9 @@ STYLES = ("descriptors", "sentences")
 
 
 # ---- prompts ----------------------------------------------------------------------------
+PHOTO_PROMPTS = "clip"  # template set of the "a photo of a {c}." class prompts (named after CLIP's prompt)
+
+
 def dclip_sentence(descriptor: str) -> str:
     """DCLIP's descriptor rule (loading_helpers.py): a plain prefix test, kept as-is so prompts
     match the published ones ("antlers" -> "which is antlers" is their behaviour too)."""

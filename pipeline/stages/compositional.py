@@ -42,15 +42,16 @@ from queries.compositional import compositional_scores, czsl_metrics, feasibilit
 from stores import tables
 from stores.catalog import Catalog
 from stores.errors import StoreError
+from stores.results import ResultRows, text_ids, write_results
 
 from ..config import MethodConfig
 from ..errors import InputError
 from ..inputs import DEFAULT_MAX_FILE_BYTES, read_text_bounded
 from ..names import clean_class_name, norm_class_name
-from .attributes import (add_attributes, add_class_prompts, claim_model, encode_attributes, encode_class_prompts,
+from .attributes import (PHOTO_PROMPTS, add_attributes, add_class_prompts, claim_model, encode_attributes,
+                         encode_class_prompts,
                          read_attribute_json, render_prompt)
 
-CZSL_METHODS = ("czsl-clip", "czsl-dclip", "czsl-local")
 PAIR_TEMPLATE = "a photo of a {}."  # the clip method's template: czsl-clip's pair branch shares its prompts
 STATE_TEMPLATE = "a photo of something {}."
 OBJECT_TEMPLATE = "a photo of a {}."
@@ -252,7 +253,7 @@ def build_compositional(cat: Catalog, model, vocab: Vocabulary, *, attributes_st
                                             ("object", vocab.objects, o_desc, OBJECT_TEMPLATE)):
             for n in names:
                 vid = vocab_ids[(kind, norm_class_name(n))]
-                wanted = [("clip", "", template.replace("{}", n))]
+                wanted = [(PHOTO_PROMPTS, "", template.replace("{}", n))]
                 wanted += [("descriptors", t, render_prompt(n, t, "descriptors")) for t in (desc.get(n) or [""])]
                 for style, text, prompt in wanted:
                     if (vid, style, text) in have:
@@ -289,7 +290,7 @@ def build_compositional(cat: Catalog, model, vocab: Vocabulary, *, attributes_st
         report.seen = len(vocab.seen)
         report.unseen = len(vocab.pairs) - len(vocab.seen)
     encode_attributes(cat, model, progress=progress)
-    add_class_prompts(cat, [PAIR_TEMPLATE], "clip")
+    add_class_prompts(cat, [PAIR_TEMPLATE], PHOTO_PROMPTS)
     encode_class_prompts(cat, model)
     encode_czsl_texts(cat, model)
     return report
@@ -336,20 +337,22 @@ def _vocab_index(matrix: tables.TextMatrix, vocab: list[tuple[int, str]], what: 
     return idx
 
 
-def pair_texts(cat: Catalog, method: str, pairs: list[dict]) -> PairTexts:
-    """The texts of the candidate ``pairs`` for ``method`` (from :func:`tables.czsl_pair_rows`)."""
+def pair_texts(cat: Catalog, pair_style: str, pairs: list[dict]) -> PairTexts:
+    """The texts of the candidate ``pairs`` (from :func:`tables.czsl_pair_rows`): ``pair_style``
+    ``prompts`` (the "a photo of a {c}." class prompts and prompt-style state/object texts) or
+    ``descriptors``."""
     fp = cat.model
     states, objects = tables.czsl_vocab(cat, "state"), tables.czsl_vocab(cat, "object")
     s_pos = {v: i for i, (v, _) in enumerate(states)}
     o_pos = {v: i for i, (v, _) in enumerate(objects)}
     class_ids = np.array([p["class_id"] for p in pairs], np.int64)
     desc = {}
-    if method == "czsl-clip":
-        pm, role = tables.class_prompt_matrix(cat, fp, "clip"), None
+    if pair_style == "prompts":
+        pm, role = tables.class_prompt_matrix(cat, fp, PHOTO_PROMPTS), None
         keep = np.isin(pm.class_ids, class_ids)
         pm = tables.TextMatrix(pm.ids[keep], pm.class_ids[keep], pm.embeddings[keep])
-        style = "clip"
-        desc["pair"] = f"class prompts clip ({PAIR_TEMPLATE})"
+        style = PHOTO_PROMPTS
+        desc["pair"] = f"class prompts {PHOTO_PROMPTS} ({PAIR_TEMPLATE})"
     else:
         am = tables.attribute_matrix(cat, fp, "descriptors")
         keep = np.isin(am.class_ids, class_ids)
@@ -386,21 +389,21 @@ def model_logit_scale(model) -> float | None:
         return None
 
 
-def classify_compositional(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, model=None,
-                           image_ids: list[int] | None = None, provenance: dict | None = None,
-                           progress: bool = True):
+def classify_compositional(cat: Catalog, method: str, config: MethodConfig = MethodConfig(), *, pair_style: str,
+                           local: bool, model=None, image_ids: list[int] | None = None,
+                           provenance: dict | None = None, progress: bool = True):
     """Score every indexed image against the store's pairs with a czsl-* method; store one run.
 
     Candidates: the closed-world pairs, or every stored pair with ``config.open_world``, minus
     the pairs the feasibility filter removes (``config.feasibility_threshold`` > -1, open
     world only; the seen pairs are always kept). Every candidate is stored in ``predictions``
-    (ranked by the combined score), with its branch scores in ``pair_scores``."""
+    (ranked by the combined score), with its branch scores in ``pair_scores``. ``pair_style``:
+    the style of :func:`pair_texts`; ``local``: the pair branch is LaZSL over the crops (its
+    plans go to ``alignments``, the regions that carried state and object to ``pair_regions``)."""
     from tqdm import tqdm
 
-    from .classify import ClassifyReport, ScoredRows, _write_alignments, _write_predictions, write_scored
+    from .classify import ClassifyReport
 
-    if method not in CZSL_METHODS:
-        raise InputError(f"Unknown compositional method {method!r}; use one of {', '.join(CZSL_METHODS)}.")
     fp = cat.model
     if fp is None:
         raise StoreError(f"Store {cat.root} is empty; run build-attributes and index-images first.")
@@ -414,7 +417,7 @@ def classify_compositional(cat: Catalog, method: str, config: MethodConfig = Met
     if config.open_world and len(cand) == sum(not p["open_only"] for p in pairs):
         notes.append("open world = closed world here: the store has no open-world-only pairs "
                      "(build-attributes --open-world stores the rest of states x objects)")
-    texts = pair_texts(cat, method, cand)
+    texts = pair_texts(cat, pair_style, cand)
     scale = config.logit_scale or model_logit_scale(model)
     if not scale:
         scale = 100.0
@@ -425,17 +428,16 @@ def classify_compositional(cat: Catalog, method: str, config: MethodConfig = Met
         feas = _feasibility(cat, cand, config.feasibility_threshold)
         keep = np.asarray(feas.feasible)
         cand = [p for p, k in zip(cand, keep) if k]
-        texts = pair_texts(cat, method, cand)
+        texts = pair_texts(cat, pair_style, cand)
     params = {"method": method, "config": config.to_dict(), **(provenance or {}), "model": fp,
               "texts": texts.describe, "n_classes": len(cand), "logit_scale": scale,
               "world": "open" if config.open_world else "closed", "index_runs": tables.index_run_params(cat),
-              "weight_source": "pair_plan" if method == "czsl-local" else None, "notes": notes}
+              "weight_source": "pair_plan" if local else None, "notes": notes}
     if feas is not None:
         params["feasibility"] = {"threshold": config.feasibility_threshold, "removed": int(len(feas.removed))}
     report = ClassifyReport(run_id=run_id, method=method, params=params, notes=notes)
     n_total = tables.image_count(cat) if image_ids is None else len(image_ids)
     bar = tqdm(total=n_total, desc=f"classify {method}", unit="img", disable=not progress)
-    local = method == "czsl-local"
     with cat.transaction():
         tables.insert_run(cat, tables.RunRecord(run_id, method, params, fp))
         if feas is not None:
@@ -447,7 +449,7 @@ def classify_compositional(cat: Catalog, method: str, config: MethodConfig = Met
             })
         for batch in tables.iter_region_batches(cat, image_ids):
             if local and batch.regions.shape[1] == 0:
-                raise StoreError("czsl-local needs regions besides the full view; index images with --regions crops|grid|patches.")
+                raise StoreError(f"{method} needs regions besides the full view; index images with --regions crops|grid|patches.")
             res = compositional_scores(
                 batch.full, batch.regions, texts.pair.embeddings, texts.pair_index, texts.state.embeddings,
                 texts.state_index, texts.object.embeddings, texts.object_index, texts.pair_state, texts.pair_object,
@@ -455,9 +457,9 @@ def classify_compositional(cat: Catalog, method: str, config: MethodConfig = Met
                 pair_weight=config.pair_weight, state_weight=config.state_weight, object_weight=config.object_weight,
                 theta=config.theta, eps=config.eps, gamma=config.gamma, max_iter=config.max_iter, tol=config.tol,
             )
-            rows = ScoredRows()  # predictions and alignments through classify's writers
-            _write_batch(cat, rows, run_id, batch, texts, res, scale, config, local, _write_predictions, _write_alignments)
-            write_scored(cat, rows)
+            rows = ResultRows()  # predictions and alignments through the typed writers
+            _write_batch(cat, rows, run_id, batch, texts, res, scale, config, local)
+            write_results(cat, rows)
             report.images += len(batch.image_ids)
             bar.update(len(batch.image_ids))
     bar.close()
@@ -471,10 +473,10 @@ def _softmax(x: np.ndarray, scale: float) -> np.ndarray:
     return z / z.sum(-1, keepdims=True)
 
 
-def _write_batch(cat, rows, run_id, batch, texts: PairTexts, res, scale, config, local, write_predictions, write_alignments):
+def _write_batch(cat, rows: ResultRows, run_id, batch, texts: PairTexts, res, scale, config, local):
     b, p = res.scores.shape
     class_ids = np.broadcast_to(texts.class_ids, (b, p))
-    write_predictions(rows, run_id, batch.image_ids, class_ids, res.scores)
+    rows.predictions(run_id, batch.image_ids, class_ids, res.scores)
     ps, po = texts.pair_state, texts.pair_object
     tables.insert_pair_scores(cat, {
         "run_id": np.full(b * p, run_id, np.int64), "image_id": np.repeat(batch.image_ids, p).astype(np.int64),
@@ -487,11 +489,9 @@ def _write_batch(cat, rows, run_id, batch, texts: PairTexts, res, scale, config,
     })
     if not local:
         return
-    from .classify import _attr_ids
-
     lz = res.pair_lazsl
-    write_alignments(rows, run_id, batch.image_ids, class_ids, batch.region_ids[:, 1:], lz.plan, lz.fused,
-                     _attr_ids(texts.pair.ids, lz.attr_index), res.scores, config.alignments_top)
+    rows.alignments(run_id, batch.image_ids, class_ids, batch.region_ids[:, 1:], lz.plan, lz.fused,
+                    text_ids(texts.pair.ids, lz.attr_index), res.scores, config.alignments_top)
     ws, wo = np.asarray(res.state_region_weight), np.asarray(res.object_region_weight)
     bi, mi = np.nonzero((ws > 0) | (wo > 0))
     tables.insert_pair_regions(cat, {
@@ -505,7 +505,7 @@ def _write_batch(cat, rows, run_id, batch, texts: PairTexts, res, scale, config,
 def _feasibility(cat: Catalog, pairs: list[dict], threshold: float):
     """queries.compositional.feasibility on the name prompts of the pairs, states and objects
     (one each); ``.pairs`` is set to ``pairs``."""
-    t = pair_texts(cat, "czsl-clip", pairs)
+    t = pair_texts(cat, "prompts", pairs)
 
     def one_each(matrix, index, n):
         emb = np.zeros((n, matrix.embeddings.shape[1]), np.float32)
@@ -622,13 +622,12 @@ def pair_explanation(cat: Catalog, run: tables.RunRecord, image_id: int, class_i
         return None
     out = dict(pair, branches=None, region_ids=np.zeros(0, np.int64), state_weight=np.zeros(0),
                object_weight=np.zeros(0))
-    if run.method in CZSL_METHODS:
-        sc = tables.pair_score(cat, run.run_id, image_id, class_id)
-        if sc is not None:
-            cfg = run.params.get("config", {})
-            out["branches"] = dict(sc, logit_scale=run.params.get("logit_scale"), pair_weight=cfg.get("pair_weight", 1.0),
-                                   state_weight=cfg.get("state_weight", 1.0), object_weight=cfg.get("object_weight", 1.0))
-        explained, rid, ws, wo = tables.pair_region_weights(cat, run.run_id, image_id)
-        if explained == class_id:
-            out.update(region_ids=rid, state_weight=ws, object_weight=wo)
+    sc = tables.pair_score(cat, run.run_id, image_id, class_id)  # only compositional runs store pair scores
+    if sc is not None:
+        cfg = run.params.get("config", {})
+        out["branches"] = dict(sc, logit_scale=run.params.get("logit_scale"), pair_weight=cfg.get("pair_weight", 1.0),
+                               state_weight=cfg.get("state_weight", 1.0), object_weight=cfg.get("object_weight", 1.0))
+    explained, rid, ws, wo = tables.pair_region_weights(cat, run.run_id, image_id)
+    if explained == class_id:
+        out.update(region_ids=rid, state_weight=ws, object_weight=wo)
     return out

@@ -31,7 +31,6 @@ from stores.catalog import Catalog
 
 from ..names import norm_class_name
 
-CONTRAST_METHODS = ("lazsl", "object-bound")  # runs whose score is Σ mass·similarity of their alignments
 MIN_SIMILARITY = 0.5  # cosine at which two differently worded descriptors are paired
 
 

@@ -29,6 +29,7 @@ from stores.errors import StoreError
 
 from ..config import RegionConfig
 from ..errors import InputError
+from ..methods import find_method
 from ..names import norm_class_name
 from .compositional import CZSL_COLUMNS, czsl_columns, czsl_evaluation, format_czsl_table
 
@@ -94,7 +95,8 @@ def evaluate_run(cat: Catalog, run_id: int) -> RunEval:
         raise StoreError(f"Run {run_id} has no image whose label matches a class; index labelled images (one folder per class).")
     metrics = classification_metrics(np.array(truth), ranked, n_classes)
     top_k = run.params.get("config", {}).get("top_k", 0)
-    if run.method in ("lazsl", "object-bound"):  # the methods that score only a shortlist
+    spec = find_method(run.method)
+    if spec is not None and spec.shortlisted:  # the methods that score only a shortlist
         shortlisted = 0 < top_k < n_classes
         metrics["shortlist_recall"] = float(np.mean([t in r for t, r in zip(truth, ranked)])) if shortlisted else 1.0
     draws = tables.sample_top1(cat, run_id)

@@ -235,3 +235,30 @@ def test_nameless_prompts_and_scores(store, tiny_model, mode):
     from pipeline.stages.evaluate import run_prompts
 
     assert {k: sorted(v) for k, v in run_prompts(store, run.params).items()} == {k: sorted(v) for k, v in texts.items()}
+
+
+def _dclip_loop(region, emb, cls):
+    """mean over a class's descriptors of cos(region, d): one class index at a time."""
+    return [float(np.mean([region @ emb[i] / np.linalg.norm(region) / np.linalg.norm(emb[i])
+                           for i in range(len(emb)) if cls[i] == c])) for c in range(cls.max() + 1)]
+
+
+@pytest.mark.parametrize("method,parts", [("best-region", False), ("best-region", True), ("crop-dclip", False),
+                                          ("crop-dclip", True)])
+def test_region_controls_match_a_loop_over_the_stored_regions(store, method, parts):
+    """best-region: max over crops of DCLIP's mean cosine; crop-dclip: the mean over crops;
+    --control-parts adds the part crops. Every stored score equals the loop's."""
+    run = classify(store, method, MethodConfig(top_k=0, control_parts=parts), progress=False)
+    _, cls, emb, classes = descriptors(store)
+    got = stored(store, run.run_id)
+    kinds = ("crop", "part") if parts else ("crop",)
+    assert len(got) == 6 * 2
+    for image_id in image_ids(store):
+        _, regions, _ = regions_of(store, image_id, kinds)
+        per_region = np.array([_dclip_loop(r, emb, cls) for r in regions])
+        want = per_region.max(0) if method == "best-region" else per_region.mean(0)
+        for c, w in zip(classes, want):
+            score, g, loc = got[(image_id, int(c))]
+            assert score == pytest.approx(w, abs=1e-5) and g is None and loc is None
+    assert store.query("select count(*) from alignments where run_id = ?", [run.run_id]).fetchone()[0] == 0
+    assert store.query("select params->>'$.method' from runs where run_id = ?", [run.run_id]).fetchone()[0] == method
