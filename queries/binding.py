@@ -32,13 +32,17 @@ it), so the class score is never below plain LaZSL over the image's crops with t
 view as global (theta, eps, gamma, max_iter and tol equal): the full view's object score *is* LaZSL's.
 
 Cost: one OT problem per (candidate class, candidate object), of size (object's parts x
-class's descriptors), against LaZSL's one per candidate class. Problems of a chunk of
-images are batched by padded part and descriptor counts (powers of two; padding carries no
-mass and is excluded from the stopping test). Two identities keep it cheap: the kernel
-factorises, ``exp((F - 1)/eps) = V diag(u)`` with ``V = exp(theta (S - 1)/eps)`` computed once
-per image and ``u_n = exp((1 - theta)(cos(p, d_n) - 1)/eps)``, and Sinkhorn on ``V`` started at
-``c = u`` has the same iterates as on the full kernel started at ``c = 1``; and because the
-plan's columns sum to ``1/N``, ``sum T F = (1 - theta) mean_n cos(p, d_n) + theta sum T S``.
+class's descriptors), against LaZSL's one per candidate class. All problems of a chunk of
+images are solved together, dense over (image, class, object, region, descriptor): an
+object's parts are its rows of ``inside`` and every other region carries no mass, so the
+image's one kernel serves every object and each Sinkhorn step is two batched matrix
+products per (image, class), the way :func:`queries.lazsl.lazsl_scores` batches classes.
+Padded objects and descriptor columns carry no mass and never iterate; each problem stops on
+its own. Two identities keep it cheap: the kernel factorises, ``exp((F - 1)/eps) = V diag(u)``
+with ``V = exp(theta (S - 1)/eps)`` computed once per image and
+``u_n = exp((1 - theta)(cos(p, d_n) - 1)/eps)``, and Sinkhorn on ``V`` started at ``c = u``
+has the same iterates as on the full kernel started at ``c = 1``; and because the plan's
+columns sum to ``1/N``, ``sum T F = (1 - theta) mean_n cos(p, d_n) + theta sum T S``.
 """
 from __future__ import annotations
 

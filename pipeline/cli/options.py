@@ -154,7 +154,7 @@ METHOD_CONFIG_FIELDS = ("top_k", "theta", "eps", "gamma", "max_iter", "tol", "wc
                         "alignments_top", "contain", "min_parts", "awt_texts", "awt_view_temperature",
                         "awt_text_temperature", "awt_logit_scale", "waffle_count", "waffle_seeds", "waffle_template",
                         "nameless", "control_parts")
-REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
+REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "crop_max", "crop_sides", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
                         "layers")
 
 
