@@ -103,7 +103,8 @@ def summarise(results: dict) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--weights", default="toy-clip")
+    ap.add_argument("--weights", default="toy-clip", help="a shipped tag (toy-clip, toy-clip-unbound) or a .pt file")
+    ap.add_argument("--model", default=None, help="the architecture of a .pt file (zsl-tiny); tags imply it")
     ap.add_argument("--seed", type=int, default=1000, help="image seed (object-bound was tuned on 7; the toy-bound "
                     "regions were chosen without tuning)")
     ap.add_argument("--n-per-class", type=int, default=4)
@@ -120,7 +121,7 @@ def main(argv=None):
     from pipeline.toy import world as tw
 
     torch.set_num_threads(args.threads)
-    lm = load_model(None, args.weights, device="cpu", precision="fp32")
+    lm = load_model(args.model, args.weights, device="cpu", precision="fp32")
     classes = tw.make_split(0).heldout_classes()
     sents = [f"{n}, {dclip_sentence(d)}" for n, ds in classes.items() for d in ds]
     attr = lm.encode_texts(sents)
