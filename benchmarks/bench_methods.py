@@ -314,8 +314,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=1000, help="toy world image seed (held out: object-bound and its "
                     "scale-free regions were tuned on 7)")
     ap.add_argument("--n-per-class", type=int, default=20)
-    ap.add_argument("--weights", default="toy-clip,toy-clip-unbound",
-                    help="shipped encoders to run the toy table on (toy-clip-unbound: the weak-binding one)")
+    ap.add_argument("--weights", default="toy-clip",
+                    help="shipped encoders to run the toy table on, comma-separated; add toy-clip-unbound (the "
+                    "weak-binding encoder, python -m pipeline.toy.train --captions unbound) once it is trained")
     ap.add_argument("--scales", default="0.5,1,1.5", help="bird scales (make-toyworld --object-scale); the full "
                     "table runs at 1, the others run " + ", ".join(SCALE_METHODS))
     ap.add_argument("--settings", default="parts,distractors")

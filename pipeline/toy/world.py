@@ -26,6 +26,13 @@ Settings:
   attributes of another held-out class, so attribute evidence for a wrong class is present in
   the image and only binding attributes to one object separates the classes.
 
+``object_scale`` (``make-toyworld --object-scale``) multiplies the setting's bird size (0.5x, 1x,
+1.5x in the benchmarks), capped where the birds no longer fit (:func:`setting_scale`).
+
+Training captions (:mod:`pipeline.toy.train`): :func:`caption_view` groups the visible
+attributes per bird (``toy-clip``); :func:`caption_view_unbound` lists them for the whole view
+without saying which bird has which (the weak-binding encoder, ``--captions unbound``).
+
 Outputs of :func:`make_toyworld` (``OUT/``): ``images/<class>/<id>.png`` (the folder is the
 label), ``attributes.json`` (DCLIP ``{class: [descriptor]}``), ``boxes.jsonl`` (one row per image
 x attribute, pixel boxes of the part that carries the attribute), ``scenes.jsonl`` (every bird
