@@ -153,7 +153,8 @@ def toy_setting(model, weights: str, setting: str, scale: float, args) -> dict:
     world = root / "world"
     if not (world / "world.json").is_file():
         make_toyworld(world, n_per_class=args.n_per_class, seed=args.seed, setting=setting, object_scale=scale)
-    rows = [r for r in TOY_METHODS if scale == 1.0 or r[0] in SCALE_METHODS]
+    rows = [r for r in TOY_METHODS if (scale == 1.0 or r[0] in SCALE_METHODS)
+            and (not args.rows or r[0] in args.rows.split(","))]
     out: dict = {"object_scale": scale, "bird_scale_range": list(setting_scale(setting, scale)), "index": {}}
     methods = {}
     for preset_name in dict.fromkeys(r[4] for r in rows):
@@ -323,6 +324,8 @@ def main(argv=None):
     ap.add_argument("--work", default="bench-methods-work", help="folder for the toy worlds and their stores (re-used), "
                     "and partial.json, the report so far")
     ap.add_argument("--waffle-seeds", type=int, default=5)
+    ap.add_argument("--rows", default="", help="only these rows of the toy table, comma-separated labels "
+                    "(e.g. lazsl,best-region,crop-dclip,object-bound); default every row")
     ap.add_argument("--images", type=int, default=16, help="(b) images of the synthetic 1,000-class problem")
     ap.add_argument("--descriptors", default=next(
         (str(p) for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if p.is_dir()), "shared"
