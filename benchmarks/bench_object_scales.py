@@ -128,8 +128,8 @@ def main(argv=None):
     ac = np.repeat(np.arange(len(classes)), [len(v) for v in classes.values()])
     all_geo = get_preset("toy-all").region_config()
     geometries = {
-        "lazsl": dict(source="crops", n_crops=all_geo.n_crops, crop_min=all_geo.crop_min, crop_max=all_geo.crop_max,
-                      seed=all_geo.seed),
+        "lazsl": {"source": "crops", "n_crops": all_geo.n_crops, "crop_min": all_geo.crop_min,
+                  "crop_max": all_geo.crop_max, "seed": all_geo.seed},
         "bound": get_preset("toy-bound").region_config().geometry(),
     }
     report = {"command": "python benchmarks/bench_object_scales.py " + " ".join(sys.argv[1:] if argv is None else argv),
