@@ -14,6 +14,7 @@ log-uniform crops in [0.15, 0.9]; then
 * ``lazsl``: LaZSL over its own 60 crops;
 * ``best-region``, ``crop-dclip``: the controls over the ``toy-bound`` crops;
 * ``best-region (all 120 crops)``: the best single region over both crop sets;
+* ``crop-dclip (LaZSL's 60 crops)``: the mean DCLIP score over LaZSL's larger crops;
 * ``object-bound``: over the ``toy-bound`` regions (full + 60).
 
 Top-1 per (setting, scale), the mean over scales, and object-bound's margins in points.
@@ -36,7 +37,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 SCALES = (0.5, 1.0, 1.5)
-ROWS = ("dclip", "lazsl", "best-region", "crop-dclip", "best-region (all 120 crops)", "object-bound")
+ROWS = ("dclip", "lazsl", "best-region", "crop-dclip", "best-region (all 120 crops)", "crop-dclip (LaZSL's 60 crops)",
+        "object-bound")
+CONTROLS = ("best-region", "crop-dclip", "best-region (all 120 crops)", "crop-dclip (LaZSL's 60 crops)")
 
 
 def world_images(setting: str, scale: float, seed: int, n_per_class: int):
@@ -82,6 +85,7 @@ def score_world(lm, texts, items, geometries) -> dict:
         "crop-dclip": crop_dclip_scores(bd[:, 1:], attr, ac, n_cls).scores,
         "best-region (all 120 crops)": best_region_scores(np.concatenate([lz[:, 1:], bd[:, 1:]], 1), attr, ac,
                                                           n_cls).scores,
+        "crop-dclip (LaZSL's 60 crops)": crop_dclip_scores(lz[:, 1:], attr, ac, n_cls).scores,
         "object-bound": object_bound_scores(bd, bd_boxes, attr, ac, return_plan=False).scores,
     }
     return {k: round(float((np.asarray(v).argmax(1) == labels).mean()), 4) for k, v in scores.items()}
@@ -91,7 +95,7 @@ def summarise(results: dict) -> dict:
     out = {}
     for setting, by_scale in results.items():
         mean = {r: round(float(np.mean([w[r] for w in by_scale.values()])), 4) for r in ROWS}
-        controls = {r: mean[r] for r in ("best-region", "crop-dclip", "best-region (all 120 crops)")}
+        controls = {r: mean[r] for r in CONTROLS}
         best = max(controls, key=controls.get)
         ob = mean["object-bound"]
         out[setting] = {"mean_top1_over_scales": mean, "scales": list(by_scale), "margins_points": {
