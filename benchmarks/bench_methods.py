@@ -1,37 +1,39 @@
-"""Every method on the toy worlds through the stages, and every method's query cost at 1,000
-classes. Prints one JSON object, measured in one run.
+"""Every method on the toy worlds through the stages, on both shipped encoders and at three
+bird scales, and every method's query cost at 1,000 classes. Prints one JSON object, measured
+in one run (and writes it, as far as it got, to ``--work``/partial.json after every world).
 
-    PYTHONPATH=$PWD python benchmarks/bench_methods.py --seed 1000 --n-per-class 20 --work /tmp/bench-methods
+    PYTHONPATH=$PWD python benchmarks/bench_methods.py --seed 1000 --n-per-class 10 --work /tmp/bench-methods
 
-(a) ``toy``: for each setting (``parts``, ``distractors``), the held-out classes of
-``make_toyworld(setting, seed)`` go through the product, as a user runs it:
-``build-attributes`` (the world's descriptors, ``toy-clip``), ``index-images`` with the
-``toy-all`` preset (full view + 60 crops of side U(0.5, 0.9) + 60 part crops U(0.3, 0.5) + AWT's
-50 views), then ``classify`` with every method and ``evaluate``. Top-1, top-5 (12 classes;
-chance 8.3% / 41.7%) and ``classify``'s wall time per image (texts encoded beforehand, as a
-store holds them after the first run; regions read from the store, results written; one thread). ``regions_per_image`` is what that method
-needs encoded per image; ``index_ms_per_region`` converts it to encoding time. The store of
-each setting is kept under ``--work`` and re-used (re-indexing known images is a no-op).
+(a) ``toy``: for each encoder (``--weights``: ``toy-clip``, trained with captions grouped per
+bird, and ``toy-clip-unbound``, trained on the same scenes with captions that do not say which
+bird has which), each setting (``parts``, ``distractors``) and each bird scale (``--scales``,
+``make-toyworld --object-scale``), the held-out classes of the world go through the product,
+as a user runs it: ``build-attributes`` (the world's descriptors), ``index-images`` with a
+preset, ``classify`` with every row's method and ``evaluate``. Two stores per world:
 
-Methods and their settings (``toy-all``: θ 0.8, every class scored):
+* ``toy-all``: full view + 60 crops U(0.5, 0.9) (LaZSL's) + 60 part crops U(0.3, 0.5) + AWT's
+  50 views; every baseline runs here, and object-bound and the controls over the 121
+  crops + parts (the design the issue audited);
+* ``toy-bound``: object-bound's default, full view + 60 crops of log-uniform side in
+  [0.15, 0.9] (scale-free: no size tuned to one world); object-bound and its controls
+  ``best-region`` (the best single crop's DCLIP score) and ``crop-dclip`` (the mean over
+  crops of the DCLIP score) read exactly these regions.
 
-* ``clip``, ``clip-e``, ``dclip``, ``cupl`` (the store has descriptors only: the normalised
-  mean of their embeddings), ``wca`` (its 20 draws of 60 crops), ``lazsl`` (the 60 crops);
-* ``awt`` (AWT's texts: descriptors + ``"a photo of a {c}."``) and ``awt (descriptors)``;
-* ``waffle``: WaffleCLIP, ``"{c}, which has {random}"`` (the store's DCLIP form), mean ± std
-  of top-1 over ``--waffle-seeds`` seeds (one run each); ``waffle (paper)`` with the paper's
-  ``"A photo of a {c}, which has {random}."``;
-* ``dclip-nameless`` (each descriptor alone + ``"a photo of a {c}."``, arXiv 2412.11917) and
-  ``dclip-nameless (none)`` (the descriptors alone, no name anywhere);
-* ``object-bound`` (full view + crops + parts; its objects' boxes are compared with the birds').
+Top-1, top-5 (12 classes; chance 8.3% / 41.7%) and ``classify``'s wall time per image (texts
+encoded beforehand; regions read from the store, results written; one thread).
+``regions_per_image`` is what that row reads per image. At scale 1 every row runs; at the
+other scales the rows of ``SCALE_METHODS``. ``summary``: top-1 per scale and its mean over the
+scales for each setting, and object-bound's margins over LaZSL, best-region and the best
+control. Stores are kept under ``--work`` and re-used (re-indexing known images is a no-op).
 
 The toy world's class names are made up, so a name carries nothing: every gain over ``clip``
 comes from the descriptors (the controls ``waffle`` and ``dclip-nameless`` say how much).
 
 (b) ``imagenet_shaped``: per-image query time of every method at 1,000 classes on the synthetic
 ImageNet-shaped problem of ``benchmarks/bench_query.py`` (real DCLIP descriptor counts,
-D = 512; 121 regions: full + 120 crops), the pure functions alone, one thread, best of
-``--repeat``. Shortlisted variants include the shortlist (prototype cosines, top-k).
+D = 512), the pure functions alone, one thread, best of ``--repeat``; ``ratio_to_lazsl_k50``
+divides object-bound's times by LaZSL's (90 crops, k = 50) of the same run. Shortlisted
+variants include the shortlist (prototype cosines, top-k).
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +52,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _report import PartialJson, require_file  # noqa: E402
@@ -59,24 +63,33 @@ from queries.binding import object_bound_scores  # noqa: E402
 from queries.lazsl import lazsl_scores  # noqa: E402
 from queries.regions import random_square_crops  # noqa: E402
 
-PRESET = "toy-all"
-#: (row label, method, config overrides, regions the method needs encoded per image)
+PRESET = "toy-all"  # LaZSL's 60 crops U(0.5, 0.9) + 60 part crops U(0.3, 0.5) + AWT's 50 views
+BOUND_PRESET = "toy-bound"  # object-bound's default: full + 60 scale-free crops (log-uniform sides)
+#: (row label, method, config overrides, regions the method reads per image, preset of the store it runs on)
 TOY_METHODS = [
-    ("clip", "clip", {}, "full"),
-    ("clip-e", "clip-e", {}, "full"),
-    ("dclip", "dclip", {}, "full"),
-    ("cupl", "cupl", {}, "full"),
-    ("waffle", "waffle", {}, "full"),  # WaffleCLIP's prompt and the descriptors' alphabet (the defaults)
-    ("waffle (paper, a-z)", "waffle", {"waffle_characters": "a-z"}, "full"),
-    ("waffle (dclip, a-z)", "waffle", {"waffle_template": "dclip", "waffle_characters": "a-z"}, "full"),  # the old default
-    ("dclip-nameless", "dclip-nameless", {}, "full"),
-    ("dclip-nameless (none)", "dclip-nameless", {"nameless": "none"}, "full"),
-    ("wca", "wca", {}, "crops"),
-    ("lazsl", "lazsl", {}, "crops"),
-    ("awt", "awt", {}, "views"),  # the toy world has no AWT descriptions: descriptors + class prompt
-    ("awt (descriptors)", "awt", {"awt_texts": "descriptors"}, "views"),
-    ("object-bound", "object-bound", {}, "crops+parts"),
+    ("clip", "clip", {}, "full", PRESET),
+    ("clip-e", "clip-e", {}, "full", PRESET),
+    ("dclip", "dclip", {}, "full", PRESET),
+    ("cupl", "cupl", {}, "full", PRESET),
+    ("waffle", "waffle", {}, "full", PRESET),
+    ("waffle (paper, a-z)", "waffle", {"waffle_characters": "a-z"}, "full", PRESET),
+    ("waffle (dclip, a-z)", "waffle", {"waffle_template": "dclip", "waffle_characters": "a-z"}, "full", PRESET),
+    ("dclip-nameless", "dclip-nameless", {}, "full", PRESET),
+    ("dclip-nameless (none)", "dclip-nameless", {"nameless": "none"}, "full", PRESET),
+    ("wca", "wca", {}, "crops", PRESET),
+    ("lazsl", "lazsl", {}, "crops", PRESET),
+    ("awt", "awt", {}, "views", PRESET),
+    ("awt (descriptors)", "awt", {"awt_texts": "descriptors"}, "views", PRESET),
+    ("best-region (121: crops+parts)", "best-region", {"control_parts": True}, "crops+parts", PRESET),
+    ("crop-dclip (121: crops+parts)", "crop-dclip", {"control_parts": True}, "crops+parts", PRESET),
+    ("object-bound (121: crops+parts)", "object-bound", {}, "crops+parts", PRESET),
+    ("lazsl (toy-bound regions)", "lazsl", {}, "crops", BOUND_PRESET),
+    ("best-region", "best-region", {}, "crops", BOUND_PRESET),
+    ("crop-dclip", "crop-dclip", {}, "crops", BOUND_PRESET),
+    ("object-bound", "object-bound", {}, "crops", BOUND_PRESET),
 ]
+#: the rows run at every object scale (the full table runs at scale 1)
+SCALE_METHODS = ("lazsl", "best-region (121: crops+parts)", "best-region", "crop-dclip", "object-bound")
 
 
 def _iou(a, b) -> float:
@@ -87,64 +100,104 @@ def _iou(a, b) -> float:
 
 
 # ------------------------------------------------------------------ (a) toy worlds
-def toy_setting(model, setting: str, args) -> dict:
+def _indexed_store(cat, model, world: Path, preset_name: str) -> dict:
+    """Index the world's images with a preset's regions; what that cost and holds."""
     from pipeline.config import get_preset
-    from pipeline.stages.methods import resolve_method_config
     from pipeline.stages.attributes import import_attribute_file
+    from pipeline.stages.index_images import index_images
+    from stores import tables
+
+    regions = get_preset(preset_name).region_config()
+    import_attribute_file(cat, model, world / "attributes.json", progress=False)
+    t0 = time.perf_counter()
+    rep = index_images(cat, model, [str(world / "images")], regions, preset=preset_name, workers=0, progress=False)
+    per_image = {"full": 1, "crops": 1 + regions.n_crops, "views": 1 + regions.n_views,
+                 "crops+parts": 1 + regions.n_crops + regions.n_parts}
+    info = {"images": tables.image_count(cat), "regions_per_image": 1 + regions.n_crops + regions.n_parts + regions.n_views,
+            "regions": regions.label() + (f" ({regions.crop_sides} sides)" if regions.crop_sides != "uniform" else ""),
+            "seconds": round(time.perf_counter() - t0, 2), "indexed_now": rep.indexed, "per_image": per_image}
+    if rep.indexed:  # encoding time only when this run encoded them (else the store was re-used)
+        info["index_ms_per_region"] = round(1000 * rep.seconds / max(1, rep.regions), 4)
+    return info
+
+
+def _run_method(cat, model, method: str, overrides: dict, preset_name: str, args) -> tuple[dict, list]:
+    from pipeline.stages.methods import resolve_method_config
     from pipeline.stages.classify import classify_runs, method_texts
     from pipeline.stages.evaluate import evaluate_run
-    from pipeline.stages.index_images import index_images
-    from pipeline.toy.world import make_toyworld
-    from stores import tables
+
+    base = resolve_method_config({}, preset_name).config
+    seeds = args.waffle_seeds if method == "waffle" else 1
+    cfg = replace(base, **overrides, waffle_seeds=seeds)
+    for i in range(seeds):  # texts are encoded once per store: not part of the timed query
+        method_texts(cat, method, replace(cfg, seed=cfg.seed + i), model)
+    reports = classify_runs(cat, method, cfg, model=model, provenance={"preset": preset_name}, progress=False)
+    evals = [evaluate_run(cat, r.run_id) for r in reports]
+    top1 = np.array([e.metrics["acc1"] for e in evals])
+    top5 = np.array([e.metrics["acc5"] for e in evals])
+    row = {"top1": round(float(top1.mean()), 4), "top5": round(float(top5.mean()), 4),
+           "runs": [r.run_id for r in reports], "preset": preset_name}
+    if seeds > 1:
+        row |= {"top1_std": round(float(top1.std()), 4), "top5_std": round(float(top5.std()), 4),
+                "seeds": [r.params["config"]["seed"] for r in reports],
+                "top1_per_seed": [round(float(a), 4) for a in top1]}
+    if method == "wca":
+        row["top1_per_draw_mean"] = round(evals[0].metrics["acc1_per_draw_mean"], 4)
+    return row, reports
+
+
+def toy_setting(model, weights: str, setting: str, scale: float, args) -> dict:
+    """One world (setting, object scale, image seed) through the product: index it with each
+    preset the rows need, classify with every row's method, evaluate."""
+    from pipeline.toy.world import make_toyworld, setting_scale
     from stores.catalog import Catalog
 
-    rows = [r for r in TOY_METHODS if not args.methods or r[1] in args.methods.split(",")]
-    full_only = all(needs == "full" for *_, needs in rows)  # then index the full view (and one crop) only
-    root = Path(args.work) / (f"{setting}-seed{args.seed}-n{args.n_per_class}" + ("-full" if full_only else ""))
+    root = Path(args.work) / f"{setting}-x{scale:g}-seed{args.seed}-n{args.n_per_class}"
     world = root / "world"
     if not (world / "world.json").is_file():
-        make_toyworld(world, n_per_class=args.n_per_class, seed=args.seed, setting=setting)
-    preset = get_preset(PRESET)
-    regions = preset.region_config()
-    if full_only:
-        regions = replace(regions, n_crops=1, n_parts=0, n_views=0)
-    out: dict = {}
-    with Catalog(root / "store") as cat:
-        import_attribute_file(cat, model, world / "attributes.json", progress=False)
-        t0 = time.perf_counter()
-        rep = index_images(cat, model, [str(world / "images")], regions, preset=None if full_only else PRESET, workers=0,
-                           progress=False)
-        n_img = tables.image_count(cat)
-        per_image = {"full": 1, "crops": 1 + regions.n_crops, "views": 1 + regions.n_views,
-                     "crops+parts": 1 + regions.n_crops + regions.n_parts}
-        out["index"] = {"images": n_img, "regions_per_image": 1 + regions.n_crops + regions.n_parts + regions.n_views,
-                        "seconds": round(time.perf_counter() - t0, 2), "indexed_now": rep.indexed}
-        if rep.indexed:  # encoding time only when this run encoded them (else the store was re-used)
-            out["index"]["index_ms_per_region"] = round(1000 * rep.seconds / max(1, rep.regions), 4)
-        base = resolve_method_config({}, PRESET).config
-        methods = {}
-        for label, method, overrides, needs in rows:
-            seeds = args.waffle_seeds if method == "waffle" else 1
-            cfg = base.updated(**overrides, waffle_seeds=seeds)
-            for i in range(seeds):  # texts are encoded once per store: not part of the timed query
-                method_texts(cat, method, cfg.updated(seed=cfg.seed + i), model)
-            reports = classify_runs(cat, method, cfg, model=model, provenance={"preset": PRESET}, progress=False)
-            evals = [evaluate_run(cat, r.run_id) for r in reports]
-            top1 = np.array([e.metrics["acc1"] for e in evals])
-            top5 = np.array([e.metrics["acc5"] for e in evals])
-            row = {"top1": round(float(top1.mean()), 4), "top5": round(float(top5.mean()), 4),
-                   "ms_per_image": round(1000 * float(np.mean([r.seconds for r in reports])) / n_img, 2),
-                   "regions_per_image": per_image[needs], "runs": [r.run_id for r in reports]}
-            if seeds > 1:
-                row |= {"top1_std": round(float(top1.std()), 4), "top5_std": round(float(top5.std()), 4),
-                        "seeds": [r.params["config"]["seed"] for r in reports],
-                        "top1_per_seed": [round(float(a), 4) for a in top1]}
-            if method == "wca":
-                row["top1_per_draw_mean"] = round(evals[0].metrics["acc1_per_draw_mean"], 4)
-            methods[label] = row
-            if method == "object-bound":
-                out["object_bound_diagnostics"] = object_diagnostics(cat, reports[0].run_id, world)
-        out["methods"] = methods
+        make_toyworld(world, n_per_class=args.n_per_class, seed=args.seed, setting=setting, object_scale=scale)
+    rows = [r for r in TOY_METHODS if (scale == 1.0 or r[0] in SCALE_METHODS)
+            and (not args.rows or r[0] in args.rows.split(","))]
+    out: dict = {"object_scale": scale, "bird_scale_range": list(setting_scale(setting, scale)), "index": {}}
+    methods = {}
+    for preset_name in dict.fromkeys(r[4] for r in rows):
+        with Catalog(root / f"store-{weights}-{preset_name}") as cat:
+            info = _indexed_store(cat, model, world, preset_name)
+            n_img, per_image = info["images"], info.pop("per_image")
+            out["index"][preset_name] = info
+            for label, method, overrides, needs, p in rows:
+                if p != preset_name:
+                    continue
+                row, reports = _run_method(cat, model, method, overrides, preset_name, args)
+                row["ms_per_image"] = round(1000 * float(np.mean([r.seconds for r in reports])) / n_img, 2)
+                row["regions_per_image"] = per_image[needs]
+                methods[label] = row
+                if method == "object-bound":
+                    out.setdefault("object_bound_diagnostics", {})[label] = object_diagnostics(cat, reports[0].run_id, world)
+    out["methods"] = methods
+    return out
+
+
+def summarise(settings: dict) -> dict:
+    """Top-1 across the object scales per setting, and object-bound's margins over the controls."""
+    out = {}
+    for setting, by_scale in settings.items():
+        rows = {}
+        for label in SCALE_METHODS:
+            vals = [w["methods"][label]["top1"] for w in by_scale.values() if label in w["methods"]]
+            if vals:
+                rows[label] = {"per_scale": vals, "mean": round(float(np.mean(vals)), 4)}
+        if "object-bound" in rows:
+            ob = rows["object-bound"]["mean"]
+            controls = {k: v["mean"] for k, v in rows.items() if k.startswith(("best-region", "crop-dclip"))}
+            best = max(controls, key=controls.get) if controls else None
+            rows["margins_points"] = {
+                "object-bound - lazsl": round(100 * (ob - rows["lazsl"]["mean"]), 1) if "lazsl" in rows else None,
+                "object-bound - best-region": round(100 * (ob - rows["best-region"]["mean"]), 1)
+                if "best-region" in rows else None,
+                f"object-bound - best control ({best})": round(100 * (ob - controls[best]), 1) if best else None,
+            }
+        out[setting] = rows
     return out
 
 
@@ -208,6 +261,14 @@ def imagenet_shaped(args) -> dict:
                         random_square_crops(224, 224, 60, 0.3, 0.5, rng)]) for _ in range(n_img)
     ]).astype(np.float32)
     regions = np.concatenate([full[:, None], crops], 1)  # full + 120 crops
+    # object-bound's default regions: the toy-bound preset's scale-free scheme (full + 60), here on 224 px images
+    from pipeline.config import get_preset
+    from queries.regions import region_boxes
+
+    geometry = get_preset(BOUND_PRESET).region_config().geometry()
+    n_bound = len(region_boxes(224, 224, "0" * 64, **geometry)[0])
+    bound_boxes = np.stack([region_boxes(224, 224, f"{i:064x}", **geometry)[1] for i in range(n_img)]).astype(np.float32)
+    bound_regions = regions[:, :n_bound]
     crops90 = crops[:, :90]  # LaZSL's ImageNet preset: 90 crops
     protos = class_prototypes(attr, ac, C)
     views = regions[:, :51]  # AWT: original + 50 views
@@ -228,13 +289,19 @@ def imagenet_shaped(args) -> dict:
         "object-bound (121 regions, k=50)": lambda: object_bound_scores(regions, boxes, attr, ac, sl(50), return_plan=False).scores,
         "object-bound (121 regions, k=10)": lambda: object_bound_scores(regions, boxes, attr, ac, sl(10), return_plan=False).scores,
         "object-bound (61 regions, k=50)": lambda: object_bound_scores(regions[:, :61], boxes[:, :61], attr, ac, sl(50), return_plan=False).scores,
+        f"object-bound ({BOUND_PRESET}: {n_bound} regions, k=50)": lambda: object_bound_scores(
+            bound_regions, bound_boxes, attr, ac, sl(50), return_plan=False).scores,
     }
     out = {}
     for name, fn in runs.items():
         sec, _ = timed(fn, args.repeat)
         out[name] = {"ms_per_image": round(1000 * sec / n_img, 3)}
     ob = object_bound_scores(regions, boxes, attr, ac, sl(50), return_plan=False)
+    obb = object_bound_scores(bound_regions, bound_boxes, attr, ac, sl(50), return_plan=False)
+    lz = out["lazsl (90 crops, k=50)"]["ms_per_image"]
     return {
+        "ratio_to_lazsl_k50": {k: round(v["ms_per_image"] / lz, 2) for k, v in out.items() if k.startswith("object-bound")},
+        f"object_bound_{BOUND_PRESET}_candidate_objects_per_image": round(float((obb.n_parts > 0).sum(1).mean()), 1),
         "classes": int(C),
         "descriptors_per_class_mean": round(float(counts.mean()), 2),
         "images": n_img,
@@ -248,11 +315,20 @@ def imagenet_shaped(args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--seed", type=int, default=1000, help="toy world image seed (held out: object-bound was tuned on 7)")
+    ap.add_argument("--seed", type=int, default=1000, help="toy world image seed (held out: object-bound and its "
+                    "scale-free regions were tuned on 7)")
     ap.add_argument("--n-per-class", type=int, default=20)
+    ap.add_argument("--weights", default="toy-clip",
+                    help="shipped encoders to run the toy table on, comma-separated; add toy-clip-unbound (the "
+                    "weak-binding encoder, python -m pipeline.toy.train --captions unbound) once it is trained")
+    ap.add_argument("--scales", default="0.5,1,1.5", help="bird scales (make-toyworld --object-scale); the full "
+                    "table runs at 1, the others run " + ", ".join(SCALE_METHODS))
     ap.add_argument("--settings", default="parts,distractors")
-    ap.add_argument("--work", default="bench-methods-work", help="folder for the toy worlds and their stores (re-used)")
+    ap.add_argument("--work", default="bench-methods-work", help="folder for the toy worlds and their stores (re-used), "
+                    "and partial.json, the report so far")
     ap.add_argument("--waffle-seeds", type=int, default=5)
+    ap.add_argument("--rows", default="", help="only these rows of the toy table, comma-separated labels "
+                    "(e.g. lazsl,best-region,crop-dclip,object-bound); default every row")
     ap.add_argument("--images", type=int, default=16, help="(b) images of the synthetic 1,000-class problem")
     ap.add_argument("--descriptors", default=next(
         (str(p) for p in (REPO.parent / "shared", REPO.parent.parent / "shared") if p.is_dir()), "shared"
@@ -261,33 +337,38 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--skip-toy", action="store_true")
     ap.add_argument("--skip-imagenet", action="store_true")
-    ap.add_argument("--methods", default="", help="only the toy rows of these methods (comma list); with methods "
-                                                    "that read the full view only, only it is indexed")
-    ap.add_argument("--json-out", default=None, help="also write the report here, rewritten after every part")
+    ap.add_argument("--json-out", default=None, help="also write the report here, rewritten after every world "
+                    "(\"complete\": false until the end)")
     args = ap.parse_args(argv)
     if not args.skip_imagenet:  # checked before the toy worlds' minutes of work
         require_file(args.descriptors, "--descriptors", "DCLIP ImageNet descriptors from ../shared; or --skip-imagenet")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    out = PartialJson(args.json_out, {
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    out = PartialJson(args.json_out or Path(args.work) / "partial.json", {
         "command": "python benchmarks/bench_methods.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "env": {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                 "load_avg_1m_at_start": round(os.getloadavg()[0], 2), "python": platform.python_version()},
     })
+    if not args.skip_imagenet:
+        out.set("imagenet_shaped", imagenet_shaped(args))
     if not args.skip_toy:
         from pipeline.models import load_model
 
-        model = load_model(None, "toy-clip", device="cpu")
-        toy = {"weights": "toy-clip", "fingerprint": model.fingerprint, "seed": args.seed,
-               "n_per_class": args.n_per_class, "preset": PRESET, "settings": {}}
-        for s in args.settings.split(","):
-            toy["settings"][s] = toy_setting(model, s, args)
-            out.set("toy", toy)
-    if not args.skip_imagenet:
-        out.set("imagenet_shaped", imagenet_shaped(args))
+        toy: dict = {}
+        scales = [float(x) for x in args.scales.split(",")]
+        for weights in args.weights.split(","):
+            model = load_model(None, weights, device="cpu")
+            entry = toy[weights] = {
+                "fingerprint": model.fingerprint, "seed": args.seed, "n_per_class": args.n_per_class,
+                "presets": [PRESET, BOUND_PRESET], "settings": {}}
+            for s in args.settings.split(","):
+                for scale in scales:
+                    entry["settings"].setdefault(s, {})[f"x{scale:g}"] = toy_setting(model, weights, s, scale, args)
+                    entry["summary"] = summarise(entry["settings"])
+                    out.set("toy", toy)  # what is measured so far, after every world
     out.report["env"]["load_avg_1m_at_end"] = round(os.getloadavg()[0], 2)
     out.finish()
-
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,9 @@ class RegionConfig(FrozenConfig):
     n_crops: int = setting(90, "Random square crops per image (crops).", lo=1, hi=1024)
     crop_min: float = setting(0.6, "Crop side ~ U(crop-min, crop-max)·min(H, W); LaZSL's α_crop.", lo=0.0, hi=0.9, lo_open=True)
     crop_max: float = setting(0.9, "Upper bound of the crop side (0.9 in WCA and LaZSL).", lo=0.0, hi=1.0, lo_open=True)
+    crop_sides: str = setting("uniform", "How crop and part sides are drawn between their bounds: uniform (LaZSL's) or "
+                                    "log-uniform (every scale equally often, so no object size is favoured).",
+                              choices=("uniform", "log-uniform"))
     seed: int = setting(0, "Mixed with each image's content hash: same image, same boxes.", lo=0, hi=2**63 - 1)
     grid_scales: tuple[int, ...] = setting((2, 3), "grid: the k×k tilings to use.")
     n_parts: int = setting(0, "Smaller random square crops (kind 'part') per image, the parts of object-bound's candidate "
@@ -101,7 +104,8 @@ class RegionConfig(FrozenConfig):
     def geometry(self) -> dict:
         """Keyword arguments of :func:`queries.regions.region_boxes`."""
         return dict(source=self.source, n_crops=self.n_crops, crop_min=self.crop_min, crop_max=self.crop_max,
-                    seed=self.seed, grid_scales=self.grid_scales, n_parts=self.n_parts, part_min=self.part_min,
+                    crop_sides=self.crop_sides, seed=self.seed, grid_scales=self.grid_scales, n_parts=self.n_parts,
+                    part_min=self.part_min,
                     part_max=self.part_max, n_views=self.n_views, view_scale=tuple(self.view_scale),
                     view_ratio=tuple(self.view_ratio), view_flip=self.view_flip)
 

@@ -32,13 +32,17 @@ it), so the class score is never below plain LaZSL over the image's crops with t
 view as global (theta, eps, gamma, max_iter and tol equal): the full view's object score *is* LaZSL's.
 
 Cost: one OT problem per (candidate class, candidate object), of size (object's parts x
-class's descriptors), against LaZSL's one per candidate class. Problems of a chunk of
-images are batched by padded part and descriptor counts (powers of two; padding carries no
-mass and is excluded from the stopping test). Two identities keep it cheap: the kernel
-factorises, ``exp((F - 1)/eps) = V diag(u)`` with ``V = exp(theta (S - 1)/eps)`` computed once
-per image and ``u_n = exp((1 - theta)(cos(p, d_n) - 1)/eps)``, and Sinkhorn on ``V`` started at
-``c = u`` has the same iterates as on the full kernel started at ``c = 1``; and because the
-plan's columns sum to ``1/N``, ``sum T F = (1 - theta) mean_n cos(p, d_n) + theta sum T S``.
+class's descriptors), against LaZSL's one per candidate class. All problems of a chunk of
+images are solved together, dense over (image, class, object, region, descriptor): an
+object's parts are its rows of ``inside`` and every other region carries no mass, so the
+image's one kernel serves every object and each Sinkhorn step is two batched matrix
+products per (image, class), the way :func:`queries.lazsl.lazsl_scores` batches classes.
+Padded objects and descriptor columns carry no mass and never iterate; each problem stops on
+its own. Two identities keep it cheap: the kernel factorises, ``exp((F - 1)/eps) = V diag(u)``
+with ``V = exp(theta (S - 1)/eps)`` computed once per image and
+``u_n = exp((1 - theta)(cos(p, d_n) - 1)/eps)``, and Sinkhorn on ``V`` started at ``c = u``
+has the same iterates as on the full kernel started at ``c = 1``; and because the plan's
+columns sum to ``1/N``, ``sum T F = (1 - theta) mean_n cos(p, d_n) + theta sum T S``.
 """
 from __future__ import annotations
 
@@ -128,24 +132,25 @@ def part_structure(regions, boxes, *, contain: float = 0.9, min_parts: int = 2, 
 
 
 def _parts(E: torch.Tensor, bx: torch.Tensor, contain: float, min_parts: int, gamma: float):
-    R = E.shape[0]
-    x0, y0, x1, y1 = bx.unbind(1)
-    iw = (torch.minimum(x1[None, :], x1[:, None]) - torch.maximum(x0[None, :], x0[:, None])).clamp(min=0)
-    ih = (torch.minimum(y1[None, :], y1[:, None]) - torch.maximum(y0[None, :], y0[:, None])).clamp(min=0)
+    """(inside, mass) of :func:`part_structure` for (R, D) / (R, 4), or batched (B, R, D) / (B, R, 4)."""
+    R = E.shape[-2]
+    x0, y0, x1, y1 = bx.unbind(-1)
+    iw = (torch.minimum(x1.unsqueeze(-1), x1.unsqueeze(-2)) - torch.maximum(x0.unsqueeze(-1), x0.unsqueeze(-2))).clamp(min=0)
+    ih = (torch.minimum(y1.unsqueeze(-1), y1.unsqueeze(-2)) - torch.maximum(y0.unsqueeze(-1), y0.unsqueeze(-2))).clamp(min=0)
     area = (x1 - x0) * (y1 - y0)
     # inside[p, r]: intersection of r with p covers >= contain of r's area
-    inside = (iw * ih) >= contain * area[None, :]
+    inside = (iw * ih) >= contain * area.unsqueeze(-2)
     inside &= ~torch.eye(R, dtype=torch.bool, device=E.device)
-    n = inside.sum(1)
-    sim = E @ E.T  # sim[p, r] = cos(p, r)
+    n = inside.sum(-1)
+    sim = E @ E.transpose(-1, -2)  # sim[p, r] = cos(p, r)
     insf = inside.to(E.dtype)
-    mean = (sim * insf).sum(1) / n.clamp(min=1).to(E.dtype)
-    kept = inside & ~(sim < (mean + gamma).unsqueeze(1))
+    mean = (sim * insf).sum(-1) / n.clamp(min=1).to(E.dtype)
+    kept = inside & ~(sim < (mean + gamma).unsqueeze(-1))
     # gamma > 0 may drop every part: keep them all then (as lazsl_scores does for crops)
-    empty = kept.sum(1) == 0
-    kept = torch.where(empty.unsqueeze(1), inside, kept)
-    kept &= (n >= min_parts).unsqueeze(1)
-    mass = kept.to(E.dtype) / kept.sum(1, keepdim=True).clamp(min=1).to(E.dtype)
+    empty = kept.sum(-1) == 0
+    kept = torch.where(empty.unsqueeze(-1), inside, kept)
+    kept &= (n >= min_parts).unsqueeze(-1)
+    mass = kept.to(E.dtype) / kept.sum(-1, keepdim=True).clamp(min=1).to(E.dtype)
     return inside, mass
 
 
@@ -235,8 +240,23 @@ def object_bound_scores(
         raise ValueError(f"eps={eps} is too small for the plain Sinkhorn kernel in {dt}")
     B, R, _ = X.shape
     ct = candidate_texts(ac, candidates, B, dev)
-    cand, npair, n_max, valid, attr_index = ct.cand, ct.n_pair, ct.n_max, ct.valid, ct.attr_index
+    cand, n_max, valid, attr_index = ct.cand, ct.n_max, ct.valid, ct.attr_index
     K = cand.shape[1]
+
+    inside, mass = _parts(X, bx, contain, min_parts, gamma)  # (B, R, R): object x part
+    is_obj = (mass > 0).any(-1)
+    n_obj = is_obj.sum(1)
+    if B and int(n_obj.min()) == 0:
+        b = int((n_obj == 0).nonzero()[0])
+        raise ValueError(f"image {b}: no region has {min_parts} or more parts; index crops inside the full view")
+    n_in = inside.sum(-1)
+    n_parts_all = torch.where(is_obj, n_in, 0)
+    n_solved = n_obj * K
+    # each image's candidate objects in region order, padded to the most objects of any image
+    O = int(n_obj.max()) if B else 0
+    ar = torch.arange(R, device=dev)
+    obj_idx = torch.argsort(torch.where(is_obj, ar, ar + R), dim=1)[:, :O]  # (B, O)
+    obj_ok = is_obj.gather(1, obj_idx)
 
     scores = torch.full((B, K), float("-inf"), dtype=dt, device=dev)
     glob = torch.zeros((B, K), dtype=dt, device=dev)
@@ -244,61 +264,15 @@ def object_bound_scores(
     best_p = torch.full((B, K), R, dtype=torch.int64, device=dev)
     plan = torch.zeros((B, K, R, n_max), dtype=dt, device=dev) if return_plan else None
     fused = torch.zeros((B, K, R, n_max), dtype=dt, device=dev) if return_plan else None
-    n_parts_all = torch.zeros((B, R), dtype=torch.int64, device=dev)
-    n_solved = torch.zeros(B, dtype=torch.int64, device=dev)
-    col_bucket = torch.clamp(torch.ceil(torch.log2(npair.to(torch.float64))), min=2).to(torch.int64)
 
-    step = max(1, chunk_elements // max(1, R * K * max(1, n_max)))
-    for s0 in range(0, B, step):
-        e0 = min(B, s0 + step)
-        # objects of every image of the chunk, flat: image, region, parts (compacted), mass
-        o_img, o_reg, o_parts, o_mass, o_n = [], [], [], [], []
-        for b in range(s0, e0):
-            inside, mass = _parts(X[b], bx[b], contain, min_parts, gamma)
-            is_obj = (mass > 0).any(1)
-            n_parts_all[b] = torch.where(is_obj, inside.sum(1), 0)
-            objs = is_obj.nonzero().squeeze(1)
-            if objs.numel() == 0:
-                raise ValueError(f"image {b}: no region has {min_parts} or more parts; index crops inside the full view")
-            ins = inside[objs]
-            n = ins.sum(1)
-            rank = torch.cumsum(ins.to(torch.int64), 1) - 1
-            pidx = torch.zeros((objs.numel(), R), dtype=torch.int64, device=dev)
-            oo, rr = ins.nonzero(as_tuple=True)
-            pidx[oo, rank[oo, rr]] = rr
-            o_img.append(torch.full_like(objs, b - s0))
-            o_reg.append(objs)
-            o_parts.append(pidx)
-            o_mass.append(torch.where(torch.arange(R, device=dev) < n.unsqueeze(1), mass[objs].gather(1, pidx), 0.0))
-            o_n.append(n)
-            n_solved[b] = objs.numel() * K
-        o_img, o_reg, o_n = torch.cat(o_img), torch.cat(o_reg), torch.cat(o_n)
-        o_parts, o_mass = torch.cat(o_parts), torch.cat(o_mass)
-        o_row = torch.arange(R, device=dev) < o_n.unsqueeze(1)
-        o_bucket = torch.clamp(torch.ceil(torch.log2(o_n.to(torch.float64))), min=2).to(torch.int64)
-        # cosines of every region with its image's candidate descriptors; V shared by all objects
-        Sk = torch.stack([
-            (X[b] @ t[attr_index[b].clamp(min=0).reshape(-1)].T).reshape(R, K, n_max) for b in range(s0, e0)
-        ])  # (b, R, K, n_max)
-        Vk = torch.exp(Sk.sub(1.0).mul_(theta / eps))
-        # all (object, class) problems of the chunk, grouped by padded sizes
-        O = o_img.numel()
-        po = torch.arange(O, device=dev).repeat_interleave(K)
-        pk = torch.arange(K, device=dev).repeat(O)
-        key = o_bucket[po] * 64 + col_bucket[s0 + o_img[po], pk]
-        for kv in torch.unique(key).tolist():
-            sel = (key == kv).nonzero().squeeze(1)
-            m = min(1 << (kv // 64), R)
-            nc = min(1 << (kv % 64), n_max)
-            qc = max(1, chunk_elements // max(1, m * nc * 4))
-            for c0 in range(0, sel.numel(), qc):
-                q = sel[c0 : c0 + qc]
-                _solve_and_keep_best(
-                    po[q], pk[q], m, nc, o_img, o_reg, o_parts, o_row, o_mass, o_n, Sk, Vk, valid[s0:e0],
-                    theta, eps, max_iter, tol, scores[s0:e0], best_p[s0:e0], glob[s0:e0], local[s0:e0],
-                    plan[s0:e0] if plan is not None else None,
-                    fused[s0:e0] if fused is not None else None,
-                )
+    step = max(1, chunk_elements // max(1, K * R * max(O, n_max)))
+    for s0 in range(0, B if K else 0, step):
+        sl = slice(s0, min(B, s0 + step))
+        res = _objects_chunk(X[sl], t, attr_index[sl], valid[sl], inside[sl], mass[sl], obj_idx[sl], obj_ok[sl],
+                             n_in[sl], theta, eps, max_iter, tol, return_plan)
+        scores[sl], best_p[sl], glob[sl], local[sl] = res[:4]
+        if return_plan:
+            plan[sl], fused[sl] = res[4], res[5]
     proposal = torch.where(best_p < R, best_p, -1)
     return BindingResult(
         scores=out(scores, as_torch),
@@ -313,86 +287,67 @@ def object_bound_scores(
     )
 
 
-def _sinkhorn_parts(K, a, bcol, rows, n_rows, max_iter: int, tol: float, c0=None):
-    """Sinkhorn-Knopp (LaZSL's iteration) on compacted part rows with per-problem stopping.
+def _objects_chunk(X, t, attr_index, valid, inside, mass, obj_idx, obj_ok, n_in, theta, eps, max_iter, tol,
+                   return_plan):
+    """Every (candidate object, candidate class) problem of a chunk of images at once.
 
-    K (Q, m, n); a (Q, m) part mass (0 on filtered parts and on padding); bcol (Q, n)
-    descriptor mass (0 on padded columns); rows (Q, m) bool: the object's parts (not padding);
-    n_rows (Q,) their number. r starts at 1 on the parts (0 on padding), c at ``c0`` (default
-    1) on real columns; a problem stops when ``sum_parts |r - r_prev| / n_rows < tol``, i.e.
-    LaZSL's mean over its crops with the object's parts as the crops. Returns (T, n_iter).
+    Dense over the chunk's images (b), candidate classes (k), candidate objects (o, padded to
+    the chunk's most; ``obj_ok`` marks real ones), regions (r) and descriptor columns (n,
+    padded to ``n_max``; ``valid`` marks real ones). An object's parts are its rows of
+    ``inside``; the other regions carry no mass (r = 0), so one batched product over all
+    regions serves every object of an image: the kernel ``V = exp(theta (S - 1)/eps)`` is
+    shared (see the module docstring) and Sinkhorn runs on ``V`` with ``c`` started at the
+    object's ``u``, each problem stopping on its own. Returns (scores, best region, global,
+    local[, plan, fused]) of the best object per (image, class).
     """
-    dt = K.dtype
-    r = rows.to(dt)
-    c = (bcol > 0).to(dt) if c0 is None else torch.where(bcol > 0, c0, 0.0)
-    apos, bpos = a > 0, bcol > 0
-    Q = K.shape[0]
-    done = torch.zeros(Q, dtype=torch.bool, device=K.device)
-    n_iter = torch.full((Q,), max_iter, dtype=torch.int64, device=K.device)
-    nr = n_rows.to(dt)
-    for it in range(1, max_iter + 1):
-        Kc = torch.bmm(K, c.unsqueeze(2)).squeeze(2)
+    Bc, R, _ = X.shape
+    K, n = attr_index.shape[1], attr_index.shape[2]
+    O = obj_idx.shape[1]
+    dt = X.dtype
+    # S[b, k, r, j] = cos(region r, descriptor j of candidate k)
+    S = torch.stack([
+        (X[b] @ t.index_select(0, attr_index[b].clamp(min=0).reshape(-1)).T).view(R, K, n).transpose(0, 1)
+        for b in range(Bc)
+    ]).contiguous()  # (Bc, K, R, n)
+    V = torch.exp(S.sub(1.0).mul_(theta / eps))
+    W = V * S  # sum_rj r_r V_rj c_j S_rj = sum_r r_r (W c)_r
+    vmask = valid.unsqueeze(2)  # (Bc, K, 1, n)
+    n_desc = valid.sum(-1, keepdim=True).unsqueeze(2).to(dt)  # (Bc, K, 1, 1)
+    bcol = torch.where(vmask, 1.0 / n_desc, 0.0)
+    # the objects' own cosines and their part masses
+    G = S.gather(2, obj_idx[:, None, :, None].expand(Bc, K, O, n))  # (Bc, K, O, n)
+    ins = inside.gather(1, obj_idx.unsqueeze(-1).expand(Bc, O, R))  # (Bc, O, R)
+    a = mass.gather(1, obj_idx.unsqueeze(-1).expand(Bc, O, R)).unsqueeze(1)  # (Bc, 1, O, R)
+    n_rows = n_in.gather(1, obj_idx).to(dt)[:, None, :].clamp(min=1)  # (Bc, 1, O)
+    apos = a > 0
+    Vb = V.view(Bc * K, R, n)
+    r = ins.to(dt).unsqueeze(1).expand(Bc, K, O, R).clone()
+    c = torch.where(vmask, torch.exp(G.sub(1.0).mul((1 - theta) / eps)), 0.0)
+    done = (~obj_ok).unsqueeze(1).expand(Bc, K, O).clone()  # padding objects never iterate
+    for _ in range(max_iter):
+        Kc = torch.bmm(c.view(Bc * K, O, n), Vb.transpose(1, 2)).view(Bc, K, O, R)
         r_new = torch.where(apos, a / Kc, 0.0)
-        Ktr = torch.bmm(r_new.unsqueeze(1), K).squeeze(1)
-        c_new = torch.where(bpos, bcol / Ktr, 0.0)
-        err = (r_new - r).abs().sum(1) / nr
-        live = ~done
-        r = torch.where(live.unsqueeze(1), r_new, r)
-        c = torch.where(live.unsqueeze(1), c_new, c)
-        fin = live & (err < tol)
-        n_iter[fin] = it
-        done |= fin
+        Ktr = torch.bmm(r_new.view(Bc * K, O, R), Vb).view(Bc, K, O, n)
+        c_new = torch.where(vmask, bcol / Ktr, 0.0)
+        err = (r_new - r).abs().sum(-1) / n_rows
+        live = (~done).unsqueeze(-1)
+        r = torch.where(live, r_new, r)
+        c = torch.where(live, c_new, c)
+        done |= err < tol
         if bool(done.all()):
             break
-    return r.unsqueeze(2) * K * c.unsqueeze(1), n_iter
-
-
-def _solve_and_keep_best(qo, qk, m, nc, o_img, o_reg, o_parts, o_row, o_mass, o_n, Sk, Vk, valid,
-                         theta, eps, max_iter, tol, scores, best_p, glob, local, plan, fused):
-    """Solve the (object qo[i], class qk[i]) problems on the objects' first m part rows and
-    the classes' first nc descriptor columns; keep each (image, class)'s best object (highest
-    score; ties -> lowest region index) in place. Every array is the chunk's (images
-    0..b-1 of the chunk); scores, best_p, glob, local, plan, fused are views written in place."""
-    dt = Sk.dtype
-    bi = o_img[qo]  # image within the chunk
-    ridx = o_reg[qo]
-    pidx = o_parts[qo, :m]  # (Q, m)
-    L = Sk[bi.unsqueeze(1), pidx, qk.unsqueeze(1), :nc]  # (Q, m, nc) cos(part, descriptor)
-    V = Vk[bi.unsqueeze(1), pidx, qk.unsqueeze(1), :nc]
-    g_all = Sk[bi, ridx, qk, :nc]  # (Q, nc) cos(object, descriptor)
-    B = scores.shape[0]
-    vq = valid[bi, qk, :nc]
-    n_desc = vq.sum(1).to(dt)
-    bcol = torch.where(vq, 1.0 / n_desc.unsqueeze(1), 0.0)
-    u = torch.exp(g_all.sub(1.0).mul_((1 - theta) / eps))
-    T, _ = _sinkhorn_parts(V, o_mass[qo, :m], bcol, o_row[qo, :m], o_n[qo], max_iter, tol, c0=u)
-    g = torch.where(vq, g_all, 0.0).sum(1) / n_desc
-    loc = (T * L).sum((1, 2))
-    sc = (1 - theta) * g + theta * loc
-    # best per (image, class) in this batch, then against the best so far
-    K = scores.shape[1]
-    key = bi * K + qk
-    flat_s, flat_p = scores.view(-1), best_p.view(-1)
-    gmax = torch.full((B * K,), float("-inf"), dtype=dt, device=Sk.device).scatter_reduce(0, key, sc, "amax")
-    at_max = sc == gmax[key]
-    R = Sk.shape[1]
-    gidx = torch.full((B * K,), R, dtype=torch.int64, device=Sk.device).scatter_reduce(
-        0, key[at_max], ridx[at_max], "amin"
-    )
-    win = (at_max & (ridx == gidx[key])).nonzero().squeeze(1)  # one winner per (image, class)
-    kw = key[win]
-    better = (sc[win] > flat_s[kw]) | ((sc[win] == flat_s[kw]) & (ridx[win] < flat_p[kw]))
-    win, kw = win[better], kw[better]
-    if win.numel() == 0:
-        return
-    flat_s[kw], flat_p[kw] = sc[win], ridx[win]
-    glob.view(-1)[kw] = g[win]
-    local.view(-1)[kw] = loc[win]
-    if plan is not None:
-        wb, wk = kw // K, kw % K
-        plan[wb, wk] = 0
-        fused[wb, wk] = 0
-        wi, ii = o_row[qo[win], :m].nonzero(as_tuple=True)
-        plan[wb[wi], wk[wi], pidx[win][wi, ii], :nc] = T[win][wi, ii]
-        F = (1 - theta) * g_all[win].unsqueeze(1) + theta * L[win]  # (W, m, nc)
-        fused[wb[wi], wk[wi], pidx[win][wi, ii], :nc] = torch.where(vq[win][wi], F[wi, ii], 0.0)
+    g = torch.where(vmask, G, 0.0).sum(-1) / n_desc.squeeze(-1)  # (Bc, K, O)
+    loc = (r * torch.bmm(c.view(Bc * K, O, n), W.view(Bc * K, R, n).transpose(1, 2)).view(Bc, K, O, R)).sum(-1)
+    sc = torch.where(obj_ok.unsqueeze(1), (1 - theta) * g + theta * loc, float("-inf"))
+    best = sc.argmax(-1)  # first maximum: ties -> the lowest region index (objects are in region order)
+    pick = best.unsqueeze(-1)
+    result = [sc.gather(-1, pick).squeeze(-1), obj_idx.gather(1, best), g.gather(-1, pick).squeeze(-1),
+            loc.gather(-1, pick).squeeze(-1)]
+    if return_plan:
+        r_w = r.gather(2, pick.unsqueeze(-1).expand(Bc, K, 1, R)).squeeze(2)  # (Bc, K, R)
+        c_w = c.gather(2, pick.unsqueeze(-1).expand(Bc, K, 1, n))  # (Bc, K, 1, n)
+        g_w = G.gather(2, pick.unsqueeze(-1).expand(Bc, K, 1, n))
+        ins_w = ins.gather(1, best.unsqueeze(-1).expand(Bc, K, R))  # (Bc, K, R)
+        result.append(r_w.unsqueeze(-1) * V * c_w)
+        result.append(torch.where(ins_w.unsqueeze(-1) & vmask, (1 - theta) * g_w + theta * S, 0.0))
+    return result

@@ -26,13 +26,25 @@ def image_seed(sha256_hex: str, seed: int) -> int:
     return int(hashlib.sha256(f"{sha256_hex}:{seed}".encode()).hexdigest()[:16], 16)
 
 
-def random_square_crops(width: int, height: int, n: int, lo: float, hi: float, rng: np.random.Generator) -> np.ndarray:
-    """WCA/LaZSL ``random_crop``: square side U(lo, hi)·min(H, W) at a uniform random position."""
+def random_square_crops(width: int, height: int, n: int, lo: float, hi: float, rng: np.random.Generator,
+                        sides: str = "uniform") -> np.ndarray:
+    """WCA/LaZSL ``random_crop``: square side U(lo, hi)·min(H, W) at a uniform random position.
+
+    ``sides="log-uniform"`` draws the side as exp U(log lo, log hi)·min(H, W) instead: every
+    scale (octave) between lo and hi equally often, a prior that favours no object size.
+    Same number of draws either way.
+    """
     short = min(width, height)
-    sides = np.maximum(1, np.floor(rng.uniform(lo, hi, size=n) * short)).astype(np.int64)
-    x0 = np.floor(rng.uniform(0, 1, size=n) * (width - sides + 1)).astype(np.int64)
-    y0 = np.floor(rng.uniform(0, 1, size=n) * (height - sides + 1)).astype(np.int64)
-    return np.stack([x0, y0, x0 + sides, y0 + sides], axis=1).astype(np.float32)
+    if sides == "log-uniform":
+        frac = np.exp(rng.uniform(math.log(lo), math.log(hi), size=n))
+    elif sides == "uniform":
+        frac = rng.uniform(lo, hi, size=n)
+    else:
+        raise ValueError(f"sides must be 'uniform' or 'log-uniform', not {sides!r}")
+    side = np.maximum(1, np.floor(frac * short)).astype(np.int64)
+    x0 = np.floor(rng.uniform(0, 1, size=n) * (width - side + 1)).astype(np.int64)
+    y0 = np.floor(rng.uniform(0, 1, size=n) * (height - side + 1)).astype(np.int64)
+    return np.stack([x0, y0, x0 + side, y0 + side], axis=1).astype(np.float32)
 
 
 def grid_boxes(width: int, height: int, scales: tuple[int, ...]) -> np.ndarray:
@@ -152,6 +164,7 @@ def region_boxes(
     n_crops: int = 90,
     crop_min: float = 0.6,
     crop_max: float = 0.9,
+    crop_sides: str = "uniform",
     seed: int = 0,
     grid_scales: tuple[int, ...] = (2, 3),
     patch_grid: int = 0,
@@ -165,7 +178,8 @@ def region_boxes(
 ) -> tuple[list[str], np.ndarray]:
     """(kinds, boxes [R, 4]) for one image; row 0 is the full image.
 
-    ``crops``: ``n_crops`` random squares of side U(crop_min, crop_max)·min(H, W), seeded by
+    ``crops``: ``n_crops`` random squares of side U(crop_min, crop_max)·min(H, W) (log-uniform
+    with ``crop_sides="log-uniform"``, for parts too), seeded by
     the image's content hash and ``seed``; ``grid``: the k×k tiles for each k in
     ``grid_scales``; ``patches``: the ``patch_grid``² ViT patch cells. Then, in this order,
     ``n_parts`` random squares of side U(part_min, part_max)·min(H, W) (kind ``part``) and
@@ -179,7 +193,7 @@ def region_boxes(
     full = np.array([[0, 0, width, height]], dtype=np.float32)
     if source == "crops":
         rng = np.random.default_rng(image_seed(sha256_hex, seed))
-        other = random_square_crops(width, height, n_crops, crop_min, crop_max, rng)
+        other = random_square_crops(width, height, n_crops, crop_min, crop_max, rng, crop_sides)
         kind = "crop"
     elif source == "grid":
         other, kind = grid_boxes(width, height, tuple(grid_scales)), "grid"
@@ -191,7 +205,7 @@ def region_boxes(
     parts = [full, other]
     if n_parts:
         rng = np.random.default_rng([image_seed(sha256_hex, seed), _PART_STREAM])
-        parts.append(random_square_crops(width, height, n_parts, part_min, part_max, rng))
+        parts.append(random_square_crops(width, height, n_parts, part_min, part_max, rng, crop_sides))
         kinds += ["part"] * n_parts
     if n_views:
         boxes, flips = augmented_view_boxes(width, height, sha256_hex, n_views, seed=seed, scale=view_scale,

@@ -39,7 +39,10 @@ def demo_cmd(output, store):
                help="Which combinations are held out (toy-clip: 0).")
 @click.option("--classes", type=click.Choice(("heldout", "train")), default="heldout", show_default=True,
               help="Which classes to draw: the held-out ones (zero-shot evaluation) or the training ones.")
-def make_toyworld_cmd(output, n_per_class, seed, setting, split_seed, classes):
+@number_option("--object-scale", kind=float, lo=0.2, hi=2.0, default=1.0, show_default=True,
+               help="Bird size relative to the setting's (0.5, 1, 1.5 in the benchmarks); capped where the birds "
+               "would no longer fit (world.json records the range used).")
+def make_toyworld_cmd(output, n_per_class, seed, setting, split_seed, classes, object_scale):
     """Write a synthetic bird world for the demo, tests and benchmarks.
 
     \b
@@ -52,6 +55,6 @@ def make_toyworld_cmd(output, n_per_class, seed, setting, split_seed, classes):
     from ..toy.world import make_toyworld
 
     w = make_toyworld(check_output_folder(output), n_per_class=n_per_class, seed=seed, setting=setting,
-                      split_seed=split_seed, classes=classes)
+                      split_seed=split_seed, classes=classes, object_scale=object_scale)
     n = len(w["heldout_classes"] if classes == "heldout" else w["train_classes"])
     click.echo(f"wrote {n} classes x {n_per_class} images ({setting}) to {output}")

@@ -151,7 +151,8 @@ def stack(*decorators):
     return wrap
 
 
-REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "seed", "n_parts", "part_min", "part_max", "n_views", "dense",
+REGION_CONFIG_FIELDS = ("source", "n_crops", "crop_min", "crop_max", "crop_sides", "seed", "n_parts", "part_min", "part_max",
+                        "n_views", "dense",
                         "layers")
 
 

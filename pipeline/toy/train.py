@@ -7,6 +7,11 @@ crops, and crops around one part, each captioned with what is visible in it
 (:func:`pipeline.toy.world.caption_view`). Loss: ``open_clip.ClipLoss``.
 
     python -m pipeline.toy.train --steps 1500 --seed 0          # writes data/toy-clip.pt
+    python -m pipeline.toy.train --steps 1500 --seed 0 --captions unbound   # data/toy-clip-unbound.pt
+
+``--captions unbound`` trains the weak-binding encoder: the same scenes and views, captioned
+with one list of the visible attributes that does not say which bird has which (web-caption
+style), so nothing in the text teaches the encoder to bind an attribute to its bird.
 
 Reproducible from the seed: same seed, same thread count, same machine -> same weights.
 Writes the fp16 state dict and ``<out>.json`` (config, seed, steps, final loss, wall time, sha256).
@@ -29,6 +34,7 @@ from . import world as tw
 _logger = logging.getLogger(__name__)
 
 DEFAULT_OUT = Path(__file__).resolve().parents[2] / "data" / "toy-clip.pt"  # the repository's data/
+DEFAULT_OUT_UNBOUND = DEFAULT_OUT.with_name("toy-clip-unbound.pt")  # --captions unbound
 
 
 def view_around(box, rng: np.random.Generator, size: int, min_side: float) -> tuple[int, int, int, int]:
@@ -52,8 +58,17 @@ def random_view(rng: np.random.Generator, size: int, crop_range) -> tuple[int, i
 def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, views_per_scene: int = 2,
                  nonce_pool: list[str] | None = None, p_two_birds: float = 0.25,
                  scale=tw.TRAIN_SCALE, p_full: float = 0.35, p_part: float = 0.35,
-                 crop_range=(0.3, 0.9), p_dclip: float = 0.2):
-    """Fresh training scenes cut into captioned views: [(PIL crop, caption)]."""
+                 crop_range=(0.3, 0.9), p_dclip: float = 0.2, captions: str = "bound"):
+    """Fresh training scenes cut into captioned views: [(PIL crop, caption)].
+
+    ``captions``: ``bound`` groups the visible attributes per bird (:func:`world.caption_view`,
+    toy-clip); ``unbound`` lists them for the whole view without saying which bird has which
+    (:func:`world.caption_view_unbound`, toy-clip-unbound). Both modes draw scenes and views from
+    the same distribution (same mix, crop sizes, two-bird rate); only the caption text differs.
+    """
+    if captions not in tw.CAPTION_MODES:
+        raise ValueError(f"captions must be one of {tw.CAPTION_MODES}, not {captions!r}")
+    caption = tw.caption_view if captions == "bound" else tw.caption_view_unbound
     size = tw.IMAGE_SIZE
     train = split.train
     out = []
@@ -72,7 +87,7 @@ def sample_views(rng: np.random.Generator, split: tw.ClassSplit, n_scenes: int, 
             else:
                 view = random_view(rng, size, crop_range)
             nonce = nonce_pool[rng.integers(len(nonce_pool))] if nonce_pool else None
-            cap = tw.caption_view(scene, view, rng, nonce=nonce, p_dclip=p_dclip)
+            cap = caption(scene, view, rng, nonce=nonce, p_dclip=p_dclip)
             img = scene.image if view == (0, 0, size, size) else scene.image.crop(view)
             out.append((img, cap))
     return out
@@ -227,14 +242,20 @@ def train_toy_clip(
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(prog="python -m pipeline.toy.train", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(DEFAULT_OUT))
+    ap.add_argument("--out", default=None, help="default: data/toy-clip.pt, or data/toy-clip-unbound.pt "
+                    "with --captions unbound")
+    ap.add_argument("--captions", choices=tw.CAPTION_MODES, default="bound",
+                    help="bound: attributes grouped per bird (toy-clip); unbound: one list per view, "
+                         "not saying which bird has which (toy-clip-unbound, the weak-binding encoder)")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
-    train_toy_clip(a.out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads)
+    out = a.out or (DEFAULT_OUT if a.captions == "bound" else DEFAULT_OUT_UNBOUND)
+    kwargs = {} if a.captions == "bound" else {"captions": a.captions}  # toy-clip's record stays as it was
+    train_toy_clip(out, steps=a.steps, seed=a.seed, batch_size=a.batch_size, lr=a.lr, threads=a.threads, **kwargs)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,13 @@ Settings:
   attributes of another held-out class, so attribute evidence for a wrong class is present in
   the image and only binding attributes to one object separates the classes.
 
+``object_scale`` (``make-toyworld --object-scale``) multiplies the setting's bird size (0.5x, 1x,
+1.5x in the benchmarks), capped where the birds no longer fit (:func:`setting_scale`).
+
+Training captions (:mod:`pipeline.toy.train`): :func:`caption_view` groups the visible
+attributes per bird (``toy-clip``); :func:`caption_view_unbound` lists them for the whole view
+without saying which bird has which (the weak-binding encoder, ``--captions unbound``).
+
 Outputs of :func:`make_toyworld` (``OUT/``): ``images/<class>/<id>.png`` (the folder is the
 label), ``attributes.json`` (DCLIP ``{class: [descriptor]}``), ``boxes.jsonl`` (one row per image
 x attribute, pixel boxes of the part that carries the attribute), ``scenes.jsonl`` (every bird
@@ -54,6 +61,12 @@ SETTINGS = ("parts", "distractors")
 PARTS_SCALE = (1.4, 1.7)
 DISTRACTOR_SCALE = (0.75, 0.95)
 TRAIN_SCALE = (0.7, 1.8)
+#: ``make_toyworld(object_scale=...)``: multiplies the setting's bird scale range (0.5x, 1x and 1.5x
+#: are the benchmark's three). A range that would not fit the image is capped at the largest
+#: scale that does (one bird: MAX_ONE_SCALE; two birds, which must not overlap: MAX_PAIR_SCALE).
+OBJECT_SCALES = (0.5, 1.0, 1.5)
+MAX_ONE_SCALE = 1.75  # a bird is 69u wide: 121 of 128 px
+MAX_PAIR_SCALE = 1.2
 
 # part -> (values, descriptor template). Order matters: a combo is a tuple in this order.
 PARTS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -449,13 +462,25 @@ def distractor_combo(true_combo, heldout, rng: np.random.Generator, n_shared: in
     raise RuntimeError("no distractor combination found")  # pragma: no cover
 
 
-def render_example(combo, setting: str, heldout, rng: np.random.Generator, size: int = IMAGE_SIZE) -> Scene:
-    """One evaluation image of ``combo`` in a setting ("parts" or "distractors")."""
+def setting_scale(setting: str, object_scale: float = 1.0) -> tuple[float, float]:
+    """The bird scale range (px per unit) of ``setting`` times ``object_scale``, capped to fit."""
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, not {setting!r}")
+    if not (math.isfinite(object_scale) and 0.2 <= object_scale <= 2.0):
+        raise ValueError(f"object_scale must be in [0.2, 2], not {object_scale!r}")
+    base, cap = (PARTS_SCALE, MAX_ONE_SCALE) if setting == "parts" else (DISTRACTOR_SCALE, MAX_PAIR_SCALE)
+    lo, hi = (min(cap, round(v * object_scale, 4)) for v in base)
+    return (lo, hi)
+
+
+def render_example(combo, setting: str, heldout, rng: np.random.Generator, size: int = IMAGE_SIZE,
+                   object_scale: float = 1.0) -> Scene:
+    """One evaluation image of ``combo`` in a setting ("parts" or "distractors"), birds at
+    ``object_scale`` times the setting's size (:func:`setting_scale`)."""
+    scale = setting_scale(setting, object_scale)
     if setting == "parts":
-        return render_scene([combo], rng, size=size, scale=PARTS_SCALE)
-    if setting == "distractors":
-        return render_scene([combo, distractor_combo(combo, heldout, rng)], rng, size=size, scale=DISTRACTOR_SCALE)
-    raise ValueError(f"setting must be one of {SETTINGS}, not {setting!r}")
+        return render_scene([combo], rng, size=size, scale=scale)
+    return render_scene([combo, distractor_combo(combo, heldout, rng)], rng, size=size, scale=scale)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,6 +541,47 @@ def caption_view(scene: Scene, view, rng: np.random.Generator, nonce: str | None
     return "an empty background"
 
 
+CAPTION_MODES = ("bound", "unbound")
+
+
+def caption_view_unbound(scene: Scene, view, rng: np.random.Generator, nonce: str | None = None,
+                         p_dclip: float = 0.2, min_inside: float = 0.6) -> str:
+    """A caption of ``view`` that lists the visible attributes without saying which bird has which.
+
+    The weak-binding counterpart of :func:`caption_view` (the way web captions describe a scene):
+    the attributes of every visible part of every bird go into one shuffled, de-duplicated list
+    ("birds with a blue crest, striped wings, a red crest and orange legs"), so a caption never
+    pairs an attribute with its bird. Visibility, the DCLIP form behind a nonce and the clutter
+    phrase follow :func:`caption_view` (same probabilities), so only the grouping differs.
+    """
+    texts, n_birds, whole = [], 0, True
+    for bird in scene.birds:
+        vis = [p for p in PART_NAMES if _inside_fraction(bird.boxes[p], view) >= min_inside]
+        if vis:
+            n_birds += 1
+            whole = whole and _inside_fraction(bird.bbox, view) >= 0.85
+            texts.extend(descriptor(p, bird.combo[PART_NAMES.index(p)]) for p in vis)
+    texts = list(dict.fromkeys(texts))
+    texts = [texts[i] for i in rng.permutation(len(texts))]
+    things = list(dict.fromkeys(c.text for c in scene.clutter if _inside_fraction(c.box, view) >= min_inside))
+    if texts and nonce is not None and rng.random() < p_dclip:
+        return f"{nonce}, {dclip_sentence(texts[rng.integers(len(texts))])}"
+    if texts:
+        if whole:
+            head = ("a bird with", "a small bird with")[rng.integers(2)] if n_birds == 1 else "birds with"
+        else:
+            head = ("part of a bird with", "a close-up of")[rng.integers(2)] if n_birds == 1 else "parts of birds with"
+        cap = f"{head} {_join(texts)}"
+        if things and rng.random() < 0.5:
+            pick = [things[i] for i in rng.permutation(len(things))[:min(2, len(things))]]
+            cap += f", next to {_join(pick)}"
+        return cap
+    if things:
+        pick = [things[i] for i in rng.permutation(len(things))[:3]]
+        return _join(pick)
+    return "an empty background"
+
+
 def _png_bytes(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=6)
@@ -529,6 +595,7 @@ def make_toyworld(
     setting: str = "parts",
     split_seed: int = 0,
     classes: str = "heldout",
+    object_scale: float = 1.0,
 ) -> dict:
     """Write a toy world to ``out_dir``; returns the world description (also in world.json).
 
@@ -541,9 +608,11 @@ def make_toyworld(
         split_seed: which combinations are held out, and the class names. The shipped
             ``toy-clip`` weights were trained on the training side of ``split_seed=0``.
         classes: ``heldout`` (zero-shot evaluation, default) or ``train`` (seen combinations).
+        object_scale: bird size relative to the setting's (0.5, 1, 1.5 in the benchmark); capped
+            where the birds would no longer fit (:func:`setting_scale`; world.json records the range).
+            At 1 the images are those of earlier versions, byte for byte.
     """
-    if setting not in SETTINGS:
-        raise ValueError(f"setting must be one of {SETTINGS}, not {setting!r}")
+    scale = setting_scale(setting, object_scale)
     split = make_split(split_seed)
     if classes == "heldout":
         combos = list(split.heldout)
@@ -561,7 +630,7 @@ def make_toyworld(
         d.mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             rng = np.random.default_rng([seed, SETTINGS.index(setting), ci, i])
-            scene = render_example(combo, setting, split.heldout, rng)
+            scene = render_example(combo, setting, split.heldout, rng, object_scale=object_scale)
             rel = f"images/{name}/{i:04d}.png"
             (out / rel).write_bytes(_png_bytes(scene.image))
             scenes.append({
@@ -593,7 +662,8 @@ def make_toyworld(
         "parts": {p: list(v) for p, (v, _) in PARTS.items()},
         "heldout_classes": split.heldout_classes(),
         "train_classes": split.train_classes(),
-        "scale": {"parts": PARTS_SCALE, "distractors": DISTRACTOR_SCALE, "train": TRAIN_SCALE},
+        "object_scale": object_scale,
+        "scale": {"parts": PARTS_SCALE, "distractors": DISTRACTOR_SCALE, "train": TRAIN_SCALE, "used": list(scale)},
         "boxes": "boxes.jsonl: one row per image x attribute of the labelled bird; x1/y1 exclusive",
         "scenes": "scenes.jsonl: one row per image, every bird (the first is the labelled one) and clutter item",
     }

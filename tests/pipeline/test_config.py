@@ -23,7 +23,10 @@ def test_lazsl_presets_hold_the_published_table():
     names = {p.name for p in list_presets()}
     assert {"imagenet-v2-b16", "imagenet-r-b16", "imagenet-s-b16", "food101-l14", "toy-demo"} <= names
     assert len([n for n in names if not n.startswith(("toy-", "wca-"))]) == 5 * 3 + 4
-    assert (get_preset("toy-bound").regions["n_parts"], get_preset("toy-all").regions["n_views"]) == (60, 50)
+    assert (get_preset("toy-all").regions["n_parts"], get_preset("toy-all").regions["n_views"]) == (60, 50)
+    # object-bound's default: at most 61 regions per image (LaZSL's cost), scale-free crop sides
+    bound = get_preset("toy-bound").region_config()
+    assert 1 + bound.n_crops + bound.n_parts + bound.n_views <= 61 and bound.crop_sides == "log-uniform"
 
 
 @pytest.mark.parametrize("field,value,msg", [

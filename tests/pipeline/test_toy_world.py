@@ -128,6 +128,74 @@ def test_captions_describe_what_is_visible():
     assert dclip.startswith("zorbel, which ")
 
 
+def _attribute_texts(caption: str) -> set[str]:
+    every = {tw.descriptor(p, v) for p in tw.PART_NAMES for v in tw.PARTS[p][0]}
+    return {t for t in every if t in caption}
+
+
+def test_unbound_captions_list_attributes_without_saying_which_bird_has_which():
+    """Two scenes with the same birds' attributes, assigned differently to the birds, get the
+    same attribute list: the caption carries no binding. The bound caption of toy-clip does."""
+    split = tw.make_split(0)
+    a, b = split.train[0], split.train[-1]
+    swapped_a, swapped_b = (b[0],) + a[1:], (a[0],) + b[1:]  # the crests change birds
+    assert {swapped_a, swapped_b} != {a, b}
+    caps = []
+    for pair in ((a, b), (swapped_a, swapped_b)):
+        rng = np.random.default_rng(5)
+        scene = tw.render_scene(list(pair), rng, scale=tw.DISTRACTOR_SCALE)
+        caps.append(tw.caption_view_unbound(scene, (0, 0, 128, 128), np.random.default_rng(1)))
+        bound = tw.caption_view(scene, (0, 0, 128, 128), np.random.default_rng(1))
+        assert bound.count(" with ") == 2  # one phrase per bird
+    union = set(tw.combo_descriptors(a)) | set(tw.combo_descriptors(b))
+    assert _attribute_texts(caps[0]) == _attribute_texts(caps[1]) == union
+    assert all(c.startswith("birds with ") and c.count(" with ") == 1 for c in caps)
+    # a view of one part: that part alone, and the DCLIP form behind a nonce as in caption_view
+    rng = np.random.default_rng(2)
+    scene = tw.render_scene([a], rng)
+    crest = scene.birds[0].boxes["crest"]
+    assert _attribute_texts(tw.caption_view_unbound(scene, crest, rng)) == {tw.descriptor("crest", a[0])}
+    assert tw.caption_view_unbound(scene, (0, 0, 128, 128), rng, nonce="zorbel", p_dclip=1.0).startswith("zorbel, which ")
+
+
+def test_training_views_use_the_chosen_caption_mode():
+    from pipeline.toy.train import sample_views
+
+    split = tw.make_split(0)
+    views = sample_views(np.random.default_rng(0), split, 40, 2, p_two_birds=1.0, p_full=1.0, captions="unbound")
+    assert all(" and part of " not in c and c.count(" with ") <= 1 for _, c in views)
+    two = [c for _, c in views if c.startswith("birds with ")]
+    assert len(two) > 20
+    bound = sample_views(np.random.default_rng(0), split, 40, 2, p_two_birds=1.0, p_full=1.0)
+    assert sum(c.count(" with ") == 2 for _, c in bound) > 20
+    with pytest.raises(ValueError, match="captions"):
+        sample_views(np.random.default_rng(0), split, 1, captions="loose")
+
+
+def test_object_scale_resizes_the_birds_and_is_recorded(tmp_path):
+    widths = {}
+    for scale in (0.5, 1.0):
+        out = tmp_path / f"x{scale}"
+        w = tw.make_toyworld(out, n_per_class=1, seed=3, setting="distractors", object_scale=scale)
+        assert w["object_scale"] == scale and w["scale"]["used"] == list(tw.setting_scale("distractors", scale))
+        rows = [json.loads(line) for line in (out / "scenes.jsonl").read_text().splitlines()]
+        widths[scale] = np.mean([b["bbox"][2] - b["bbox"][0] for r in rows for b in r["birds"]])
+    assert 0.4 < widths[0.5] / widths[1.0] < 0.6
+    default = tmp_path / "default"
+    tw.make_toyworld(default, n_per_class=1, seed=3, setting="distractors")
+    images = [k for k in _files(default) if k.endswith(".png")]
+    assert all(_files(default)[k] == _files(tmp_path / "x1.0")[k] for k in images)  # x1 = the world as before
+    # too large to fit: capped, and the cap still places every bird
+    assert tw.setting_scale("parts", 1.5) == (tw.MAX_ONE_SCALE, tw.MAX_ONE_SCALE)
+    assert tw.setting_scale("distractors", 1.5)[1] == tw.MAX_PAIR_SCALE
+    for setting in tw.SETTINGS:
+        scene = tw.render_example(tw.make_split(0).heldout[0], setting, tw.make_split(0).heldout,
+                                  np.random.default_rng(0), object_scale=1.5)
+        assert all(0 <= b.bbox[0] and b.bbox[2] <= 128 for b in scene.birds)
+    with pytest.raises(ValueError, match="object_scale"):
+        tw.setting_scale("parts", 3.0)
+
+
 # --------------------------------------------------------------------------------------------
 # Quality gates on the shipped weights (data/toy-clip.pt)
 # --------------------------------------------------------------------------------------------

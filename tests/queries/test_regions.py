@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from pipeline.config import RegionConfig
 from queries.regions import (
@@ -76,3 +77,23 @@ def test_doctests():
 
     res = doctest.testmod(importlib.import_module("queries.regions"), raise_on_error=False)
     assert res.attempted > 0 and res.failed == 0
+
+
+def test_log_uniform_sides_cover_every_scale_equally():
+    """log-uniform sides: as many crops per octave of [lo, hi] (uniform sides put most of them
+    at the large end), inside the bounds, same positions' stream length as uniform sides."""
+    lo, hi, n = 0.15, 0.9, 4000
+    log = random_square_crops(1000, 1000, n, lo, hi, np.random.default_rng(0), "log-uniform")
+    uni = random_square_crops(1000, 1000, n, lo, hi, np.random.default_rng(0))
+    side_log, side_uni = (log[:, 2] - log[:, 0]) / 1000, (uni[:, 2] - uni[:, 0]) / 1000
+    assert side_log.min() >= lo - 1e-3 and side_log.max() <= hi
+    edges = np.geomspace(lo, hi, 4)  # three equal ratios
+    counts = np.histogram(side_log, edges)[0] / n
+    np.testing.assert_allclose(counts, 1 / 3, atol=0.03)
+    assert np.histogram(side_uni, edges)[0][0] / n < 0.2
+    assert (log[:, :2] >= 0).all() and (log[:, 2:] <= 1000).all()
+    kinds, boxes = region_boxes(128, 128, "ab" * 32, n_crops=60, crop_min=lo, crop_max=hi, crop_sides="log-uniform")
+    uniform = region_boxes(128, 128, "ab" * 32, n_crops=60, crop_min=lo, crop_max=hi)[1]
+    assert len(kinds) == 61 and np.median(boxes[1:, 2] - boxes[1:, 0]) < np.median(uniform[1:, 2] - uniform[1:, 0])
+    with pytest.raises(ValueError, match="log-uniform"):
+        random_square_crops(10, 10, 1, 0.2, 0.5, np.random.default_rng(0), "octaves")
