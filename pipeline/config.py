@@ -141,6 +141,18 @@ def _load_presets() -> dict[str, Preset]:
     return presets
 
 
+def preset_model_note(preset: str | None, model_name: str) -> str | None:
+    """A note when a preset was made for another model than the one in use (``cub-b32`` is
+    LaZSL's CUB table for ViT-B-32: its crops and θ were tuned for that encoder)."""
+    if not preset:
+        return None
+    made_for = get_preset(preset).model
+    if made_for and made_for != model_name:
+        return (f"preset {preset} was made for {made_for}, but this store's model is {model_name}; its values "
+                f"are used as given (pick a preset for {model_name}, or pass the values you want)")
+    return None
+
+
 def list_presets() -> list[Preset]:
     return list(_load_presets().values())
 

@@ -5,7 +5,7 @@ import sys
 
 import click
 
-from ..config import resolve_region_config
+from ..config import preset_model_note, resolve_region_config
 from ..datasets import dataset_names
 from ..engines.ray_engine import index_images_ray
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
@@ -83,6 +83,9 @@ def index_images_cmd(inputs, dataset_name, root, class_names, preset, batch_size
         click.echo(f"note: {note}", err=True)
     with open_store(store, check="index-images") as cat:
         model = load_store_model(cat, model_name, pretrained, device)
+        mismatch = preset_model_note(preset, model.name)
+        if mismatch:
+            click.echo(f"note: {mismatch}", err=True)
         if faiss_index is not None:
             # heavy: imported on use
             from stores.faiss_factory import train_plan

@@ -6,7 +6,7 @@ from functools import partial
 
 import click
 
-from ..config import recorded_preset
+from ..config import preset_model_note, recorded_preset
 from ..stages.methods import get_method, resolve_method_config
 from ..engines.ray_engine import classify_ray
 from ..names import check_text
@@ -46,7 +46,9 @@ def run_methods(cat, methods: list[str], preset: str | None, options: dict, mode
 
     own = {f.name for m in methods for f in fields(get_method(m).config)}
     resolved = resolve_method_config(options, preset, recorded_preset(tables.index_run_params(cat)), own)
-    for note in resolved.notes:
+    record = cat.model_record()
+    mismatch = preset_model_note(preset, record["name"]) if record else None
+    for note in resolved.notes + ((mismatch,) if mismatch else ()):
         click.echo(f"note: {note}", err=True)
     unused = ["--" + k.replace("_", "-") for k, v in options.items() if v is not None and k not in own]
     if unused:

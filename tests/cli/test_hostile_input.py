@@ -442,3 +442,12 @@ def test_image_file_bigger_than_limit_in_explain_is_one_line(tmp_path, small, mo
 def test_free_text_options_that_become_names_or_paths(small, args, message):
     args = [a.format(classes=small.classes) for a in args]
     assert message in one_line_error(invoke(*args, "--store", small.store), 1)
+
+
+def test_a_preset_made_for_another_model_is_named_not_silently_used(small):
+    """`--preset cub-b32` (LaZSL's CUB table for ViT-B-32) on a zsl-tiny store: a note says so."""
+    res = CliRunner().invoke(cli, ["classify", "--method", "dclip", "--preset", "cub-b32", "--store", str(small.store)])
+    assert res.exit_code == 0, res.output
+    assert "preset cub-b32 was made for ViT-B-32, but this store's model is zsl-tiny" in res.output
+    same = CliRunner().invoke(cli, ["classify", "--method", "dclip", "--preset", "toy-demo", "--store", str(small.store)])
+    assert same.exit_code == 0 and "was made for" not in same.output, same.output
