@@ -83,8 +83,10 @@ def explain_cmd(image, class_name, attribute, run_id, output, limit, map_kind, f
                              overlay=str(a.overlay) if a.overlay else None))
     for r in rows:
         r["kind"] = "class" if r["attribute"] is None else "attribute"
+    headline = next((p for p in res.contrasts if p.true_class), res.contrasts[0]) if res.contrasts else None
     for p in res.contrasts:  # why the prediction and not the runner-up / the true class: signed terms
-        rows.append(dict(image=res.path, class_name=p.class_name, attribute="(class prompt)", kind="contrast",
+        picture = str(res.contrast_png) if res.contrast_png and p is headline else None  # both classes' headline map
+        rows.append(dict(image=res.path, class_name=p.class_name, attribute="(class prompt)", kind="contrast", overlay=picture,
                          other_class=p.other_name, other_attribute=None, shared=False, term=p.prompt_term,
                          reason_rank=p.prompt_rank, gap=p.gap, runner_up=p.runner_up, true_class=p.true_class))
         for t in p.rows:

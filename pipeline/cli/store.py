@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from stores.catalog import resolve_store_path
+from stores.sandbox import tables_read
 
 from ..config import list_presets
 from ..errors import InputError
@@ -74,12 +75,12 @@ def sql_cmd(query, list_tables, describe_name, params, allow_read, limit, timeou
 def _require_whole_shards(cat, query: str) -> None:
     """A query that reads the shard views (directly or through a view) on a store with a missing or
     damaged shard is refused: its answer would silently leave rows out."""
-    from stores.sandbox import tables_read
-    from stores.verify import shard_damage
-
     read = tables_read(cat.con, query)
     if read is not None and not read & {"images", "regions"}:
         return
+    # heavy: imported on use (verify reads shards and Faiss files: numpy, pyarrow, faiss)
+    from stores.verify import shard_damage
+
     damage = shard_damage(cat)
     names = [str(p) for p in cat.unreadable_shards]
     if damage or names:

@@ -62,6 +62,7 @@ from ..stages.methods import find_method
 from .honesty import HIGHER_IS_BETTER, METRICS
 from .map_kinds import (  # noqa: F401  (parse_kinds re-exported)
     CROP_BOXES,
+    DCLIP_SCORER,
     DEFAULT_KIND,
     GRADCAM,
     OCCLUSION,
@@ -314,7 +315,7 @@ def _scorer_factory(cat: Catalog, model, run, scorer: str):
         raise InputError("The store has no encoded attributes for its model; run `pipeline build-attributes` first.")
     cls = np.unique(mat.class_ids)
     attr_class = np.searchsorted(cls, mat.class_ids)
-    if scorer == "dclip":
+    if scorer == DCLIP_SCORER:
         glob = GlobalScorer(model, mat.embeddings, attr_class, len(cls))
         return "dclip-global-softmax-all-classes", lambda boxes: glob, cls
     if scorer != "method":

@@ -113,6 +113,7 @@ class ExplainResult:
 
     pair_boxes: np.ndarray | None = field(default=None, repr=False)  # boxes of the pair's carrying regions (render px)
     contrasts: list = field(default_factory=list)  # "why A and not B" (explain.contrasts.ContrastPanel), prediction only
+    contrast_png: Path | None = None  # the headline attribute of both classes side by side (contrast_png)
     contrast_note: str | None = None  # why a wrong prediction has no contrast with its true class
     honesty: list[str] = field(default_factory=list)  # how the shown map kind scored on this store (faithfulness)
 
@@ -313,6 +314,7 @@ def explain_image(
                                 out / f"{stem}.{cslug}", label)
             if path is not None:
                 res.files.append(path)
+                res.contrast_png = path
         if pmaps is not None:  # where the pair's state and its object were found
             pscale = image_scale([pmaps[0], pmaps[1]])
             for what, heat in (("state", pmaps[0]), ("object", pmaps[1])):

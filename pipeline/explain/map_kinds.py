@@ -44,7 +44,9 @@ RANDOM_KINDS = tuple(dict.fromkeys(RANDOM_OF.values()))
 #: ``faithfulness --baseline``: what deleted pixels become
 BASELINES = ("blur", "mean", "black")
 #: ``faithfulness --scorer``: the run's own method re-run on perturbed pixels (default), or the global DCLIP probability
-SCORERS = ("method", "dclip")
+#: the scorer of deletion/insertion: the run's own method, or the global DCLIP probability
+OWN_METHOD_SCORER, DCLIP_SCORER = "method", "dclip"
+SCORERS = (OWN_METHOD_SCORER, DCLIP_SCORER)
 
 
 def parse_kinds(text: str | None, *, allowed: tuple[str, ...] = MAP_KINDS, option: str = "--maps") -> list[str]:

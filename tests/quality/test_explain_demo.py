@@ -116,7 +116,7 @@ def test_default_maps_point_at_the_parts_and_beat_random_maps(demo, tmp_path):
                                  "--boxes", str(root / "world" / "boxes.jsonl"), "--tolerance", "8",
                                  "--plot", str(tmp_path / "p.png"), "--format", "json"])
     assert r.exit_code == 0, r.output
-    rows = {(x["map_kind"], x["metric"]): x for x in json.loads(r.output)}
+    rows = {(x["map_kind"], x["metric"]): x for x in json.loads(r.stdout)}  # notes (cost, scorer) go to stderr
     point = rows[("plan-dense", "pointing")]
     assert point["images"] == 24 and point["value"] >= 0.7 and point["chance"] < 0.2, point
     for m in ("deletion", "insertion", "pointing"):
