@@ -52,14 +52,14 @@ from typing import Any
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, candidate_texts, out, pick_device
-from queries.result import ScoreResult
+from queries.result import PlanAliases, ScoreResult
 from queries.transport import PLAIN_MAX_SCALE
 
 __all__ = ["BindingResult", "object_bound_scores", "part_structure"]
 
 
 @dataclass
-class BindingResult(ScoreResult):
+class BindingResult(PlanAliases, ScoreResult):
     """Object-bound scores for each (image, candidate class) (:class:`queries.result.ScoreResult`).
 
     Attributes
@@ -96,14 +96,6 @@ class BindingResult(ScoreResult):
     @property
     def proposal(self):
         return self.region
-
-    @property
-    def fused(self):
-        return self.similarity
-
-    @property
-    def attr_index(self):
-        return self.text_index
 
 
 def part_structure(regions, boxes, *, contain: float = 0.9, min_parts: int = 2, gamma: float = 0.0):

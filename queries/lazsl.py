@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from queries._arrays import any_torch, as_float, as_index, candidate_texts, check_dims, out, pick_device
-from queries.result import ScoreResult
+from queries.result import PlanAliases, ScoreResult
 from queries.transport import PLAIN_MAX_SCALE, _solve_plain, _solve_transposed
 
 __all__ = ["LazslResult", "lazsl_scores"]
@@ -26,7 +26,7 @@ __all__ = ["LazslResult", "lazsl_scores"]
 
 
 @dataclass
-class LazslResult(ScoreResult):
+class LazslResult(PlanAliases, ScoreResult):
     """LaZSL scores for each (image, candidate class) pair (:class:`queries.result.ScoreResult`).
 
     Attributes
@@ -59,14 +59,6 @@ class LazslResult(ScoreResult):
     crop_mass: Any = None
     n_iter: Any = None
     converged: Any = None
-
-    @property
-    def fused(self):
-        return self.similarity
-
-    @property
-    def attr_index(self):
-        return self.text_index
 
 
 def lazsl_scores(

@@ -41,3 +41,16 @@ class ScoreResult:
     similarity: Any = None
     text_index: Any = None
     region: Any = None
+
+
+class PlanAliases:
+    """The names LaZSL's and object-bound's results had before the one shape (``fused``,
+    ``attr_index``), kept readable for callers and notebooks that use them."""
+
+    @property
+    def fused(self):
+        return self.similarity
+
+    @property
+    def attr_index(self):
+        return self.text_index
