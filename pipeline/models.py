@@ -199,13 +199,13 @@ def _network_reachable(timeout: float = 2.0) -> bool:
 def weights_in_cache(name: str, tag: str) -> bool:
     """Whether open_clip would find the weights of tag ``tag`` offline, in the Hugging Face cache
     (True when open_clip fetches them some other way: then its own load decides)."""
-    from open_clip.pretrained import get_pretrained_cfg
+    from open_clip.pretrained import get_pretrained_cfg  # heavy: imported on use
 
     cfg = get_pretrained_cfg(name, tag)
     hub = cfg.get("hf_hub", "")
     if not hub or "file" in cfg:
         return True
-    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub import try_to_load_from_cache  # heavy: imported on use
 
     model_id, filename = os.path.split(hub)
     filename = filename or "open_clip_pytorch_model.bin"

@@ -53,6 +53,8 @@ from typing import Any, Callable, Iterable, Sequence
 import duckdb
 
 from . import sandbox as sb
+from .catalog_check import scan_catalog
+from .descriptions import apply_comments
 from .errors import ModelMismatchError, StoreError, StoreVersionError
 from .locks import DEFAULT_WAIT, WriterLock, copy_file, file_signature, fsync_dir, open_regular
 from .migrations import MIGRATIONS, SCHEMA_VERSION, applied_migrations, migrate, pending_migrations
@@ -297,8 +299,6 @@ class Catalog:
             counts = {t: int(con.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0])
                       for t in GROWING_TABLES if t in names}
             if scan:  # every block read once: a copy cut short or with a bad block is not adopted
-                from .catalog_check import scan_catalog
-
                 bad = scan_catalog(con)
                 if bad:
                     return f"its table {bad[0][0]} cannot be read: {bad[0][1]}"
@@ -650,15 +650,11 @@ class Catalog:
                 files = [f for f in files if f not in unreadable]
                 self.con.execute(f"CREATE OR REPLACE {temp}VIEW {name} AS {self._view_body(files, cols)}")
         if made:  # a replaced view loses its comments (stores/descriptions.py)
-            from .descriptions import apply_comments
-
             apply_comments(self.con, names=tuple(made))
 
     def _stored_view_current(self, name: str, files: list[Path]) -> bool:
         """A reader can use the stored view as it is: no sandbox, it reads exactly ``files``, and
         they open (a damaged shard must be left out by a TEMP view instead)."""
-        import re
-
         if self.sandbox is not None:
             return False
         row = self.con.execute("SELECT sql FROM duckdb_views() WHERE view_name = ? AND NOT temporary", [name]).fetchone()

@@ -32,6 +32,7 @@ name) are set with :func:`set_search_params` and recorded in the sidecar at buil
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass, field
 
 import faiss
@@ -69,8 +70,6 @@ MAX_NLIST = 1 << 22  # IVF lists: beyond ~4M, building the empty index alone exh
 
 
 def _parse(factory: str, dim: int) -> faiss.Index:
-    import re
-
     for n in re.findall(r"IVF(\d+)", factory):
         if int(n) > MAX_NLIST:
             raise FactoryIndexError(f"{factory!r}: IVF{n} has more inverted lists than Faiss can allocate here (at most "

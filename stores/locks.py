@@ -23,6 +23,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Callable
 
+import click
+
 from .errors import StoreError
 
 try:  # POSIX; on other systems a store has no writer lock (one writer at a time is then the user's job)
@@ -63,12 +65,7 @@ _COMMAND = re.compile(r"[A-Za-z0-9_.-]+(?: [a-z][a-z0-9-]{0,40}){0,2}")
 def command_name() -> str:
     """What this process is, for other processes' messages: the program and its (sub)command
     names, e.g. ``pipeline classify``; never an option or its value (an argument may hold a key)."""
-    try:
-        import click
-
-        ctx = click.get_current_context(silent=True)
-    except ImportError:  # pragma: no cover
-        ctx = None
+    ctx = click.get_current_context(silent=True)
     if ctx is not None:
         path = ctx.command_path.split()
         names = [p for p in path[1:] if re.fullmatch(r"[a-z][a-z0-9-]{0,40}", p)][:2]

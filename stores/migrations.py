@@ -10,6 +10,7 @@ import json
 from datetime import datetime, timezone
 from typing import Callable
 
+from .descriptions import apply_comments
 from .errors import StoreVersionError
 
 MIGRATIONS: list[Callable] = []
@@ -567,8 +568,6 @@ def m015_catalog_descriptions(con) -> None:
       true for classes that were never a candidate.
     * ``COMMENT ON`` every table, view and column (:mod:`stores.descriptions`).
     """
-    from .descriptions import apply_comments
-
     con.execute(
         """
         CREATE OR REPLACE VIEW contributions AS

@@ -22,6 +22,7 @@ private temporary folder outside the store, removed when the connection closes.
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import re
 import shutil
@@ -250,8 +251,6 @@ def read_statement(con: duckdb.DuckDBPyConnection, sql: str):
 def tables_read(con: duckdb.DuckDBPyConnection, sql: str, depth: int = 0) -> set[str] | None:
     """Lower-case names of the tables and views a statement reads, views followed to what they
     read (from DuckDB's own parse tree, ``json_serialize_sql``); None when that cannot be told."""
-    import json
-
     try:
         tree = json.loads(con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()[0])
     except (duckdb.Error, TypeError, ValueError):

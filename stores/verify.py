@@ -28,11 +28,13 @@ from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
 from . import files, indexes, tables
-from .catalog import Catalog
+from .catalog import CATALOG_FILE, WORKING_FILE, Catalog
+from .catalog_check import rebuild_catalog, scan_catalog
 from .errors import StoreError
 from .faiss_index import ids_digest, index_ids, index_vectors, is_flat, read_index, read_sidecar
 from .locks import WriterLock, fsync_dir
@@ -603,8 +605,6 @@ def verify(cat: Catalog, *, quick: bool = False) -> list[Problem]:
 def catalog_blocks(cat: Catalog) -> list[Problem]:
     """Every data block of the open catalog read (and so checksummed) by DuckDB:
     :func:`stores.catalog_check.scan_catalog`."""
-    from .catalog_check import scan_catalog
-
     return [Problem("catalog-checksum", f"catalog.duckdb:{table}", f"cannot be read in full: {message}", "catalog",
                     repairable=True) for table, message in scan_catalog(cat.con)]
 
@@ -612,10 +612,6 @@ def catalog_blocks(cat: Catalog) -> list[Problem]:
 def catalog_file_blocks(path: Path) -> list[Problem]:
     """:func:`catalog_blocks` for a catalog file that the store could not be opened on (a damaged
     block met while opening): which tables cannot be read in full."""
-    import duckdb
-
-    from .catalog_check import scan_catalog
-
     try:
         con = duckdb.connect(str(path), read_only=True)
     except duckdb.Error:
@@ -630,8 +626,6 @@ def catalog_file_blocks(path: Path) -> list[Problem]:
 def working_copies(cat: Catalog) -> list[Problem]:
     """A working copy left by an interrupted writer (adopted by the next write-mode command) and
     working copies set aside because they were not this store's (never adopted; the user decides)."""
-    from .catalog import WORKING_FILE
-
     out = []
     if cat.read_only and cat.work_file.exists() and WriterLock(cat.root).is_free():
         out.append(Problem("interrupted-write", WORKING_FILE, "an interrupted writer's committed work, not yet "
@@ -650,11 +644,6 @@ def repair_catalog(root: Path, wait: float, on_wait=None) -> list[tuple[str, str
     can be read (:func:`stores.catalog_check.rebuild_catalog`) and move the damaged file to
     ``STORE/quarantine/``. Returns (check, where, what was done) rows; a StoreError (one line) if the
     catalog cannot be opened at all."""
-    import duckdb
-
-    from .catalog import CATALOG_FILE, WORKING_FILE
-    from .catalog_check import rebuild_catalog, scan_catalog
-
     lock = WriterLock(root)
     lock.acquire(wait, on_wait)
     try:

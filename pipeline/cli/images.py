@@ -6,7 +6,7 @@ import sys
 import click
 
 from ..config import preset_model_note, resolve_region_config
-from ..datasets import dataset_names
+from ..datasets import dataset_names, read_dataset
 from ..engines.ray_engine import index_images_ray
 from ..inputs import DEFAULT_MAX_IMAGE_BYTES
 from .group import cli
@@ -117,8 +117,6 @@ def read_dataset_option(inputs, dataset_name, root, class_names):
         raise click.UsageError("Give either PATHs or --dataset NAME --root DIR, not both.")
     if root is None:
         raise click.UsageError(f"--dataset {dataset_name} needs --root DIR (the folder holding it).")
-    from ..datasets import read_dataset
-
     dataset = read_dataset(dataset_name, root, class_names)
     click.echo(f"{dataset.record.title}: {len(dataset.items)} images of {dataset.folder} ({dataset.record.split.split(';')[0]}), "
                f"class names: {dataset.name_set}", err=True)

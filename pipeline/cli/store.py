@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from stores.catalog import resolve_store_path
+from stores.descriptions import catalog_listing, table_columns
 from stores.sandbox import tables_read
 
 from ..config import list_presets
@@ -92,9 +93,6 @@ def _require_whole_shards(cat, query: str) -> None:
 
 
 def _catalog_listing(list_tables, describe_name, query, fmt, out, store) -> None:
-    # heavy: imported on use
-    from stores.descriptions import catalog_listing, table_columns
-
     if query or (list_tables and describe_name):
         raise click.UsageError("--tables and --describe list the catalog; give them alone, without a QUERY.")
     with open_store(store, read_only=True) as cat:

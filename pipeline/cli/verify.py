@@ -8,6 +8,7 @@ import duckdb
 
 from stores.catalog import CATALOG_FILE, Catalog, is_lock_conflict, resolve_store_path
 from stores.errors import StoreError, StoreVersionError
+from stores.locks import DEFAULT_WAIT
 
 from .group import cli
 from .options import (
@@ -38,8 +39,6 @@ def _print(records: list[dict], fmt: str) -> None:
 
 
 def _wait() -> float:
-    from stores.locks import DEFAULT_WAIT
-
     ctx = click.get_current_context(silent=True)
     return ctx.meta.get("zsl_wait", DEFAULT_WAIT) if ctx is not None else DEFAULT_WAIT
 

@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..errors import InputError
+from ..names import norm_class_name
 
 DATASET_DIR = Path(__file__).parent
 
@@ -76,7 +77,7 @@ def _load_names(source_json: str) -> tuple[str, ...]:
     if "file" in source:
         names = json.loads((DATASET_DIR / "names" / source["file"]).read_text(encoding="utf-8"))
     else:
-        from open_clip import zero_shot_metadata
+        from open_clip import zero_shot_metadata  # heavy: imported on use
 
         names = list(getattr(zero_shot_metadata, source["open_clip"]))
     for index, name in source.get("replace", {}).items():
@@ -88,7 +89,7 @@ def subset_indices(record: DatasetRecord) -> list[int] | None:
     """Indices (into the 1,000 ImageNet classes) a restricted dataset is scored on, or None."""
     if not record.subset:
         return None
-    from .readers import imagenet_wnids
+    from .readers import imagenet_wnids  # heavy: imported on use (PIL, numpy via pipeline.imaging)
 
     index = {w: i for i, w in enumerate(imagenet_wnids())}
     return [index[w] for w in imagenet_wnids(record.subset)]
@@ -120,7 +121,7 @@ class DatasetImages:
 
 def find_folder(record: DatasetRecord, root: Path) -> Path:
     """``root`` itself, or the sub-folder (up to two levels, by the published names) holding the layout."""
-    from .readers import LAYOUTS
+    from .readers import LAYOUTS  # heavy: imported on use (PIL, numpy via pipeline.imaging)
 
     looks_right = LAYOUTS[record.layout][1]
     if not root.is_dir():
@@ -136,6 +137,7 @@ def find_folder(record: DatasetRecord, root: Path) -> Path:
 
 def read_dataset(name: str, root: str | Path, name_set: str | None = None) -> DatasetImages:
     """The images of dataset ``name`` under ``root``, labelled with ``name_set``'s class names."""
+    # heavy: imported on use (PIL, numpy: `pipeline --help` imports this package)
     from ..imaging import ImageItem
     from .readers import LAYOUTS
 
@@ -167,8 +169,6 @@ def restricted_class_ids(index_runs: list[dict], class_ids_by_norm: dict[str, in
     is scored on (ImageNet-A/-R: 200 of the 1,000) that the store holds, or None for every class.
     A store whose index runs disagree (an ImageNet-A run beside a full ImageNet one) is refused:
     one dataset per store."""
-    from ..names import norm_class_name
-
     recorded = [(p.get("dataset") or {}).get("restrict_to") for p in index_runs]
     kinds = {None if r is None else tuple(r) for r in recorded}
     if kinds == {None} or not kinds:

@@ -12,6 +12,7 @@ Nothing here downloads: a missing file is one line naming the file the layout ex
 from __future__ import annotations
 
 import csv
+import pkgutil
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -49,8 +50,6 @@ def _image_files(folder: Path) -> list[Path]:
 def imagenet_wnids(subset: str = "imagenet") -> tuple[str, ...]:
     """The 1,000 ImageNet wnids in class-index order (sorted), or the 200 of ``imagenet_a`` /
     ``imagenet_r`` (the lists timm ships; equal to WCA's ``imagenet_{a,r}_lt`` indices)."""
-    import pkgutil
-
     data = pkgutil.get_data("timm", f"data/_info/{subset}_synsets.txt")
     if data is None:  # pragma: no cover - timm comes with open_clip
         raise InputError(f"timm's {subset}_synsets.txt is missing; reinstall timm (open_clip depends on it).")
@@ -151,7 +150,7 @@ def _id_ints(path: Path, expected: str) -> dict[str, int]:
 def read_food101(folder: Path, record) -> Pairs:
     """Food-101 test split by torchvision's ``Food101`` (``meta/test.json``); torchvision numbers
     the classes it finds, so each is mapped through ``meta/classes.txt`` (all 101, sorted)."""
-    from torchvision.datasets import Food101
+    from torchvision.datasets import Food101  # heavy: imported on use
 
     _need(folder / "meta" / "test.json", "Food-101")
     class_ids = [p[0] for p in _lines(folder / "meta" / "classes.txt", "Food-101")]
@@ -169,7 +168,7 @@ def read_food101(folder: Path, record) -> Pairs:
 def read_pets(folder: Path, record) -> Pairs:
     """Oxford-IIIT Pets test split by torchvision's ``OxfordIIITPet`` (``annotations/test.txt``:
     name class_id species breed_id; class index = class_id - 1, torchvision's order)."""
-    from torchvision.datasets import OxfordIIITPet
+    from torchvision.datasets import OxfordIIITPet  # heavy: imported on use
 
     _need(folder / "annotations" / "test.txt", "Oxford-IIIT Pets")
     _need(folder / "images", "Oxford-IIIT Pets")

@@ -7,6 +7,7 @@ talk HTTP, every database write happens in the calling thread.
 from __future__ import annotations
 
 import base64
+import inspect
 import json
 import logging
 import os
@@ -460,8 +461,6 @@ def check_base_url(base_url: str | None) -> str | None:
 def check_request_options(client, options: dict) -> None:
     """``--llm-option`` names must be fields the client's chat-completions call takes (an unknown
     one is a TypeError deep in the client): LLMError in one line, before any request."""
-    import inspect
-
     try:
         params = inspect.signature(client.chat.completions.create).parameters
     except (AttributeError, TypeError, ValueError):  # a stand-in client: nothing to check against
