@@ -43,6 +43,7 @@ difference and its 95% bootstrap interval (:func:`queries.stats.paired_bootstrap
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,13 +53,16 @@ from PIL import Image
 from queries.attribution import pointing_chance, pointing_game
 from queries.perturb import curve_auc, perturbation_series, pixel_order, step_counts
 from queries.stats import paired_bootstrap
-from stores import tables
+from stores import files, tables
 from stores.catalog import Catalog
+from stores.errors import StoreError
 
 from ..errors import InputError
+from ..inputs import DEFAULT_MAX_FILE_BYTES
 from ..names import norm_class_name
 from ..stages.methods import find_method
 
+from .faithfulness import read_boxes
 from .honesty import HIGHER_IS_BETTER, METRICS
 from .map_kinds import (  # noqa: F401  (parse_kinds re-exported)
     CROP_BOXES,
@@ -73,7 +77,8 @@ from .map_kinds import (  # noqa: F401  (parse_kinds re-exported)
     SIM_SCLIP,
     parse_kinds,
 )
-from .resolve import BASELINES, load_alignment, load_image, resolve_image, resolve_run
+from .pixel_maps import _attr_embeddings, box_maps, occlusion as occlusion_maps, plan_dense, random_map
+from .resolve import BASELINES, baseline_image, load_alignment, load_image, resolve_image, resolve_run
 
 ROAD_FRACTIONS = (10, 30, 50)
 WORK_SHORT_SIDE = 256
@@ -82,6 +87,7 @@ COST_WARN_SECONDS = 60  # a run estimated longer than this prints its estimate f
 
 # ---- maps of one image --------------------------------------------------------------------
 def _up(grid_vals, size_hw) -> np.ndarray:
+    # heavy: imported on use
     import torch
     import torch.nn.functional as F
 
@@ -114,8 +120,6 @@ def image_maps(cat: Catalog, model, run, img: dict, image: Image.Image, pred_cla
                kinds: list[str], rng: np.random.Generator, *, occlusion: bool) -> ImageMaps:
     """Every kind's class map (predicted class) and attribute maps (``point_classes``), at
     ``image``'s size, each with its random map of the same kind (``RANDOM_OF``)."""
-    from .pixel_maps import box_maps, occlusion as occlusion_maps, plan_dense, random_map
-
     W, H = image.size
     out = ImageMaps()
     all_ids, rkinds, all_boxes = tables.image_regions(cat, img["image_id"])
@@ -155,9 +159,9 @@ def image_maps(cat: Catalog, model, run, img: dict, image: Image.Image, pred_cla
             for a in attr_ids.get(c, []):
                 out.attr_maps.setdefault((rk, c, a), _random_grid(rng, H, W))
     if text_kinds:
+        # heavy: imported on use (torch)
         from ..dense import dense_feature_sets
         from .maps import gradcam_map
-        from .pixel_maps import _attr_embeddings
 
         mat = tables.attribute_matrix(cat, model.fingerprint)
         cls = np.unique(mat.class_ids)
@@ -201,9 +205,7 @@ def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_see
                     road: bool = True):
     """Deletion and insertion series (``baseline``: blur by default), then (``road``) ROAD MoRF and LeRF
     imputations (grad-cam's noisy linear imputer) at ROAD_FRACTIONS: (2·(steps+1) [+ 6], 3, H, W) floats in [0, 1]."""
-    import torch
-
-    from .resolve import baseline_image
+    import torch  # heavy: imported on use
 
     base = baseline_image(arr, baseline)
     order = pixel_order(cmap, rng)
@@ -211,13 +213,12 @@ def perturbed_batch(arr: np.ndarray, cmap: np.ndarray, steps: int, rng, road_see
     curves = torch.from_numpy(np.concatenate(series)).permute(0, 3, 1, 2).float() / 255
     if not road:
         return curves
+    # heavy: imported on use
     from pytorch_grad_cam.metrics.perturbation_confidence import RemoveLeastRelevantFirst, RemoveMostRelevantFirst
     from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     x = torch.from_numpy(arr.copy()).permute(2, 0, 1).float() / 255
     mask = torch.from_numpy(np.asarray(cmap, np.float32))
-    import warnings
-
     torch.manual_seed(road_seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's __array_wrap__ notice from inside grad-cam
@@ -307,7 +308,7 @@ def sample_targets(targets: list, max_images: int | None) -> list:
 
 def _scorer_factory(cat: Catalog, model, run, scorer: str):
     """(name, make(boxes of the work image) -> torch module of probabilities over every class, class ids)."""
-    from .maps import GlobalScorer, LazslScorer
+    from .maps import GlobalScorer, LazslScorer  # heavy: imported on use (torch)
 
     style = "sentences" if str(run.params.get("texts", {}).get("kind", "")).startswith("sentences") else "descriptors"
     mat = tables.attribute_matrix(cat, model.fingerprint, style)
@@ -338,16 +339,12 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     faithfulness_runs/curves/scores/pointing_game rows with their map_kind, and faithfulness_summary
     rows; write the curves plot to ``plot``. ``max_images`` caps the images of every metric;
     ``notify(line)`` gets the cost estimate when the run looks longer than a minute."""
-    from tqdm import tqdm
-
-    from stores.errors import StoreError
-
-    from ..inputs import DEFAULT_MAX_FILE_BYTES
-    from .faithfulness import read_boxes
+    from tqdm import tqdm  # heavy: imported on use
 
     if road or GRADCAM in (kinds or []):
         try:
-            import pytorch_grad_cam  # noqa: F401  (ROAD's imputer, Grad-CAM)
+            # heavy: imported on use (ROAD's imputer, Grad-CAM; an optional extra)
+            import pytorch_grad_cam  # noqa: F401
         except ImportError:
             raise InputError("--road and gradcam maps need the grad-cam package: "
                              "pip install 'zsl-pipeline[explain]'.") from None
@@ -396,9 +393,7 @@ def compare_maps(cat: Catalog, model, run_id: int | None = None, *, kinds: list[
     rep.seconds = time.perf_counter() - t0
     tables.insert_faithfulness(cat, rows)
     if plot is not None and curves_acc:
-        from stores import files
-
-        from .plots import compare_png
+        from .plots import compare_png  # heavy: imported on use (matplotlib)
 
         aucs = {k: {r["metric"]: r["value"] for r in rep.summary if r["map_kind"] == k} for k in all_kinds}
         rep.plot = files.write_bytes(plot, compare_png(rep.mean_curves, aucs))
@@ -436,7 +431,7 @@ def _boxes_by_image(cat: Catalog, boxes: list[dict], wanted: set[int], skipped: 
 def _measure_image(cat, model, run, image_id, class_id, pts, kinds, rep, rows, curves_acc, chance, make_scorer, cls, *,
                    steps, seed, baseline, tolerance, occlusion, road) -> bool:
     """Every kind's (and its random kind's) metrics on one image, appended to ``rep`` and ``rows``."""
-    import torch
+    import torch  # heavy: imported on use
 
     img = resolve_image(cat, image_id)
     try:

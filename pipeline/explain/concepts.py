@@ -125,6 +125,7 @@ def concept_run(cat: Catalog, image_id: int, run_id: int | None) -> tables.RunRe
 def explain_image_concepts(cat: Catalog, image, run_id: int | None = None, *, model=None, config=None) -> ConceptView:
     """The image's mutual-knowledge explanation in a run, computed (and stored) first if missing;
     ``model`` is the store's model, or a callable that loads it (called only when needed)."""
+    # heavy: imported on use (mutual knowledge: torch, faiss; resolve: PIL)
     from ..stages.mutual_knowledge import ConceptConfig, explain_concepts
     from .resolve import resolve_image
 

@@ -16,6 +16,8 @@ from stores import explanations, tables
 from stores.catalog import Catalog
 
 from ..names import norm_class_name
+from ..stages.contrasts import compute_contrasts
+from ..stages.methods import find_method
 
 PROMPT = "(class prompt)"
 
@@ -150,9 +152,6 @@ def missing_true_note(cat: Catalog, run: tables.RunRecord, image_id: int, label:
 
 
 def _computed_rows(cat: Catalog, run: tables.RunRecord, image_id: int) -> list[dict]:
-    from ..stages.methods import find_method
-    from ..stages.contrasts import compute_contrasts
-
     spec = find_method(run.method)
     if spec is None or not spec.writes_contrasts:
         return []

@@ -17,11 +17,15 @@ the full image) count in the coverage normalisation.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
+import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 
 from queries.attribution import Alignment, attribute_contributions, attribute_weights, attribution_map, class_weights
 from queries.attribution import coverage_count, scale_boxes, shares
@@ -34,6 +38,7 @@ from .concepts import concept_view, pair_lines, pair_maps
 from .contrasts import contrast_panels, missing_true_note
 from .honesty import honesty_lines
 from .map_kinds import CROP_BOXES, DEFAULT_KIND, OCCLUSION
+from .pixel_maps import class_maps, peak, resize_map
 from .resolve import (  # noqa: F401  (re-exported: callers import them from here)
     MAX_RENDER_SIDE,
     image_predictions,
@@ -194,8 +199,6 @@ def _slug(text: str, n: int = 40) -> str:
 def file_slug(text: str, n: int = 40) -> str:
     """A file-name part for ``text`` that never collides: a readable slug plus a short hash of
     the exact text ("C++" and "C#" both slug to "c"; their files must not overwrite each other)."""
-    import hashlib
-
     return f"{_slug(text, n)}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
@@ -222,8 +225,7 @@ def explain_image(
     (:mod:`pipeline.explain.pixel_maps`); ``model`` (or a zero-argument loader) is the store's
     model, needed by ``plan`` and ``occlusion``.
     """
-    from .pixel_maps import class_maps, peak, resize_map
-    from .plots import heat_overlay, image_scale, map_scales, png_bytes
+    from .plots import heat_overlay, image_scale, map_scales, png_bytes  # heavy: imported on use (matplotlib)
 
     run = resolve_run(cat, run_id)
     run_id, method = run.run_id, run.method
@@ -258,7 +260,7 @@ def explain_image(
     res = ExplainResult(run_id, method, img["image_id"], img["path"], img["label"], w, h, scale, region_ids, boxes, kind, [ce])
     if only is not None:
         ce.attributes = [a for a in ce.attributes if a.attr_id in only]
-    from ..stages.compositional import pair_explanation  # (state, object) pairs; mutual knowledge
+    from ..stages.compositional import pair_explanation  # heavy: imported on use ((state, object) pairs: torch, faiss)
 
     res.pair = pair_explanation(cat, run, img["image_id"], pred["class_id"])
     pmaps = pair_maps(cat, res.pair, img["image_id"], w / img["width"], h / img["height"], h, w)
@@ -269,8 +271,6 @@ def explain_image(
         res.contrast_note = missing_true_note(cat, run, img["image_id"], img["label"], res.contrasts)
     original, cm = None, None  # decoded once, for the maps and the overlays
     if callable(model) and not hasattr(model, "encode_images"):
-        import functools
-
         model = functools.cache(model)  # a loader: load once, for this class and a contrast's other class
     if maps != CROP_BOXES or write:
         original = load_image(img["path"])
@@ -328,8 +328,7 @@ def contrast_png(cat: Catalog, run, img: dict, original, base, panels: list, cm,
     """The headline attribute of "why A and not B" (vs the true class, else the runner-up) for
     both classes side by side, on one colour scale: ``<stem>.vs-<B>.png``. None when the headline
     names no attribute (the class prompt alone) or neither map exists."""
-    from .pixel_maps import class_maps, resize_map
-    from .plots import heat_overlay, image_scale, png_bytes
+    from .plots import heat_overlay, image_scale, png_bytes  # heavy: imported on use (matplotlib)
 
     panel = next((p for p in panels if p.true_class), panels[0])
     row = panel.headline_attribute
@@ -346,8 +345,6 @@ def contrast_png(cat: Catalog, run, img: dict, original, base, panels: list, cm,
     scale = image_scale([m for _, _, m in sides])  # one scale for both: their masses compare directly
     pics = [heat_overlay(base, m, scale, label=label, title=f"{name}: {text}", colorbar=i == len(sides) - 1)
             for i, (name, text, m) in enumerate(sides)]
-    from PIL import Image as PILImage
-
     top = max(p.size[1] for p in pics)
     canvas = PILImage.new("RGB", (sum(p.size[0] for p in pics) + 8 * (len(pics) - 1), top), (255, 255, 255))
     x = 0
@@ -359,8 +356,6 @@ def contrast_png(cat: Catalog, run, img: dict, original, base, panels: list, cm,
 
 def npy_bytes(a: np.ndarray) -> bytes:
     """A map as the bytes of a ``.npy`` file (float32)."""
-    import io
-
     buf = io.BytesIO()
     np.save(buf, np.asarray(a, np.float32), allow_pickle=False)
     return buf.getvalue()

@@ -118,7 +118,7 @@ class GlobalDescriptorScorer:
         self.params = {"scorer": self.name, "attribute_style": style, "logit_scale": self.logit_scale}
 
     def __call__(self, images: np.ndarray, target: ScoreTarget) -> np.ndarray:
-        import torch
+        import torch  # heavy: imported on use
 
         cand = [c for c in target.candidates.tolist() if c in self.class_vec]
         if len(cand) < 2:  # a softmax over one class is always 1: use every class instead
@@ -147,6 +147,7 @@ class LazslScorer:
         self.params = {"scorer": self.name, "attribute_style": style, "logit_scale": self.logit_scale, **self.knobs}
 
     def __call__(self, images: np.ndarray, target: ScoreTarget) -> np.ndarray:
+        # heavy: imported on use
         import torch
 
         from queries.lazsl import lazsl_scores
@@ -325,7 +326,7 @@ def faithfulness(
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> FaithReport:
     """Score the run's attribution maps; store faithfulness_runs/curves/scores and pointing_game rows."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # heavy: imported on use
 
     if not 1 <= steps <= MAX_STEPS:  # memory grows with steps: 201 perturbed copies of each image at most
         raise InputError(f"--steps must be in [1, {MAX_STEPS}] (got {steps}).")

@@ -5,6 +5,8 @@ the kind, and say plainly when it was not better than random maps of the same ki
 """
 from __future__ import annotations
 
+import duckdb
+
 from stores import tables
 from stores.catalog import Catalog
 
@@ -17,8 +19,6 @@ HIGHER_IS_BETTER = {"deletion": False, "insertion": True, "road": True, "pointin
 def honesty_lines(cat: Catalog, run_id: int, kind: str) -> list[str]:
     """How ``kind`` scored on this store when ``faithfulness`` measured it, and a plain
     statement when it was not better than random; a pointer to the command when never measured."""
-    import duckdb
-
     try:
         s = tables.map_kind_summary(cat, run_id, kind)
     except duckdb.CatalogException:  # a store from before migration m014 opened read-only: no summary table

@@ -20,12 +20,14 @@ this module runs the encoder.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from queries.lazsl import lazsl_scores
 from queries.occlusion import occlusion_map, sliding_windows
 from queries.plan_maps import plan_class_map, plan_density_map, within_region_weights
 
@@ -145,8 +147,6 @@ class LazslScorer(torch.nn.Module):
         return f.cpu().numpy().reshape(len(x), 1 + len(self.boxes), -1)
 
     def scores(self, emb: np.ndarray, **kw):
-        from queries.lazsl import lazsl_scores
-
         return lazsl_scores(emb[:, 0], emb[:, 1:], self.attr, self.attr_class, theta=self.theta, **kw)
 
     @torch.no_grad()
@@ -246,6 +246,7 @@ def gradcam_map(model, pixels: torch.Tensor, text_emb, target: int, out_size: tu
 
     pixels (1, 3, s, s) preprocessed; text_emb (K, D). Returns (H, W) in [0, 1], bilinear.
     """
+    # heavy: imported on use (an optional extra)
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
@@ -256,8 +257,6 @@ def gradcam_map(model, pixels: torch.Tensor, text_emb, target: int, out_size: tu
     grid = (pixels.shape[-2] // ps, pixels.shape[-1] // ps)
     texts = torch.as_tensor(np.asarray(text_emb, np.float32), device=dev)
     wrapper = _TextLogits(lm, texts, logit_scale(model))
-    import warnings
-
     with GradCAM(model=wrapper, target_layers=[visual.transformer.resblocks[-1].ln_1],
                  reshape_transform=vit_reshape(grid)) as cam, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # numpy 2's __array_wrap__ notice from inside grad-cam

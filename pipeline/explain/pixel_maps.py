@@ -26,10 +26,17 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from queries.attribution import Alignment, attribution_map, class_weights, scale_boxes
+from queries.attribution import Alignment, attribute_weights, attribution_map, class_weights, scale_boxes
+from queries.occlusion import sliding_windows
+from queries.plan_maps import plan_density_map
+from stores import tables
+from stores.errors import StoreError
 
 from ..errors import InputError
+from ..imaging import region_image
+from ..models import ModelLoadError
 from .map_kinds import CROP_BOXES, OCCLUSION, PLAN_DENSE, RANDOM_OF, check_drawn_kind
+from .resolve import baseline_image
 
 OCCLUSION_WORK_SIDE = 256  # occlusion runs on a copy whose short side is at most this (then upsampled)
 
@@ -62,6 +69,7 @@ def resize_map(heat: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     h, w = size[1], size[0]
     if heat.shape == (h, w):
         return heat
+    # heavy: imported on use
     import torch
     import torch.nn.functional as F
 
@@ -88,8 +96,6 @@ def plan_matrix(al: Alignment, region_ids: np.ndarray) -> tuple[np.ndarray, np.n
 
 
 def _attr_embeddings(cat, model, attr_ids: np.ndarray) -> np.ndarray:
-    from stores import tables
-
     mat = tables.attribute_matrix(cat, model.fingerprint)
     pos = np.searchsorted(mat.ids, attr_ids)
     if len(mat) == 0 or np.any(pos >= len(mat.ids)) or np.any(mat.ids[np.minimum(pos, len(mat.ids) - 1)] != attr_ids):
@@ -101,6 +107,7 @@ def plan_dense(cat, model, image: Image.Image, al: Alignment, all_ids: np.ndarra
                kinds: list[str]) -> ClassMaps:
     """The default maps at the image's size (see the module doc). ``image`` is the original
     (EXIF-rotated RGB); ``all_ids``/``all_boxes``/``kinds`` the image's regions (original pixels)."""
+    # heavy: imported on use
     import torch
 
     from .maps import crop_attribute_sims, logit_scale, plan_maps
@@ -112,8 +119,6 @@ def plan_dense(cat, model, image: Image.Image, al: Alignment, all_ids: np.ndarra
     pos = np.searchsorted(all_ids, regions)
     boxes = np.asarray(all_boxes, np.float64)[pos]
     size = int(model.image_size)
-    from ..imaging import region_image
-
     pixels = torch.stack([model.preprocess(region_image(image, kinds[p], b, size)) for p, b in zip(pos, boxes)])
     sims, grid = crop_attribute_sims(model, pixels, _attr_embeddings(cat, model, attr_ids))
     m = plan_maps(boxes, T, Fm, sims, grid, H, W, tau=1.0 / logit_scale(model))
@@ -123,8 +128,6 @@ def plan_dense(cat, model, image: Image.Image, al: Alignment, all_ids: np.ndarra
 def box_maps(al: Alignment, all_ids: np.ndarray, all_boxes: np.ndarray, height: int, width: int,
              note: str | None = None) -> ClassMaps:
     """The crop-box maps at the image's size (``explain --maps boxes``)."""
-    from queries.attribution import attribute_weights
-
     used = np.unique(al.region_id[al.mass > 0])
     keep = np.isin(all_ids, used)
     ids, boxes = all_ids[keep], np.asarray(all_boxes, np.float64)[keep]
@@ -141,8 +144,6 @@ def random_map(cm: ClassMaps, rng: np.random.Generator, height: int, width: int)
     plan-dense: U(0, 1) mass per crop, spread over the crop's patch cells by U(0, 1) weights
     (the same crops and grid); crop-boxes: U(0, 1) mass per crop over the same whole boxes;
     any other kind: U(0, 1) on an 8x8 grid, bilinear. A fresh draw on every call."""
-    from queries.plan_maps import plan_density_map
-
     kind = RANDOM_OF[cm.kind]
     if cm.kind == PLAN_DENSE:
         R, L = len(cm.boxes), cm.grid[0] * cm.grid[1]
@@ -160,11 +161,9 @@ def occlusion(cat, model, run, image: Image.Image, class_id: int, all_boxes: np.
 
     Windows of ``window_at_128`` px per 128 px of the short side, stride = window, on a copy whose
     short side is at most 256 px, blurred fill; upsampled back to the image's size."""
+    # heavy: imported on use
     import torch
 
-    from stores import tables
-
-    from .resolve import baseline_image
     from .maps import LazslScorer, occlusion_maps
 
     t0 = time.perf_counter()
@@ -189,8 +188,6 @@ def occlusion(cat, model, run, image: Image.Image, class_id: int, all_boxes: np.
     cols = np.asarray(r.attr_index)[0, 0]
     cols = cols[cols >= 0]
     attr_ids = mat.ids[cols].tolist()
-    from queries.occlusion import sliding_windows
-
     n_win = len(sliding_windows(h, w, window=win, stride=win))
     cost = dict(windows=n_win, window_px=win, encoder_passes=int(passes), seconds=round(time.perf_counter() - t0, 2))
     amaps = np.stack([resize_map(a, (W, H)) for a in amaps]) if len(amaps) else np.zeros((0, H, W))
@@ -201,8 +198,6 @@ def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Align
                model=None) -> ClassMaps:
     """The maps of ``kind`` for one (image, class) at the image's size. ``model`` may be a
     zero-argument loader (called only when the kind needs the encoder)."""
-    from stores import tables
-
     check_drawn_kind(kind)
     all_ids, kinds, all_boxes = tables.image_regions(cat, img["image_id"])
     W, H = image.size
@@ -216,10 +211,6 @@ def class_maps(cat, run, img: dict, image: Image.Image, class_id: int, al: Align
     if kind == CROP_BOXES:
         return box_maps(al, all_ids, all_boxes, H, W)
     if callable(model) and not hasattr(model, "encode_images"):
-        from stores.errors import StoreError
-
-        from ..models import ModelLoadError
-
         try:
             model = model()
         except (ModelLoadError, StoreError):

@@ -9,8 +9,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # before pyplot; never opens a window
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 
 HEATMAP_CMAP = "jet"
 OVERLAY_ALPHA = 0.5
@@ -87,8 +88,6 @@ def map_scales(class_map: np.ndarray, attribute_maps) -> tuple[tuple[float, floa
 
 
 def _font(size: int):
-    from PIL import ImageFont
-
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1: one fixed bitmap size
@@ -107,8 +106,6 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
     what the values are) in a font sized to the picture, readable when a page shows it at half size.
     ``box`` (x0, y0, x1, y1 in the image's pixels) is outlined; ``title`` (class and attribute) is written above.
     """
-    from PIL import ImageDraw
-
     img = image.convert("RGB")
     W, H = img.size
     f = max(1.0, display_side / max(W, H))
@@ -154,8 +151,6 @@ def heat_overlay(image: Image.Image, heat: np.ndarray, scale: tuple[float, float
 def draw_box(image: Image.Image, box, colour=(255, 255, 255), width: int = 2) -> Image.Image:
     """A copy of the image with a rectangle outline on ``box`` (x0, y0, x1, y1; x1/y1 exclusive),
     e.g. the object that carried a class."""
-    from PIL import ImageDraw
-
     out = image.copy()
     x0, y0, x1, y1 = (float(v) for v in box)
     ImageDraw.Draw(out).rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=colour, width=width)
@@ -185,8 +180,6 @@ def _plain(text: str) -> str:
 
 
 def _fig_png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
@@ -196,8 +189,6 @@ def _fig_png(fig) -> bytes:
 def curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str, float] | None = None,
                title: str = "Deletion / insertion") -> bytes:
     """Mean curves, kind -> (fractions, scores); solid for our maps, dashed for random maps."""
-    import matplotlib.pyplot as plt
-
     colours = {"deletion": "tab:red", "insertion": "tab:blue"}
     fig, ax = plt.subplots(figsize=(5, 3.2))
     for kind, (x, y) in sorted(curves.items()):
@@ -216,8 +207,6 @@ def curves_png(curves: dict[str, tuple[np.ndarray, np.ndarray]], aucs: dict[str,
 
 def accuracy_png(per_class: list[tuple[str, int, int]], title: str = "Top-1 accuracy per class") -> bytes:
     """Horizontal bars: (class name, correct, total) per class."""
-    import matplotlib.pyplot as plt
-
     per_class = sorted(per_class, key=lambda t: (-(t[1] / t[2]) if t[2] else 0, t[0]))
     names = [_plain(n if len(n) <= 30 else n[:29] + "…") for n, _, _ in per_class]
     acc = [c / t if t else 0.0 for _, c, t in per_class]
@@ -238,8 +227,6 @@ def compare_png(curves: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]], auc
                 title: str = "Map kinds: deletion and insertion") -> bytes:
     """Two panels (deletion, insertion): the mean curve of each map kind (kind -> mode -> (x, y)),
     AUC in the legend; random maps dashed grey."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     colours = matplotlib.colormaps["tab10"]
     for ax, mode, note in ((axes[0], "deletion", "lower is better"), (axes[1], "insertion", "higher is better")):

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
 from stores import explanations, files, tables
@@ -32,6 +33,7 @@ from .contrasts import contrast_panels, missing_true_note, term_text
 from .explain import explain_class
 from .honesty import honesty_lines
 from .map_kinds import CROP_BOXES, DEFAULT_KIND
+from .pixel_maps import class_maps, resize_map
 from .resolve import image_predictions, load_image, prepare_image, resized
 from .plots import accuracy_png, curves_png, data_uri, heat_overlay, map_scales, png_bytes, thumbnail
 
@@ -129,8 +131,6 @@ def _image_card(cat: Catalog, run: tables.RunRecord, img: dict, by_norm: dict, t
     except InputError as exc:
         card["error"] = str(exc)
     else:
-        from .pixel_maps import class_maps, resize_map
-
         base = resized(original, (w, h))
         cm = class_maps(cat, run, img, original, top["class_id"], al, kind=maps, model=model)
         card["map_kind"], card["map_note"] = cm.kind, cm.note
@@ -198,7 +198,7 @@ def build_report(
 ) -> ReportResult:
     """Write the run's report; wrong predictions come first, then the rest by path. ``maps``:
     plan-dense (needs ``model`` or a zero-argument loader; else crop-boxes), crop-boxes or occlusion."""
-    import jinja2
+    import jinja2  # heavy: imported on use
 
     out = Path(out)
     if out.is_dir():
@@ -258,8 +258,6 @@ def build_report(
 def _compare_table(cat: Catalog, run_id: int, kind: str) -> list[dict] | None:
     """The latest ``faithfulness`` summary that measured ``kind`` on this run (else on the store),
     one row per map kind it measured (each row names its kind)."""
-    import duckdb
-
     try:
         s = tables.map_kind_summary(cat, run_id, kind)
     except duckdb.CatalogException:  # a store from before migration m014 opened read-only

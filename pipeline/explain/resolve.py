@@ -5,6 +5,7 @@ so none of them imports another to find a run or an image (no import cycles in t
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,6 @@ def resolve_image(cat: Catalog, image: str | int | Path) -> dict:
     if not rows:
         rows = tables.find_images(cat, paths=[s, str(Path(s).expanduser().resolve())])
     if not rows and Path(s).is_file():
-        import hashlib
-
         try:
             data = read_image_file(s)  # bounded like index-images: a huge file is no indexed image
         except (ValueError, OSError):
