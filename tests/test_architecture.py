@@ -8,8 +8,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from tests.helpers import layering
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,39 +163,12 @@ def test_architecture_check_fails_on_a_stale_doc(tmp_path):
 
 
 # ---- an import inside a function defers a heavy library, and says so ------------------------
-OWNED_PATHS = {"explain20 branch": ("pipeline/explain/",),
-               "registry branch": ("pipeline/stages/classify.py", "pipeline/stages/compositional.py")}
-
-
-def _split(found: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    theirs = {who: [f for f in found if f.startswith(paths)] for who, paths in OWNED_PATHS.items()}
-    ours = [f for f in found if not any(f in t for t in theirs.values())]
-    return ours, theirs
-
-
-@pytest.mark.xfail(reason="merge debt: imports inside functions added by the datasets, store and explain branches "
-                          "(listed by this checker; closing note of session 24)", strict=True)
 def test_imports_inside_functions_defer_something_heavy():
-    ours, _ = _split(layering.needless_deferrals(ROOT))
-    assert ours == []
+    assert layering.needless_deferrals(ROOT) == []
 
 
-@pytest.mark.xfail(reason="merge debt: imports inside functions added by the datasets, store and explain branches "
-                          "(listed by this checker; closing note of session 24)", strict=True)
 def test_imports_inside_functions_are_marked():
-    ours, _ = _split(layering.unmarked_deferrals(ROOT))
-    assert ours == []
-
-
-@pytest.mark.xfail(reason="explain20 branch", strict=True)
-def test_imports_inside_functions_in_explain():
-    _, theirs = _split(layering.needless_deferrals(ROOT) + layering.unmarked_deferrals(ROOT))
-    assert theirs["explain20 branch"] == []
-
-
-def test_imports_inside_functions_in_classify_and_compositional():
-    _, theirs = _split(layering.needless_deferrals(ROOT) + layering.unmarked_deferrals(ROOT))
-    assert theirs["registry branch"] == []
+    assert layering.unmarked_deferrals(ROOT) == []
 
 
 def test_deferral_rules_fail_on_planted_imports(tmp_path):
