@@ -7,7 +7,7 @@ object instead. Every region ``p`` of the image (the full view included) is a ca
 object; its *parts* are the other regions that lie inside it. For class ``c`` with
 descriptors ``d_1..d_N``:
 
-* parts of ``p``: regions ``r != p`` with ``area(r ∩ p) >= contain * area(r)``;
+* parts of ``p``: regions ``r`` smaller than ``p`` with ``area(r ∩ p) >= contain * area(r)``;
   ``p`` is a candidate only with at least ``min_parts`` parts;
 * part mass (LaZSL's filter, relative to the object): parts with
   ``cos(r, p) < mean_{r' in parts(p)} cos(r', p) + gamma`` get mass 0, the rest
@@ -98,7 +98,7 @@ class BindingResult(PlanAliases, ScoreResult):
         return self.region
 
 
-def part_structure(regions, boxes, *, contain: float = 0.9, min_parts: int = 2, gamma: float = 0.0):
+def part_structure(regions, boxes, *, contain: float = 0.75, min_parts: int = 2, gamma: float = 0.0):
     """Which regions are parts of which candidate object, and the part mass.
 
     regions (R, D) L2-normalised, boxes (R, 4) ``(x0, y0, x1, y1)``. Returns
@@ -130,8 +130,9 @@ def _parts(E: torch.Tensor, bx: torch.Tensor, contain: float, min_parts: int, ga
     iw = (torch.minimum(x1.unsqueeze(-1), x1.unsqueeze(-2)) - torch.maximum(x0.unsqueeze(-1), x0.unsqueeze(-2))).clamp(min=0)
     ih = (torch.minimum(y1.unsqueeze(-1), y1.unsqueeze(-2)) - torch.maximum(y0.unsqueeze(-1), y0.unsqueeze(-2))).clamp(min=0)
     area = (x1 - x0) * (y1 - y0)
-    # inside[p, r]: intersection of r with p covers >= contain of r's area
-    inside = (iw * ih) >= contain * area.unsqueeze(-2)
+    # inside[p, r]: intersection of r with p covers >= contain of r's area, and r is smaller than p
+    # (with a loose test a large crop would otherwise count the full view, or a near-equal crop, as a part)
+    inside = ((iw * ih) >= contain * area.unsqueeze(-2)) & (area.unsqueeze(-2) < area.unsqueeze(-1))
     inside &= ~torch.eye(R, dtype=torch.bool, device=E.device)
     n = inside.sum(-1)
     sim = E @ E.transpose(-1, -2)  # sim[p, r] = cos(p, r)
@@ -156,7 +157,7 @@ def object_bound_scores(
     theta: float = 0.8,
     eps: float = 0.1,
     gamma: float = 0.0,
-    contain: float = 0.9,
+    contain: float = 0.75,
     min_parts: int = 2,
     max_iter: int = 100,
     tol: float = 1e-2,

@@ -43,7 +43,7 @@ def make_data(seed, B=2, R=12, C=5, dtype=np.float64):
     return regions.astype(dtype), boxes.astype(dtype), attr.astype(dtype), attr_class
 
 
-def reference(regions, boxes, attr, attr_class, *, theta=0.8, eps=0.1, gamma=0.0, contain=0.9, min_parts=2,
+def reference(regions, boxes, attr, attr_class, *, theta=0.8, eps=0.1, gamma=0.0, contain=0.75, min_parts=2,
               max_iter=100, tol=1e-2):
     B, R, _ = regions.shape
     C = int(attr_class.max()) + 1
@@ -60,7 +60,9 @@ def reference(regions, boxes, attr, attr_class, *, theta=0.8, eps=0.1, gamma=0.0
                     continue
                 iw = max(0.0, min(bx[r, 2], bx[p, 2]) - max(bx[r, 0], bx[p, 0]))
                 ih = max(0.0, min(bx[r, 3], bx[p, 3]) - max(bx[r, 1], bx[p, 1]))
-                if iw * ih >= contain * (bx[r, 2] - bx[r, 0]) * (bx[r, 3] - bx[r, 1]):
+                area_r = (bx[r, 2] - bx[r, 0]) * (bx[r, 3] - bx[r, 1])
+                area_p = (bx[p, 2] - bx[p, 0]) * (bx[p, 3] - bx[p, 1])
+                if iw * ih >= contain * area_r and area_r < area_p:  # mostly inside, and smaller
                     parts.append(r)
             if len(parts) < min_parts:
                 continue

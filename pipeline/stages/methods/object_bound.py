@@ -13,8 +13,8 @@ from .registry import PART_KINDS, Method, chunks, register
 
 @dataclass(frozen=True)
 class ObjectBoundConfig(LocalConfig):
-    contain: float = setting(0.9, "object-bound: a region is a part of an object when this share of its area lies inside "
-                             "the object's box.", lo=0.0, hi=1.0, lo_open=True)
+    contain: float = setting(0.75, "object-bound: a smaller region is a part of an object when this share of its area lies "
+                              "inside the object's box.", lo=0.0, hi=1.0, lo_open=True)
     min_parts: int = setting(2, "object-bound: parts a region needs to be a candidate object.", lo=1, hi=100_000)
 
 
