@@ -36,6 +36,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from bench_object_scales import bird_crop, world_scenes  # noqa: E402
 
 
 def bird_phrase(combo, tw) -> str:
@@ -55,29 +58,10 @@ def scene_captions(a, b, tw) -> list[tuple[str, str]]:
     return pairs
 
 
-def bird_crop(scene, pad: float = 0.1, birds: int = 1):
-    """A square crop around the first ``birds`` birds' boxes with a ``pad`` margin."""
-    boxes = [b.bbox for b in scene.birds[:birds]]
-    x0, y0 = min(b[0] for b in boxes), min(b[1] for b in boxes)
-    x1, y1 = max(b[2] for b in boxes), max(b[3] for b in boxes)
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * pad)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    W, H = scene.image.size
-    side = min(side, W, H)
-    bx0 = min(max(cx - side / 2, 0), W - side)
-    by0 = min(max(cy - side / 2, 0), H - side)
-    return scene.image.crop((int(bx0), int(by0), int(bx0 + side), int(by0 + side)))
-
-
 def probe(lm, setting_scale: float, seed: int, n_per_class: int, tw) -> dict:
     import torch
 
-    split = tw.make_split(0)
-    scenes = []
-    for ci, combo in enumerate(split.heldout):
-        for i in range(n_per_class):
-            rng = np.random.default_rng([seed, tw.SETTINGS.index("distractors"), ci, i])
-            scenes.append(tw.render_example(combo, "distractors", split.heldout, rng, object_scale=setting_scale))
+    scenes = [scene for scene, _, _ in world_scenes("distractors", setting_scale, seed, n_per_class)]
     full = lm.encode_images(torch.stack([lm.preprocess(s.image) for s in scenes])).numpy()
     crops = lm.encode_images(torch.stack([lm.preprocess(bird_crop(s)) for s in scenes])).numpy()
     pair = lm.encode_images(torch.stack([lm.preprocess(bird_crop(s, birds=2)) for s in scenes])).numpy()

@@ -40,3 +40,24 @@ def test_cuda_request_without_cuda_is_clear():
         pytest.skip("CUDA present")
     with pytest.raises(ModelLoadError, match="CUDA is not available"):
         load_model("zsl-tiny", "random:0", device="cuda")
+
+
+def test_shipped_weights_match_their_records_and_load_by_tag():
+    """Every data/*.pt is the file its <tag>.json record describes (bytes, sha256, fp16), and
+    the two toy bird encoders ship: toy-clip (captions grouped per bird) and toy-clip-unbound
+    (scene-level captions, the weak-binding encoder); both load by tag and differ."""
+    import json
+
+    from pipeline.models import list_project_weights
+
+    shipped = list_project_weights()
+    assert {"toy-clip", "toy-clip-unbound"} <= set(shipped)
+    for tag, path in shipped.items():
+        record = json.loads(path.with_suffix(".json").read_text())
+        assert record["weights"] == path.name and record["dtype"] == "float16"
+        assert record["bytes"] == path.stat().st_size and record["sha256"] == sha256_file(path), tag
+    assert json.loads(shipped["toy-clip-unbound"].with_suffix(".json").read_text())["views"]["captions"] == "unbound"
+    bound, unbound = (load_model(None, tag, device="cpu") for tag in ("toy-clip", "toy-clip-unbound"))
+    assert bound.fingerprint != unbound.fingerprint
+    e0, e1 = (m.encode_texts(["a bird with a red crest"]) for m in (bound, unbound))
+    assert e0.shape == e1.shape and not torch.allclose(e0, e1)
