@@ -44,7 +44,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +51,6 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from _report import PartialJson, require_file  # noqa: E402
@@ -128,9 +126,9 @@ def _run_method(cat, model, method: str, overrides: dict, preset_name: str, args
 
     base = resolve_method_config({}, preset_name).config
     seeds = args.waffle_seeds if method == "waffle" else 1
-    cfg = replace(base, **overrides, waffle_seeds=seeds)
+    cfg = base.updated(**overrides, waffle_seeds=seeds)
     for i in range(seeds):  # texts are encoded once per store: not part of the timed query
-        method_texts(cat, method, replace(cfg, seed=cfg.seed + i), model)
+        method_texts(cat, method, cfg.updated(seed=cfg.seed + i), model)
     reports = classify_runs(cat, method, cfg, model=model, provenance={"preset": preset_name}, progress=False)
     evals = [evaluate_run(cat, r.run_id) for r in reports]
     top1 = np.array([e.metrics["acc1"] for e in evals])

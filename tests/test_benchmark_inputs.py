@@ -30,3 +30,32 @@ def test_partial_json_is_complete_only_at_the_end(tmp_path):
     assert json.loads(path.read_text()) == {"command": "x", "complete": False, "part1": {"acc": 0.5}}
     rep.finish()
     assert json.loads(path.read_text())["complete"] is True and not (tmp_path / "r.json.tmp").exists()
+
+
+def _run_bench(tmp_path, *args) -> dict:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout)
+
+
+def test_issue23_benchmarks_run_through_the_current_code(tmp_path):
+    """The scripts behind object-bound's tables run on the code as it is (bench_methods broke
+    silently once when the method registry changed the config type): one tiny world each."""
+    bench = ROOT / "benchmarks"
+    rep = _run_bench(tmp_path, str(bench / "bench_methods.py"), "--seed", "3", "--n-per-class", "1", "--scales", "1",
+                     "--settings", "distractors", "--rows", "lazsl,best-region,object-bound", "--skip-imagenet",
+                     "--work", str(tmp_path / "bm"))
+    rows = rep["toy"]["toy-clip"]["settings"]["distractors"]["x1"]["methods"]
+    assert set(rows) == {"lazsl", "best-region", "object-bound"}
+    assert rows["object-bound"]["regions_per_image"] == rows["lazsl"]["regions_per_image"] == 61
+    assert (rows["lazsl"]["preset"], rows["object-bound"]["preset"]) == ("toy-all", "toy-bound")
+    assert all(0.0 <= r["top1"] <= r["top5"] <= 1.0 for r in rows.values())
+    scales = _run_bench(tmp_path, str(bench / "bench_object_scales.py"), "--seed", "3", "--n-per-class", "1",
+                        "--settings", "distractors", "--scales", "1", "--out", str(tmp_path / "s.json"))
+    world = scales["top1"]["distractors"]["x1"]
+    assert {"oracle: the labelled bird's box", "best-region", "object-bound", "lazsl"} <= set(world)
+    probe = _run_bench(tmp_path, str(bench / "bench_binding_probe.py"), "--weights", "toy-clip", "--seed", "3",
+                       "--n-per-class", "1", "--scales", "1")
+    cell = probe["encoders"]["toy-clip"]["by_scale"]["x1"]
+    assert cell["images"] == 12 and 0.0 <= cell["scene_swap_accuracy"] <= 1.0
