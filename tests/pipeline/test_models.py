@@ -60,4 +60,4 @@ def test_shipped_weights_match_their_records_and_load_by_tag():
     bound, unbound = (load_model(None, tag, device="cpu") for tag in ("toy-clip", "toy-clip-unbound"))
     assert bound.fingerprint != unbound.fingerprint
     e0, e1 = (m.encode_texts(["a bird with a red crest"]) for m in (bound, unbound))
-    assert e0.shape == e1.shape and not torch.allclose(e0, e1)
+    assert e0.shape == e1.shape and abs(e0 - e1).max() > 1e-3
