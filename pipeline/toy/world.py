@@ -552,7 +552,9 @@ def caption_view_unbound(scene: Scene, view, rng: np.random.Generator, nonce: st
     the attributes of every visible part of every bird go into one shuffled, de-duplicated list
     ("birds with a blue crest, striped wings, a red crest and orange legs"), so a caption never
     pairs an attribute with its bird. Visibility, the DCLIP form behind a nonce and the clutter
-    phrase follow :func:`caption_view` (same probabilities), so only the grouping differs.
+    phrase follow :func:`caption_view` (same probabilities). Besides the grouping one thing
+    differs: the head never names the body colour ("a brown bird with ..."), which
+    :func:`caption_view` does in a third of its heads (a body colour belongs to one bird).
     """
     texts, n_birds, whole = [], 0, True
     for bird in scene.birds:
