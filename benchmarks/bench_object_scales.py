@@ -47,6 +47,8 @@ ROWS = ("oracle: the labelled bird's box", "dclip", "lazsl", "best-region", "cro
 #: object-bound's containment before it was re-chosen on tuning seeds 7 and 8 (0.9 -> 0.75; parts are now also
 #: strictly smaller than their object)
 OLD_CONTAIN = 0.9
+#: rows whose per-image correctness is kept, for object-bound's paired comparisons (--pool)
+PAIRED = ("object-bound", "best-region", "lazsl", "crop-dclip (LaZSL's 60 crops)")
 CONTROLS = ("best-region", "crop-dclip", "best-region (all 120 crops)", "crop-dclip (LaZSL's 60 crops)")
 
 
@@ -119,7 +121,31 @@ def score_world(lm, texts, items, geometries) -> dict:
                                                           contain=OLD_CONTAIN).scores,
         "object-bound": object_bound_scores(bd, bd_boxes, attr, ac, return_plan=False).scores,
     }
-    return {k: round(float((np.asarray(v).argmax(1) == labels).mean()), 4) for k, v in scores.items()}
+    correct = {k: (np.asarray(v).argmax(1) == labels) for k, v in scores.items()}
+    row = {k: round(float(c.mean()), 4) for k, c in correct.items()}
+    # per image (0/1), for the paired comparison of --pool
+    row["correct"] = {k: correct[k].astype(int).tolist() for k in PAIRED}
+    return row
+
+
+def pooled_differences(reports: list[dict], n_boot: int = 10_000, seed: int = 0) -> dict:
+    """Object-bound minus each paired row over every image of ``reports`` (seeds x scales),
+    per setting: the mean difference in points and a paired bootstrap 95% interval (images
+    resampled with replacement, the same draw for both rows)."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for setting in dict.fromkeys(s for r in reports for s in r["top1"]):
+        worlds = [w for r in reports for w in r["top1"].get(setting, {}).values()]
+        ob = np.concatenate([w["correct"]["object-bound"] for w in worlds]).astype(float)
+        idx = rng.integers(0, len(ob), size=(n_boot, len(ob)))
+        res = {"images": len(ob)}
+        for other in PAIRED[1:]:
+            d = ob - np.concatenate([w["correct"][other] for w in worlds])
+            boots = d[idx].mean(1)
+            res[f"object-bound - {other}"] = {"points": round(100 * float(d.mean()), 1),
+                                              "ci95": [round(100 * float(q), 1) for q in np.quantile(boots, [0.025, 0.975])]}
+        out[setting] = res
+    return out
 
 
 def summarise(results: dict) -> dict:
@@ -147,7 +173,14 @@ def main(argv=None):
     ap.add_argument("--scales", default=",".join(f"{s:g}" for s in SCALES))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="bench-object-scales.json", help="the report so far, rewritten after each world")
+    ap.add_argument("--pool", nargs="+", metavar="REPORT", help="instead of measuring: pool these reports (seeds of one "
+                    "encoder) and print object-bound's paired differences with bootstrap 95%% intervals")
     args = ap.parse_args(argv)
+    if args.pool:
+        reports = [json.loads(Path(p).read_text()) for p in args.pool]
+        print(json.dumps({"reports": args.pool, "weights": sorted({r["weights"] for r in reports}),
+                          "seeds": [r["seed"] for r in reports], "paired": pooled_differences(reports)}, indent=1))
+        return
     import torch
 
     from pipeline.config import get_preset

@@ -55,6 +55,11 @@ def test_issue23_benchmarks_run_through_the_current_code(tmp_path):
                         "--settings", "distractors", "--scales", "1", "--out", str(tmp_path / "s.json"))
     world = scales["top1"]["distractors"]["x1"]
     assert {"oracle: the labelled bird's box", "best-region", "object-bound", "lazsl"} <= set(world)
+    assert sum(world["correct"]["object-bound"]) == round(12 * world["object-bound"])  # 12 images, one per class
+    pooled = _run_bench(tmp_path, str(bench / "bench_object_scales.py"), "--pool", str(tmp_path / "s.json"))
+    diff = pooled["paired"]["distractors"]["object-bound - best-region"]
+    expected = 100 * (world["object-bound"] - world["best-region"])
+    assert abs(diff["points"] - expected) < 0.06 and diff["ci95"][0] <= diff["points"] <= diff["ci95"][1]
     probe = _run_bench(tmp_path, str(bench / "bench_binding_probe.py"), "--weights", "toy-clip", "--seed", "3",
                        "--n-per-class", "1", "--scales", "1")
     cell = probe["encoders"]["toy-clip"]["by_scale"]["x1"]
