@@ -525,19 +525,30 @@ def caption_view(scene: Scene, view, rng: np.random.Generator, nonce: str | None
         else:
             head = ("part of a bird with", f"part of a {bird.body} bird with", "a close-up of")[rng.integers(3)]
         phrases.append(f"{head} {_join(texts)}")
-    things = list(dict.fromkeys(c.text for c in scene.clutter if _inside_fraction(c.box, view) >= min_inside))
+    things = _visible_clutter(scene, view, min_inside)
     if singles and nonce is not None and rng.random() < p_dclip:
         return f"{nonce}, {dclip_sentence(singles[rng.integers(len(singles))])}"
     if phrases:
-        cap = " and ".join(phrases)
-        if things and rng.random() < 0.5:
-            n = 1 if len(phrases) > 1 else min(2, len(things))
-            pick = [things[i] for i in rng.permutation(len(things))[:n]]
-            cap += f", next to {_join(pick)}"
-        return cap
+        return _next_to(" and ".join(phrases), things, 1 if len(phrases) > 1 else min(2, len(things)), rng)
+    return _clutter_caption(things, rng)
+
+
+def _visible_clutter(scene: Scene, view, min_inside: float) -> list[str]:
+    return list(dict.fromkeys(c.text for c in scene.clutter if _inside_fraction(c.box, view) >= min_inside))
+
+
+def _next_to(cap: str, things: list[str], n: int, rng: np.random.Generator) -> str:
+    """Half the time (when clutter is visible), ``cap`` plus ", next to" ``n`` clutter items."""
+    if things and rng.random() < 0.5:
+        pick = [things[i] for i in rng.permutation(len(things))[:n]]
+        cap += f", next to {_join(pick)}"
+    return cap
+
+
+def _clutter_caption(things: list[str], rng: np.random.Generator) -> str:
+    """The caption of a view with no bird part in it: up to three clutter items, or the background."""
     if things:
-        pick = [things[i] for i in rng.permutation(len(things))[:3]]
-        return _join(pick)
+        return _join([things[i] for i in rng.permutation(len(things))[:3]])
     return "an empty background"
 
 
@@ -565,7 +576,7 @@ def caption_view_unbound(scene: Scene, view, rng: np.random.Generator, nonce: st
             texts.extend(descriptor(p, bird.combo[PART_NAMES.index(p)]) for p in vis)
     texts = list(dict.fromkeys(texts))
     texts = [texts[i] for i in rng.permutation(len(texts))]
-    things = list(dict.fromkeys(c.text for c in scene.clutter if _inside_fraction(c.box, view) >= min_inside))
+    things = _visible_clutter(scene, view, min_inside)
     if texts and nonce is not None and rng.random() < p_dclip:
         return f"{nonce}, {dclip_sentence(texts[rng.integers(len(texts))])}"
     if texts:
@@ -573,15 +584,8 @@ def caption_view_unbound(scene: Scene, view, rng: np.random.Generator, nonce: st
             head = ("a bird with", "a small bird with")[rng.integers(2)] if n_birds == 1 else "birds with"
         else:
             head = ("part of a bird with", "a close-up of")[rng.integers(2)] if n_birds == 1 else "parts of birds with"
-        cap = f"{head} {_join(texts)}"
-        if things and rng.random() < 0.5:
-            pick = [things[i] for i in rng.permutation(len(things))[:min(2, len(things))]]
-            cap += f", next to {_join(pick)}"
-        return cap
-    if things:
-        pick = [things[i] for i in rng.permutation(len(things))[:3]]
-        return _join(pick)
-    return "an empty background"
+        return _next_to(f"{head} {_join(texts)}", things, min(2, len(things)), rng)
+    return _clutter_caption(things, rng)
 
 
 def _png_bytes(img: Image.Image) -> bytes:
