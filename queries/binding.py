@@ -102,7 +102,7 @@ def part_structure(regions, boxes, *, contain: float = 0.75, min_parts: int = 2,
     """Which regions are parts of which candidate object, and the part mass.
 
     regions (R, D) L2-normalised, boxes (R, 4) ``(x0, y0, x1, y1)``. Returns
-    ``(inside (R, R) bool, mass (R, R) float)``: ``inside[p, r]`` when ``r != p`` lies at least
+    ``(inside (R, R) bool, mass (R, R) float)``: ``inside[p, r]`` when ``r``, smaller than ``p``, lies at least
     ``contain`` inside ``p``; ``mass[p]`` is the part marginal of object ``p`` (LaZSL's
     mean filter relative to ``p``), all zero when ``p`` has fewer than ``min_parts`` parts.
 
@@ -125,15 +125,14 @@ def part_structure(regions, boxes, *, contain: float = 0.75, min_parts: int = 2,
 
 def _parts(E: torch.Tensor, bx: torch.Tensor, contain: float, min_parts: int, gamma: float):
     """(inside, mass) of :func:`part_structure` for (R, D) / (R, 4), or batched (B, R, D) / (B, R, 4)."""
-    R = E.shape[-2]
     x0, y0, x1, y1 = bx.unbind(-1)
     iw = (torch.minimum(x1.unsqueeze(-1), x1.unsqueeze(-2)) - torch.maximum(x0.unsqueeze(-1), x0.unsqueeze(-2))).clamp(min=0)
     ih = (torch.minimum(y1.unsqueeze(-1), y1.unsqueeze(-2)) - torch.maximum(y0.unsqueeze(-1), y0.unsqueeze(-2))).clamp(min=0)
     area = (x1 - x0) * (y1 - y0)
     # inside[p, r]: intersection of r with p covers >= contain of r's area, and r is smaller than p
     # (with a loose test a large crop would otherwise count the full view, or a near-equal crop, as a part)
+    # (being strictly smaller, no region is a part of itself)
     inside = ((iw * ih) >= contain * area.unsqueeze(-2)) & (area.unsqueeze(-2) < area.unsqueeze(-1))
-    inside &= ~torch.eye(R, dtype=torch.bool, device=E.device)
     n = inside.sum(-1)
     sim = E @ E.transpose(-1, -2)  # sim[p, r] = cos(p, r)
     insf = inside.to(E.dtype)
